@@ -1,0 +1,1 @@
+"""Exporters: PyTorch -> ONNX (checked against PyTorch), cached by content."""

@@ -1,0 +1,230 @@
+"""`harness` command line: list, export, run, golden update.
+
+Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
+(one line on stderr naming the file or value and the fix).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from exporters.cache import ArtifactCache, default_cache_dir
+from harness.colour import COLOUR_PATHS
+from harness.decoders import DECODERS
+from harness.errors import HarnessError
+from harness.golden import GoldenStore
+from harness.onnx_testdata import run_test_data
+from harness.pipeline import SuiteRun, record_goldens, run_suite
+from harness.report import write_report_files
+from harness.resizers import RESIZERS
+from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
+from runtimes import RUNTIMES
+
+# Piped output (CI logs) gets a wide fixed width so tables are not truncated.
+console = Console(width=None if sys.stdout.isatty() else 200)
+progress_console = Console(stderr=True)
+
+suite_option = click.option("--suite", "suite_name", metavar="NAME|FILE", help="Bundled suite name or path to a suite .toml file.")
+cache_option = click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Artifact cache (default: $HARNESS_CACHE_DIR or ~/.cache/sysnoise-harness).",
+)
+golden_dir_option = click.option("--golden-dir", type=click.Path(path_type=Path), default=None, help="Override the suite's golden folder.")
+batch_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Batch size fed to every runtime (default: the suite's)."
+)
+runtime_option = click.option(
+    "--runtime", "runtimes", multiple=True, metavar="NAME", help="Runtime to run (repeatable); 'all' = every available one."
+)
+
+
+@contextmanager
+def tracking() -> Iterator[Callable[[str, int], Callable[[], None]]]:
+    """Rich progress bars on stderr, handed to the pipeline as a tracker."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=progress_console, transient=True) as progress:
+
+        def track(description: str, total: int) -> Callable[[], None]:
+            task = progress.add_task(description, total=total)
+            return lambda: progress.advance(task)
+
+        yield track
+
+
+def _require_suite(suite_name: str | None) -> Suite:
+    if not suite_name:
+        raise HarnessError("no suite given", f"pass --suite NAME (bundled: {', '.join(bundled_suites())}) or --suite FILE.toml")
+    return load_suite(suite_name)
+
+
+def _cache(cache_dir: Path | None) -> ArtifactCache:
+    return ArtifactCache(cache_dir or default_cache_dir())
+
+
+def _expand_runtimes(requested: tuple[str, ...], default: tuple[str, ...]) -> list[str]:
+    """Requested names in order; 'all' becomes every available runtime (skipped ones are named)."""
+    names: list[str] = []
+    for name in requested or default:
+        if name != "all":
+            names.append(name)
+            continue
+        for spec in RUNTIMES.values():
+            reason = spec.unavailable_reason()
+            if reason:
+                progress_console.print(f"skipping {spec.name}: {reason}")
+            else:
+                names.append(spec.name)
+    return list(dict.fromkeys(names))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Export a model, feed identical inputs to several runtimes, diff against goldens."""
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """Suites, runtimes (available or why not) and stack components."""
+    suites = Table(title="suites")
+    suites.add_column("name")
+    suites.add_column("description")
+    for name in bundled_suites():
+        suites.add_row(name, load_suite(name).description)
+    console.print(suites)
+    runtimes = Table(title="runtimes")
+    for column in ("name", "backend", "device", "precision", "status"):
+        runtimes.add_column(column)
+    for spec in RUNTIMES.values():
+        reason = spec.unavailable_reason()
+        runtimes.add_row(
+            spec.name,
+            spec.backend,
+            spec.device,
+            spec.precision,
+            f"[red]unavailable: {reason}[/red]" if reason else "[green]available[/green]",
+        )
+    console.print(runtimes)
+    console.print("stack components:")
+    console.print(f"  decoders: {', '.join(sorted(DECODERS))}")
+    console.print(f"  resize:   {', '.join(sorted(RESIZERS))}")
+    console.print(f"  colour:   {', '.join(sorted(COLOUR_PATHS))}")
+    console.print(f"bundled suites live in {BUNDLED_DIR}")
+
+
+@cli.command()
+@suite_option
+@cache_option
+def export(suite_name: str | None, cache_dir: Path | None) -> None:
+    """Export the suite's model to ONNX and check parity against PyTorch."""
+    suite = _require_suite(suite_name)
+    with tracking() as track:
+        run = SuiteRun(suite, _cache(cache_dir), limit=suite.export.parity_samples, track=track)
+        path = run.artifacts.export_fp32()
+    for line in run.artifacts.log:
+        console.print(line)
+    console.print(f"ONNX model: {path}")
+
+
+@cli.command()
+@suite_option
+@click.option("--onnx", "onnx_model", type=click.Path(path_type=Path), help="Run a ready ONNX model instead of a suite.")
+@click.option(
+    "--inputs",
+    "inputs_dir",
+    type=click.Path(path_type=Path),
+    help="With --onnx: folder in ONNX test-data layout (test_data_set_N/input_K.pb).",
+)
+@runtime_option
+@batch_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@golden_dir_option
+@click.option("--no-golden", is_flag=True, help="Compare against the reference runtime only.")
+@cache_option
+@click.option("--rtol", type=float, default=1e-3, show_default=True, help="With --onnx: relative tolerance.")
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="With --onnx: absolute tolerance.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    suite_name: str | None,
+    onnx_model: Path | None,
+    inputs_dir: Path | None,
+    runtimes: tuple[str, ...],
+    batch_size: int | None,
+    limit: int | None,
+    report_dir: Path,
+    golden_dir: Path | None,
+    no_golden: bool,
+    cache_dir: Path | None,
+    rtol: float,
+    atol: float,
+) -> None:
+    """Run runtimes on identical inputs; compare with the reference and the goldens."""
+    if onnx_model is not None:
+        if suite_name or inputs_dir is None:
+            raise HarnessError(
+                "--onnx needs --inputs DIR and no --suite", "e.g. harness run --onnx model.onnx --inputs test_data/ --runtime ort-fp32"
+            )
+        report = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol)
+    else:
+        suite = _require_suite(suite_name)
+        store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
+        with tracking() as track:
+            report = run_suite(
+                suite,
+                _expand_runtimes(runtimes, suite.default_runtimes),
+                _cache(cache_dir),
+                store,
+                batch_size or suite.batch_size,
+                limit,
+                track,
+            )
+    report.render(console)
+    for path in write_report_files(report_dir, report.describe(), report.to_markdown()):
+        console.print(f"wrote {path}")
+    ctx.exit(0 if report.passed else 1)
+
+
+@cli.group()
+def golden() -> None:
+    """Golden outputs: recorded deliberately, never by `run`."""
+
+
+@golden.command("update")
+@suite_option
+@runtime_option
+@batch_option
+@golden_dir_option
+@cache_option
+def golden_update(
+    suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None
+) -> None:
+    """Record the goldens of the given runtimes (default: the suite's) and show what changed."""
+    suite = _require_suite(suite_name)
+    store = GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    with tracking() as track:
+        changes = record_goldens(
+            suite, _expand_runtimes(runtimes, suite.default_runtimes), _cache(cache_dir), store, batch_size or suite.batch_size, track
+        )
+    for runtime, lines in changes:
+        console.print(f"[bold]{runtime}[/bold] -> {store.folder(runtime)}")
+        for line in lines:
+            console.print(f"  {line}")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="harness")
+    except HarnessError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,65 @@
+"""Feed: dataset samples -> one stack -> the input tensors every runtime gets.
+
+Decoding and pre-processing happen once per run; runtimes then see the very
+same array, batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.dataset import Sample, read_sample
+from harness.decoders import DECODERS, DecodeError
+from harness.errors import HarnessError
+from harness.stack import StackSpec, preprocess
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """Pre-processed tensors of some samples through one stack."""
+
+    ids: tuple[str, ...]
+    labels: np.ndarray
+    tensors: np.ndarray
+    stack: StackSpec
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def decode_sample(sample: Sample, stack: StackSpec) -> np.ndarray:
+    try:
+        return DECODERS[stack.decoder](read_sample(sample), stack.exif)
+    except DecodeError as exc:
+        raise HarnessError(
+            f"{sample.path}: cannot decode image with '{stack.decoder}': {exc}",
+            "replace the file with a valid image or remove it from the manifest",
+        ) from exc
+
+
+def build_inputs(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> InputSet:
+    """Decode and pre-process every sample; all tensors must share one shape."""
+    tensors = []
+    for sample in samples:
+        tensors.append(preprocess(decode_sample(sample, stack), stack))
+        if advance:
+            advance()
+    shapes = {t.shape for t in tensors}
+    if len(shapes) > 1:
+        raise HarnessError(
+            f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}", "add a crop or use resize_mode = 'direct'"
+        )
+    return InputSet(
+        ids=tuple(s.id for s in samples),
+        labels=np.array([s.label for s in samples], dtype=np.int64),
+        tensors=np.stack(tensors),
+        stack=stack,
+    )
+
+
+def batch_slices(count: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))

@@ -1,0 +1,136 @@
+"""Golden store: the recorded outputs of each runtime on a suite.
+
+`golden/<suite>/<runtime>/outputs.npz` holds sample ids, raw outputs and
+predictions; `golden.json` beside it holds metrics, metadata (model and
+dataset hashes, stack, library versions, hardware) and the sha256 of the npz,
+so a corrupt or hand-edited golden is caught on load.  Each file is written
+to a temp name and renamed, npz first and json last: a reader sees the old
+golden or the new one, never half of one.  Only `harness golden update`
+writes here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+SCHEMA_VERSION = 1
+OUTPUT_PREFIX = "output/"
+
+
+@dataclass(frozen=True)
+class Golden:
+    runtime: str
+    ids: tuple[str, ...]
+    outputs: dict[str, np.ndarray]
+    predictions: np.ndarray
+    metrics: dict[str, float]
+    metadata: dict[str, Any]
+
+    def select(self, ids: tuple[str, ...], update_hint: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Outputs and predictions of `ids`, in that order."""
+        index = {sample_id: i for i, sample_id in enumerate(self.ids)}
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise HarnessError(
+                f"golden of {self.runtime} lacks {len(missing)} of this run's samples (first: {missing[0]})",
+                f"the dataset changed: review, then run `{update_hint}`",
+            )
+        rows = np.array([index[i] for i in ids], dtype=np.int64)
+        return {name: value[rows] for name, value in self.outputs.items()}, self.predictions[rows]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class GoldenStore:
+    """Goldens of one suite, one folder per runtime."""
+
+    def __init__(self, root: Path, suite: str) -> None:
+        self.root = root
+        self.suite = suite
+
+    def update_hint(self, runtime: str) -> str:
+        return f"harness golden update --suite {self.suite} --runtime {runtime}"
+
+    def folder(self, runtime: str) -> Path:
+        return self.root / runtime
+
+    def exists(self, runtime: str) -> bool:
+        return (self.folder(runtime) / "golden.json").is_file()
+
+    def load(self, runtime: str) -> Golden:
+        folder = self.folder(runtime)
+        meta_path, npz_path = folder / "golden.json", folder / "outputs.npz"
+        if not meta_path.is_file() or not npz_path.is_file():
+            raise HarnessError(f"no golden for runtime '{runtime}' in {folder}", f"record one with `{self.update_hint(runtime)}`")
+        try:
+            meta = json.loads(meta_path.read_text())
+            expected_sha = meta["outputs_sha256"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise HarnessError(
+                f"{meta_path}: corrupt golden metadata ({exc})", f"restore it from git or re-record with `{self.update_hint(runtime)}`"
+            ) from exc
+        blob = npz_path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != expected_sha:
+            raise HarnessError(
+                f"{npz_path}: checksum differs from golden.json (corrupt or edited by hand)",
+                f"restore it from git or re-record with `{self.update_hint(runtime)}`",
+            )
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            outputs = {k[len(OUTPUT_PREFIX) :]: npz[k] for k in npz.files if k.startswith(OUTPUT_PREFIX)}
+            ids, predictions = tuple(str(i) for i in npz["ids"]), npz["predictions"]
+        return Golden(runtime, ids, outputs, predictions, meta.get("metrics", {}), meta.get("metadata", {}))
+
+    def write(self, golden: Golden) -> Path:
+        folder = self.folder(golden.runtime)
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        arrays = {f"{OUTPUT_PREFIX}{k}": v for k, v in golden.outputs.items()}
+        np.savez_compressed(buf, ids=np.array(golden.ids), predictions=golden.predictions, **arrays)
+        blob = buf.getvalue()
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "suite": self.suite,
+            "runtime": golden.runtime,
+            "samples": len(golden.ids),
+            "metrics": golden.metrics,
+            "metadata": golden.metadata,
+            "outputs_sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        _atomic_write(folder / "outputs.npz", blob)
+        _atomic_write(folder / "golden.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+        return folder
+
+
+def metadata_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human lines for each metadata leaf that differs ('libraries.onnxruntime: 1.17 -> 1.18')."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(metadata_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a} -> {b}")
+    return lines

@@ -1,0 +1,111 @@
+"""Model builders: a suite names a builder and a weights file; this makes the
+eval-mode `torch.nn.Module`.
+
+Builders are registry entries (`demo-resnet`) or an import path
+(`package.module:function`) for a user's own model.  Weights load without
+executing code: safetensors, or a state dict through `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+ModelBuilder = Callable[..., nn.Module]
+MODEL_BUILDERS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    def add(fn: ModelBuilder) -> ModelBuilder:
+        MODEL_BUILDERS[name] = fn
+        return fn
+
+    return add
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv + BN, identity or 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class DemoResNet(nn.Module):
+    """Small ResNet for the bundled demo: conv stem, stride-2 3x3 max-pool with
+    padding (the op whose ceil mode runtimes disagree on), four residual stages."""
+
+    def __init__(self, num_classes: int = 12, widths: tuple[int, ...] = (24, 48, 96, 160)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        cin = widths[0]
+        for i, cout in enumerate(widths):
+            stages.append(BasicBlock(cin, cout, stride=1 if i == 0 else 2))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.pool(self.stem(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@register_model("demo-resnet")
+def build_demo_resnet(num_classes: int = 12) -> nn.Module:
+    return DemoResNet(num_classes=num_classes)
+
+
+def resolve_builder(name: str) -> ModelBuilder:
+    if name in MODEL_BUILDERS:
+        return MODEL_BUILDERS[name]
+    module_name, _, attr = name.partition(":")
+    if not attr:
+        raise HarnessError(f"unknown model builder '{name}'", f"use one of {sorted(MODEL_BUILDERS)} or 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise HarnessError(f"cannot import model builder '{name}': {exc}", "check the [model] builder path in the suite") from exc
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise HarnessError(f"weights file not found: {path}", "fix [model] weights in the suite")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HarnessError(f"cannot read weights {path}: {exc}", "re-export the weights as safetensors or a plain state dict") from exc
+
+
+def build_model(builder: str, weights: Path, kwargs: dict[str, object]) -> nn.Module:
+    """Build the model, load its weights strictly, and put it in eval mode."""
+    model = resolve_builder(builder)(**kwargs)
+    try:
+        model.load_state_dict(load_state_dict(weights), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise HarnessError(f"weights {weights} do not fit builder '{builder}': {first}", "check [model] builder and weights") from exc
+    return model.eval()

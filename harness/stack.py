@@ -1,0 +1,113 @@
+"""Pre-processing stack: decoded pixels -> one model input tensor.
+
+A stack is declared by name and parameters in a suite file (decoder, colour
+path, resize method and target, crop, normalisation, layout); every name
+refers to an entry of the decoder, colour or resizer registries, so users add
+stacks without code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.colour import COLOUR_PATHS
+from harness.decoders import DECODERS
+from harness.errors import HarnessError
+from harness.resizers import RESIZERS
+
+LAYOUTS = ("nchw", "nhwc")
+RESIZE_MODES = ("shorter", "direct")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """Everything that turns encoded bytes into the tensor a runtime sees."""
+
+    name: str = "reference"
+    decoder: str = "pillow"
+    exif: bool = True
+    colour: str = "rgb"
+    resize: str = "pillow-bilinear"
+    resize_size: int = 72
+    resize_mode: str = "shorter"
+    crop: int | None = 64
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: str = "nchw"
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form recorded in reports and goldens."""
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        """Fixed (height, width) of the tensor, or None when it depends on the image."""
+        if self.crop:
+            return (self.crop, self.crop)
+        if self.resize_mode == "direct":
+            return (self.resize_size, self.resize_size)
+        return None
+
+
+def parse_stack(name: str, table: dict[str, Any], origin: str) -> StackSpec:
+    """Validate a suite's stack table; `origin` names the file for error messages."""
+    known = set(StackSpec.__dataclass_fields__) - {"name"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise HarnessError(f"{origin}: stack '{name}' has unknown keys {unknown}", f"allowed: {sorted(known)}")
+    values = dict(table)
+    for key in ("mean", "std"):
+        if key in values:
+            if len(values[key]) != 3:
+                raise HarnessError(f"{origin}: stack '{name}' {key} needs 3 values, got {values[key]!r}")
+            values[key] = tuple(float(v) for v in values[key])
+    spec = StackSpec(name=name, **values)
+    for value, registry, what in (
+        (spec.decoder, DECODERS, "decoder"),
+        (spec.resize, RESIZERS, "resize"),
+        (spec.colour, COLOUR_PATHS, "colour"),
+        (spec.layout, LAYOUTS, "layout"),
+        (spec.resize_mode, RESIZE_MODES, "resize_mode"),
+    ):
+        if value not in registry:
+            raise HarnessError(f"{origin}: stack '{name}' has unknown {what} '{value}'", f"choose one of {sorted(registry)}")
+    return spec
+
+
+def _resize_target(height: int, width: int, spec: StackSpec) -> tuple[int, int]:
+    if spec.resize_mode == "direct":
+        return spec.resize_size, spec.resize_size
+    if height <= width:
+        return spec.resize_size, int(spec.resize_size * width / height)
+    return int(spec.resize_size * height / width), spec.resize_size
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    height, width = img.shape[:2]
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
+    return img[top : top + size, left : left + size]
+
+
+def preprocess(pixels: np.ndarray, spec: StackSpec) -> np.ndarray:
+    """Decoded RGB uint8 pixels -> float32 tensor in the stack's layout (no batch axis)."""
+    img = COLOUR_PATHS[spec.colour](pixels)
+    img = RESIZERS[spec.resize](img, _resize_target(*img.shape[:2], spec))
+    if spec.crop:
+        img = center_crop(img, spec.crop)
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    scale = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    tensor = (img.astype(np.float32) - mean) * scale
+    if spec.layout == "nchw":
+        tensor = tensor.transpose(2, 0, 1)
+    return np.ascontiguousarray(tensor)
+
+
+def decode_and_preprocess(data: bytes, spec: StackSpec) -> np.ndarray:
+    """Encoded bytes -> model input tensor, the whole stack in one call."""
+    return preprocess(DECODERS[spec.decoder](data, spec.exif), spec)

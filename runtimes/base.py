@@ -1,0 +1,72 @@
+"""The one small interface every backend implements, and the registry.
+
+A runtime is named `<backend>[-<device>]-<precision>` (`ort-fp32`,
+`trt-int8`, `torch-cuda-fp16`).  Its `RuntimeSpec` says what it needs; `open`
+turns model artifacts into a `Session` whose `run` maps input name -> array
+to output name -> float32 array.  Adding a backend is one module that calls
+`register`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from harness.errors import HarnessError, RuntimeUnavailable
+
+if TYPE_CHECKING:
+    from exporters.artifacts import ModelArtifacts
+
+
+class Session(Protocol):
+    """A loaded model on one backend."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def describe(self) -> dict[str, str]:
+        """What actually executes: device, effective precision, provider."""
+        ...
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    name: str
+    backend: str
+    device: str
+    precision: str
+    modules: tuple[str, ...]
+    install_hint: str
+    opener: Callable[[ModelArtifacts, RuntimeSpec], Session]
+    needs_torch_model: bool = False
+    probe: Callable[[], str | None] | None = None
+
+    def unavailable_reason(self) -> str | None:
+        """None when this runtime can run here, else why not (one line)."""
+        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"python module {', '.join(missing)} not installed ({self.install_hint})"
+        return self.probe() if self.probe else None
+
+    def open(self, artifacts: ModelArtifacts) -> Session:
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(f"runtime '{self.name}' is unavailable: {reason}")
+        return self.opener(artifacts, self)
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {}
+
+
+def register(spec: RuntimeSpec) -> RuntimeSpec:
+    RUNTIMES[spec.name] = spec
+    return spec
+
+
+def get_runtime(name: str) -> RuntimeSpec:
+    if name not in RUNTIMES:
+        raise HarnessError(f"unknown runtime '{name}'", f"known runtimes: {', '.join(sorted(RUNTIMES))} (see `harness list`)")
+    return RUNTIMES[name]
