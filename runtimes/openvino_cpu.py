@@ -41,7 +41,7 @@ class OpenVinoSession:
     def describe(self) -> dict[str, str]:
         return {
             "device": "CPU",
-            "precision": str(self._compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
             "openvino": self._version,
         }
 

@@ -1,0 +1,136 @@
+"""Bad input: one line on stderr naming the file or value and the fix, exit 2,
+no traceback, nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.suite import BUNDLED_DIR
+
+DEMO_DATA = BUNDLED_DIR / "demo" / "data"
+
+
+def _dataset(tmp_path: Path, bad_name: str | None, bad_bytes: bytes | None, with_sha: bool) -> Path:
+    """A 4-image copy of the demo data plus one bad file; returns its manifest."""
+    root = tmp_path / "data"
+    (root / "eval").mkdir(parents=True)
+    demo = json.loads((DEMO_DATA / "manifest.json").read_text())
+    entries = []
+    for entry in demo["splits"]["eval"][:4]:
+        shutil.copy(DEMO_DATA / entry["file"], root / entry["file"])
+        entries.append({"file": entry["file"], "label": entry["label"], **({"sha256": entry["sha256"]} if with_sha else {})})
+    if bad_name:
+        if bad_bytes is not None:
+            (root / "eval" / bad_name).write_bytes(bad_bytes)
+        entries.append({"file": f"eval/{bad_name}", "label": 0, **({"sha256": "0" * 64} if with_sha else {})})
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"classes": demo["classes"], "splits": {"eval": entries}}))
+    return manifest
+
+
+def _truncated_jpeg() -> bytes:
+    return (DEMO_DATA / "eval" / "0000.jpg").read_bytes()[:1500]
+
+
+@pytest.mark.parametrize(
+    ("bad_name", "bad_bytes", "with_sha", "expected"),
+    [
+        ("missing.jpg", None, False, "cannot read {root}/eval/missing.jpg"),
+        ("truncated.jpg", _truncated_jpeg(), False, "{root}/eval/truncated.jpg: cannot decode image with 'pillow'"),
+        ("notes.jpg", b"these are my notes, not a picture\n", False, "{root}/eval/notes.jpg: cannot decode image"),
+        ("replaced.jpg", _truncated_jpeg(), True, "{root}/eval/replaced.jpg: sha256 differs from the manifest"),
+    ],
+    ids=["missing-file", "truncated-jpeg", "non-image", "sha-mismatch"],
+)
+def test_bad_images(
+    tmp_path: Path,
+    make_suite: Callable[..., Path],
+    harness_cli: Callable[..., object],
+    bad_name: str,
+    bad_bytes: bytes | None,
+    with_sha: bool,
+    expected: str,
+) -> None:
+    suite = make_suite(manifest=_dataset(tmp_path, bad_name, bad_bytes, with_sha))
+    result = harness_cli("run", "--suite", suite, "--no-golden", "--runtime", "ort-fp32", "--report-dir", tmp_path / "reports")
+    _assert_one_line_error(result, expected.format(root=tmp_path / "data"))
+    assert not (tmp_path / "reports").exists()
+
+
+def _assert_one_line_error(result: object, fragment: str) -> None:
+    assert result.code == 2, (result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err + result.out
+    assert fragment in lines[0], lines[0]
+
+
+def test_unknown_runtime(harness_cli: Callable[..., object]) -> None:
+    result = harness_cli("run", "--suite", "demo", "--runtime", "trt-fp99")
+    _assert_one_line_error(result, "unknown runtime 'trt-fp99'")
+    assert "harness list" in result.err
+
+
+def test_unknown_suite(harness_cli: Callable[..., object]) -> None:
+    _assert_one_line_error(harness_cli("run", "--suite", "nosuchsuite"), "unknown suite 'nosuchsuite'")
+
+
+def test_missing_suite_file(harness_cli: Callable[..., object], tmp_path: Path) -> None:
+    _assert_one_line_error(harness_cli("export", "--suite", tmp_path / "absent.toml"), f"suite file not found: {tmp_path / 'absent.toml'}")
+
+
+@pytest.mark.parametrize(
+    ("replace", "fragment"),
+    [
+        ({'task = "classification"': 'task = "classification'}, "malformed suite file"),
+        ({"[model]": "[modell]"}, "unknown top-level keys ['modell']"),
+        ({'builder = "demo-resnet"': 'builder = "nowhere"'}, "unknown model builder 'nowhere'"),
+        ({'decoder = "pillow"': 'decoder = "libjpeg9000"'}, "unknown decoder 'libjpeg9000'"),
+        ({"max_abs = 1e-3": 'max_abs = "small"'}, "max_abs must be a number"),
+    ],
+    ids=["toml-syntax", "unknown-table", "unknown-builder", "unknown-decoder", "bad-tolerance"],
+)
+def test_malformed_suite(
+    make_suite: Callable[..., Path], harness_cli: Callable[..., object], replace: dict[str, str], fragment: str
+) -> None:
+    suite = make_suite(replace)
+    _assert_one_line_error(harness_cli("run", "--suite", suite, "--no-golden", "--limit", "4"), fragment)
+
+
+def test_missing_golden(make_suite: Callable[..., Path], harness_cli: Callable[..., object], tmp_path: Path) -> None:
+    result = harness_cli("run", "--suite", make_suite(), "--runtime", "ort-fp32")
+    _assert_one_line_error(result, f"no golden for runtime 'ort-fp32' in {tmp_path / 'golden' / 'ort-fp32'}")
+    assert "harness golden update --suite demo --runtime" in result.err
+
+
+def test_onnx_file_that_fails_to_load(tmp_path: Path, harness_cli: Callable[..., object]) -> None:
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"\x08\x07garbage that is not protobuf" * 10)
+    (tmp_path / "data").mkdir()
+    result = harness_cli("run", "--onnx", model, "--inputs", tmp_path / "data", "--runtime", "ort-fp32")
+    _assert_one_line_error(result, f"{model}: not a valid ONNX model")
+
+
+def test_missing_onnx_inputs_folder(tmp_path: Path, harness_cli: Callable[..., object]) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    result = harness_cli("run", "--onnx", model, "--inputs", tmp_path / "nope")
+    assert result.code == 2 and result.err.startswith("error: ")
+
+
+def test_missing_weights(make_suite: Callable[..., Path], harness_cli: Callable[..., object], tmp_path: Path) -> None:
+    suite = make_suite({"weights.safetensors": "gone.safetensors"})
+    _assert_one_line_error(harness_cli("export", "--suite", suite), "weights file not found")
+
+
+def test_corrupt_weights(make_suite: Callable[..., Path], harness_cli: Callable[..., object], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(hashlib.sha256(b"x").digest() * 10)
+    suite = make_suite({f"{BUNDLED_DIR}/demo/weights.safetensors": str(bad)})
+    _assert_one_line_error(harness_cli("export", "--suite", suite), f"cannot read weights {bad}")

@@ -1,0 +1,71 @@
+"""torch -> ONNX export of the demo model: checker, parity, provenance, dynamic batch, cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from exporters.artifacts import ModelArtifacts
+from exporters.cache import ArtifactCache
+from harness.errors import HarnessError
+from harness.pipeline import SuiteRun
+from harness.suite import Suite, load_suite
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_suite: Suite, cache: ArtifactCache) -> SuiteRun:
+    return SuiteRun(demo_suite, cache, limit=64)
+
+
+def test_export_passes_checker_and_parity(demo_run: SuiteRun) -> None:
+    path = demo_run.artifacts.export_fp32()
+    onnx.checker.check_model(str(path), full_check=True)
+    assert demo_run.artifacts.parity and all(p.ok for p in demo_run.artifacts.parity)
+    assert all(p.max_abs < 1e-4 for p in demo_run.artifacts.parity)
+    assert any(line.startswith("[✓] logits") for line in demo_run.artifacts.log)
+
+
+def test_export_records_provenance(demo_run: SuiteRun) -> None:
+    model = onnx.load(str(demo_run.artifacts.export_fp32()))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["harness.weights_sha256"] == demo_run.artifacts.weights_sha256
+    assert meta["harness.torch"] == torch.__version__
+    assert meta["harness.onnx"] == onnx.__version__
+    assert model.opset_import[0].version >= 17
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_exported_batch_axis_is_dynamic(demo_run: SuiteRun, batch: int) -> None:
+    session = ort.InferenceSession(str(demo_run.artifacts.export_fp32()), providers=["CPUExecutionProvider"])
+    x = demo_run.inputs.tensors[:batch]
+    (logits,) = session.run(None, {"images": x})
+    with torch.inference_mode():
+        expected = demo_run.artifacts.torch_model()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_second_export_reuses_the_cache(demo_suite: Suite, demo_run: SuiteRun, cache: ArtifactCache) -> None:
+    first = demo_run.artifacts.export_fp32()
+    again = ModelArtifacts(demo_suite, cache, parity_inputs=lambda: demo_run.inputs.tensors[:8])
+    assert again.export_fp32() == first
+    assert again.log[0].startswith("cached")
+    assert [kind for kind, _, _ in cache.entries()] == ["onnx"]
+
+
+def test_parity_failure_is_a_clear_error(make_suite: Callable[..., Path], cache: ArtifactCache) -> None:
+    suite = load_suite(str(make_suite({"atol = 1e-4": "atol = 1e-12"})))
+    run = SuiteRun(suite, cache, limit=16)
+    with pytest.raises(HarnessError, match=r"export parity failed .*\[x\] logits"):
+        run.artifacts.export_fp32()
+
+
+def test_export_cli_prints_parity_lines(harness_cli: Callable[..., object]) -> None:
+    result = harness_cli("export", "--suite", "demo")
+    assert result.code == 0, result.err
+    assert "[✓] logits: max abs diff" in result.out and "ONNX model:" in result.out

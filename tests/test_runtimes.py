@@ -1,0 +1,74 @@
+"""Every CPU runtime against PyTorch on the whole demo, on identical inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from exporters.cache import ArtifactCache
+from harness.errors import RuntimeUnavailable
+from harness.pipeline import run_suite
+from harness.report import RunReport
+from harness.suite import Suite
+from runtimes import RUNTIMES, RuntimeSpec
+from runtimes.onnxruntime_cpu import OrtSession
+
+
+@pytest.fixture(scope="session")
+def demo_report(demo_suite: Suite, cache: ArtifactCache) -> RunReport:
+    return run_suite(demo_suite, ["torch-fp32", "ort-fp32", "ov-fp32"], cache, golden_store=None, batch_size=32)
+
+
+def test_reference_accuracy_is_meaningful(demo_report: RunReport) -> None:
+    reference = demo_report.results[0]
+    assert reference.runtime == "torch-fp32" and not reference.comparisons
+    assert reference.metric >= 0.85
+    assert demo_report.samples == 500
+
+
+@pytest.mark.parametrize("runtime", ["ort-fp32", "ov-fp32"])
+def test_runtime_matches_torch(demo_report: RunReport, runtime: str) -> None:
+    result = next(r for r in demo_report.results if r.runtime == runtime)
+    (comparison,) = result.comparisons
+    assert comparison.against == "reference:torch-fp32"
+    assert comparison.worst.max_abs < 1e-4
+    assert comparison.worst.min_cosine > 0.99999
+    assert comparison.flips == [] and comparison.top1_agreement == 1.0
+    assert comparison.passed
+
+
+def test_openvino_runs_in_f32(demo_report: RunReport) -> None:
+    result = next(r for r in demo_report.results if r.runtime == "ov-fp32")
+    assert result.session["precision"] == "f32"
+
+
+def test_report_records_versions_and_hardware(demo_report: RunReport) -> None:
+    data = demo_report.describe()
+    assert data["schema_version"] == "1.0"
+    assert {"torch", "onnxruntime", "openvino", "numpy"} <= set(data["environment"]["libraries"])
+    assert data["environment"]["cpu"]
+    assert data["model"]["weights_sha256"] and data["dataset"]["sha256"]
+
+
+def test_missing_library_is_reported_with_install_hint(monkeypatch: pytest.MonkeyPatch, harness_cli: Callable[..., object]) -> None:
+    spec = RuntimeSpec(
+        name="ghost-fp32",
+        backend="ghost",
+        device="cpu",
+        precision="fp32",
+        modules=("ghost_runtime_that_is_not_installed",),
+        install_hint="pip install ghost",
+        opener=OrtSession,
+    )
+    monkeypatch.setitem(RUNTIMES, spec.name, spec)
+    assert "pip install ghost" in (spec.unavailable_reason() or "")
+    with pytest.raises(RuntimeUnavailable):
+        spec.open(None)  # type: ignore[arg-type]
+    listing = harness_cli("list")
+    assert "ghost-fp32" in listing.out and "unavailable" in listing.out
+    result = harness_cli("run", "--suite", "demo", "--runtime", "ghost-fp32", "--no-golden")
+    assert result.code == 2
+    assert result.err.strip() == (
+        "error: runtime 'ghost-fp32' is unavailable: python module ghost_runtime_that_is_not_installed not installed (pip install ghost)"
+    )
