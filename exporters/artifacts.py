@@ -1,27 +1,41 @@
 """Model artifacts, built lazily (Polygraphy's loader idea).
 
-A runtime asks for what it consumes, `torch_model()` or `onnx_path(precision)`,
-and only then is it built: a run on `torch-fp32` alone never exports, and an
-export already in the cache is reused.
+A runtime asks for what it consumes (`torch_model()`, `onnx_path(precision)`,
+`openvino_ir(precision)`, `tensorrt_engine(precision)`) and only then is it
+built, through the content-addressed cache: a run on `torch-fp32` alone never
+exports, and an artifact already in the cache is reused.  Precision lives in
+the files: `model.fp32.onnx`, `model.fp16.onnx`, `model.int8-qdq.onnx`, and
+every backend consumes the same file for a precision.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime
 import torch
 
 from exporters.cache import ArtifactCache
+from exporters.fp16 import convert_fp16
+from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
 from exporters.onnx_export import OutputParity, check_parity, export_onnx
+from exporters.openvino_ir import convert_ir
 from harness import __version__
 from harness.dataset import sha256_file
 from harness.errors import HarnessError
+from harness.feed import InputSet
 from harness.models import build_model
-from harness.suite import Suite
+from harness.suite import ExportSpec, Suite
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FILENAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8-qdq.onnx"}
+INFO_FILE = "info.json"
 
 
 class ModelArtifacts:
@@ -29,19 +43,27 @@ class ModelArtifacts:
 
     def __init__(
         self,
+        cache: ArtifactCache,
         suite: Suite | None = None,
-        cache: ArtifactCache | None = None,
-        parity_inputs: Callable[[], np.ndarray] | None = None,
         onnx_file: Path | None = None,
+        parity_inputs: Callable[[], np.ndarray] | None = None,
+        calibration_inputs: Callable[[], InputSet] | None = None,
     ) -> None:
         if (suite is None) == (onnx_file is None):
             raise ValueError("give either a suite or an onnx_file")
-        self.suite = suite
         self.cache = cache
-        self._parity_inputs = parity_inputs
+        self.suite = suite
         self._onnx_file = onnx_file
+        self._parity_inputs = parity_inputs
+        self._calibration_inputs = calibration_inputs
+        self.export = suite.export if suite else ExportSpec()
         self.log: list[str] = []
         self.parity: list[OutputParity] = []
+        self.provenance: dict[str, dict[str, Any]] = {}
+        self.accessed: list[str] = []  # labels requested since the caller last cleared it
+        self._built: dict[tuple[str, str], Path] = {}
+
+    # -- identity -----------------------------------------------------------------
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -65,41 +87,97 @@ class ModelArtifacts:
     def output_names(self) -> tuple[str, ...]:
         return self.suite.model.output_names if self.suite else self._onnx_io[1]
 
+    # -- PyTorch ----------------------------------------------------------------------
+
     @cached_property
     def _torch(self) -> torch.nn.Module:
         if self.suite is None:
-            raise HarnessError(
-                "torch runtimes need the PyTorch model of a suite", "with --onnx use onnxruntime/openvino runtimes, or pass --suite"
-            )
+            raise HarnessError("torch runtimes need the PyTorch model of a suite", "with --onnx use onnxruntime/openvino runtimes")
         model = self.suite.model
         return build_model(model.builder, model.weights, model.kwargs)
 
     def torch_model(self) -> torch.nn.Module:
         return self._torch
 
-    def onnx_path(self, precision: str) -> Path:
-        if precision != "fp32":
-            raise HarnessError(f"no {precision} model variant is available", "this build exports fp32 ONNX only")
-        if self._onnx_file is not None:
-            return self._onnx_file
-        return self.export_fp32()
+    # -- cached files -------------------------------------------------------------
 
-    def export_fields(self) -> dict[str, object]:
-        """Everything the exported bytes depend on: the cache key."""
-        assert self.suite is not None
-        model = self.suite.model
-        return {
-            "artifact": "onnx-fp32",
-            "builder": model.builder,
-            "kwargs": model.kwargs,
-            "weights_sha256": self.weights_sha256,
-            "input_name": model.input_name,
-            "output_names": list(model.output_names),
-            "opset": self.suite.export.opset,
-            "input_hw": self.suite.stack.input_hw,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
+    def _cached(self, label: str, fields: dict[str, Any], filename: str, build: Callable[[Path], dict[str, Any]]) -> Path:
+        """Get or build one artifact; its provenance (info.json) is kept in `self.provenance[label]`."""
+        key = (label, json.dumps(fields, sort_keys=True, default=str))
+        self.accessed.append(label)
+        if key in self._built:
+            return self._built[key]
+        built = []
+
+        def build_with_info(out: Path) -> None:
+            info = build(out)
+            (out.parent / INFO_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
+            built.append(out)
+
+        path = self.cache.get_or_build(label.split(":")[0], fields, filename, build_with_info)
+        self.log.append(f"{'built' if built else 'cached'} {label}: {path}")
+        self.provenance[label] = json.loads((path.parent / INFO_FILE).read_text())
+        self._built[key] = path
+        return path
+
+    def onnx_path(self, precision: str) -> Path:
+        if precision == "fp32":
+            return self._onnx_file or self.export_fp32()
+        if precision not in PRECISIONS:
+            raise HarnessError(f"no ONNX variant for precision '{precision}'", f"precisions: {', '.join(PRECISIONS)}")
+        source = self.onnx_path("fp32")
+        fields: dict[str, Any] = {
+            "artifact": f"onnx-{precision}",
+            "source_sha256": sha256_file(source),
+            "onnxruntime": onnxruntime.__version__,
         }
+        if precision == "fp16":
+            fields["op_block_list"] = list(self.export.fp16_op_block_list)
+            return self._cached(
+                "onnx:fp16", fields, ONNX_FILENAMES["fp16"], lambda out: convert_fp16(source, out, self.export.fp16_op_block_list)
+            )
+        calibration = self.calibration_inputs()
+        fields |= {
+            "method": self.export.int8_calibration,
+            "per_channel": self.export.int8_per_channel,
+            "calibration": calibration_hash(calibration),
+        }
+        reader = CalibrationReader(calibration, self.input_names[0])
+        return self._cached(
+            "onnx:int8",
+            fields,
+            ONNX_FILENAMES["int8"],
+            lambda out: quantize_int8(source, out, reader, self.export.int8_calibration, self.export.int8_per_channel),
+        )
+
+    def calibration_inputs(self) -> InputSet:
+        if self._calibration_inputs is None:
+            raise HarnessError("int8 needs calibration data", "run int8 through a suite whose [data] names a calibration_split")
+        return self._calibration_inputs()
+
+    def openvino_ir(self, precision: str) -> Path:
+        """IR xml: fp32/fp16 from the FP32 ONNX (fp16 = compressed weights), int8 from the Q/DQ ONNX."""
+        import openvino as ov
+
+        source = self.onnx_path("int8" if precision == "int8" else "fp32")
+        compress = precision == "fp16"
+        fields = {
+            "artifact": f"openvino-{precision}",
+            "source_sha256": sha256_file(source),
+            "openvino": ov.get_version(),
+            "compress": compress,
+        }
+        return self._cached(f"openvino:{precision}", fields, "model.xml", lambda out: convert_ir(source, out, compress))
+
+    def tensorrt_engine(self, precision: str) -> Path:
+        """Serialized engine built from this precision's ONNX for the GPU in use."""
+        from exporters.tensorrt_engine import EngineOptions, build_engine, engine_fields
+
+        source = self.onnx_path(precision)
+        options = EngineOptions(self.input_names[0], self.export.trt_batch, self.export.trt_workspace_mb)
+        fields = engine_fields(source, options) | {"artifact": f"tensorrt-{precision}"}
+        timing_cache = self.cache.root / "tensorrt" / "timing.cache"
+        return self._cached(f"tensorrt:{precision}", fields, "model.engine", lambda out: build_engine(source, out, options, timing_cache))
 
     def export_fp32(self) -> Path:
         return self._fp32_onnx
@@ -107,22 +185,31 @@ class ModelArtifacts:
     @cached_property
     def _fp32_onnx(self) -> Path:
         """The cached fp32 ONNX file (exported when absent), parity-checked against PyTorch."""
-        assert self.suite is not None and self.cache is not None
+        assert self.suite is not None
         suite = self.suite
-        fields = self.export_fields()
         inputs = self._parity_inputs() if self._parity_inputs else None
         if inputs is None or len(inputs) == 0:
             raise ValueError("export needs parity inputs")
-        built = []
+        fields = {
+            "artifact": "onnx-fp32",
+            "builder": suite.model.builder,
+            "kwargs": suite.model.kwargs,
+            "weights_sha256": self.weights_sha256,
+            "input_name": suite.model.input_name,
+            "output_names": list(suite.model.output_names),
+            "opset": self.export.opset,
+            "input_hw": suite.stack.input_hw,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        }
 
-        def build(out: Path) -> None:
+        def build(out: Path) -> dict[str, Any]:
             metadata = {f"harness.{k}": str(v) for k, v in fields.items()} | {"harness.version": __version__}
-            export_onnx(self.torch_model(), inputs[:2], out, suite.model.input_name, suite.model.output_names, suite.export.opset, metadata)
-            built.append(out)
+            export_onnx(self.torch_model(), inputs[:2], out, suite.model.input_name, suite.model.output_names, self.export.opset, metadata)
+            return {"exporter": "torch.onnx.export(dynamo=True)", **fields}
 
-        path = self.cache.get_or_build("onnx", fields, "model.fp32.onnx", build)
-        self.log.append(f"{'exported' if built else 'cached'} {path}")
-        self.parity = check_parity(self.torch_model(), path, inputs, suite.model.input_name, suite.export.atol)
+        path = self._cached("onnx:fp32", fields, ONNX_FILENAMES["fp32"], build)
+        self.parity = check_parity(self.torch_model(), path, inputs, suite.model.input_name, self.export.atol)
         self.log.extend(r.line() for r in self.parity)
         failed = [r for r in self.parity if not r.ok]
         if failed:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE_ENV = "HARNESS_CACHE_DIR"
+CACHE_FORMAT = 2  # bump when the layout of a cached artifact folder changes
 
 
 def default_cache_dir() -> Path:
@@ -29,7 +30,8 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    keyed = {"cache_format": CACHE_FORMAT, **fields}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

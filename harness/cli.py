@@ -6,19 +6,26 @@ Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from exporters.artifacts import PRECISIONS
 from exporters.cache import ArtifactCache, default_cache_dir
 from harness.colour import COLOUR_PATHS
 from harness.decoders import DECODERS
+from harness.environment import environment
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
 from harness.onnx_testdata import run_test_data
@@ -30,7 +37,7 @@ from runtimes import RUNTIMES
 
 # Piped output (CI logs) gets a wide fixed width so tables are not truncated.
 console = Console(width=None if sys.stdout.isatty() else 200)
-progress_console = Console(stderr=True)
+progress_console = Console(stderr=True, soft_wrap=True)
 
 suite_option = click.option("--suite", "suite_name", metavar="NAME|FILE", help="Bundled suite name or path to a suite .toml file.")
 cache_option = click.option(
@@ -81,10 +88,36 @@ def _expand_runtimes(requested: tuple[str, ...], default: tuple[str, ...]) -> li
         for spec in RUNTIMES.values():
             reason = spec.unavailable_reason()
             if reason:
-                progress_console.print(f"skipping {spec.name}: {reason}")
+                progress_console.print(f"skipping {spec.name}: {escape(reason)}")
             else:
                 names.append(spec.name)
     return list(dict.fromkeys(names))
+
+
+def runtime_table() -> Table:
+    table = Table(title="runtimes")
+    for column in ("name", "backend", "device", "precision", "status"):
+        table.add_column(column)
+    for spec in RUNTIMES.values():
+        reason = spec.unavailable_reason()
+        status = f"[red]unavailable: {escape(reason)}[/red]" if reason else "[green]available[/green]"
+        table.add_row(spec.name, spec.backend, spec.device, spec.precision, status)
+    return table
+
+
+def gpu_summary() -> str:
+    """GPU name and driver as nvidia-smi and PyTorch see them, or why there is none."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        query = [smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip().replace("\n", "; ")
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return "none (no nvidia-smi, PyTorch sees no CUDA device)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,7 +144,7 @@ def list_cmd() -> None:
             spec.backend,
             spec.device,
             spec.precision,
-            f"[red]unavailable: {reason}[/red]" if reason else "[green]available[/green]",
+            f"[red]unavailable: {escape(reason)}[/red]" if reason else "[green]available[/green]",
         )
     console.print(runtimes)
     console.print("stack components:")
@@ -121,18 +154,67 @@ def list_cmd() -> None:
     console.print(f"bundled suites live in {BUNDLED_DIR}")
 
 
+EXPORT_TARGETS = ("onnx", "openvino", "tensorrt")
+
+
 @cli.command()
 @suite_option
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--target", type=click.Choice(EXPORT_TARGETS), default="onnx", show_default=True)
 @cache_option
-def export(suite_name: str | None, cache_dir: Path | None) -> None:
-    """Export the suite's model to ONNX and check parity against PyTorch."""
+def export(suite_name: str | None, precision: str, target: str, cache_dir: Path | None) -> None:
+    """Export to ONNX (parity-checked against PyTorch), a precision variant, OpenVINO IR or a TensorRT engine."""
     suite = _require_suite(suite_name)
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit=suite.export.parity_samples, track=track)
-        path = run.artifacts.export_fp32()
+        builders = {"onnx": run.artifacts.onnx_path, "openvino": run.artifacts.openvino_ir, "tensorrt": run.artifacts.tensorrt_engine}
+        start = time.perf_counter()
+        path = builders[target](precision)
+        seconds = time.perf_counter() - start
     for line in run.artifacts.log:
-        console.print(line)
-    console.print(f"ONNX model: {path}")
+        console.print(escape(line))
+    for label, info in run.artifacts.provenance.items():
+        console.print(f"{label}: " + escape(json.dumps(info, default=str)))
+    console.print(f"{target} {precision}: {path} ({seconds:.1f}s)")
+
+
+@cli.group()
+def cache() -> None:
+    """The content-addressed artifact cache (exports, variants, IR, engines)."""
+
+
+@cache.command("ls")
+@cache_option
+def cache_ls(cache_dir: Path | None) -> None:
+    """List cached artifacts."""
+    store = _cache(cache_dir)
+    table = Table(title=f"artifact cache {store.root}")
+    for column in ("kind", "key", "files", "size"):
+        table.add_column(column)
+    for kind, folder, size in store.entries():
+        files = ", ".join(sorted(p.name for p in folder.iterdir() if p.name not in ("key.json", "info.json")))
+        table.add_row(kind, folder.name, files, f"{size / 1e6:.2f} MB")
+    console.print(table)
+
+
+@cache.command("clear")
+@cache_option
+def cache_clear(cache_dir: Path | None) -> None:
+    """Delete every cached artifact."""
+    store = _cache(cache_dir)
+    console.print(f"removed {store.clear()} artifacts from {store.root}")
+
+
+@cli.command()
+def doctor() -> None:
+    """Python, libraries, CPU/GPU, and every runtime: available, or why not and how to fix it."""
+    env = environment()
+    console.print(f"platform: {env['platform']}")
+    console.print(f"cpu: {env['cpu']}")
+    console.print(f"gpu: {escape(gpu_summary())}")
+    for name, version in env["libraries"].items():
+        console.print(f"{name}: {version}")
+    console.print(runtime_table())
 
 
 @cli.command()
@@ -175,7 +257,7 @@ def run(
             raise HarnessError(
                 "--onnx needs --inputs DIR and no --suite", "e.g. harness run --onnx model.onnx --inputs test_data/ --runtime ort-fp32"
             )
-        report = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol)
+        report = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol, _cache(cache_dir))
     else:
         suite = _require_suite(suite_name)
         store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.files import atomic_write
 
 SCHEMA_VERSION = 1
 OUTPUT_PREFIX = "output/"
@@ -48,20 +47,6 @@ class Golden:
             )
         rows = np.array([index[i] for i in ids], dtype=np.int64)
         return {name: value[rows] for name, value in self.outputs.items()}, self.predictions[rows]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class GoldenStore:
@@ -119,8 +104,8 @@ class GoldenStore:
             "metadata": golden.metadata,
             "outputs_sha256": hashlib.sha256(blob).hexdigest(),
         }
-        _atomic_write(folder / "outputs.npz", blob)
-        _atomic_write(folder / "golden.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(folder / "outputs.npz", blob)
+        atomic_write(folder / "golden.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
         return folder
 
 
@@ -132,5 +117,10 @@ def metadata_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
         if isinstance(a, dict) and isinstance(b, dict):
             lines.extend(metadata_changes(a, b, f"{prefix}{key}."))
         elif a != b:
-            lines.append(f"{prefix}{key}: {a} -> {b}")
+            lines.append(f"{prefix}{key}: {_short(a)} -> {_short(b)}")
     return lines
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

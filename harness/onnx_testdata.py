@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from rich.console import Console
 
 from exporters.artifacts import ModelArtifacts
+from exporters.cache import ArtifactCache
 from harness.compare import output_stats
 from harness.environment import environment
 from harness.errors import HarnessError
@@ -178,7 +179,7 @@ def _check(
     return TensorCheck(test_set, runtime, output, against, stats.max_abs, stats.max_rel, int(outside.sum()), int(want.size))
 
 
-def run_test_data(model: Path, directory: Path, runtimes: list[str], rtol: float, atol: float) -> TestDataReport:
+def run_test_data(model: Path, directory: Path, runtimes: list[str], rtol: float, atol: float, cache: ArtifactCache) -> TestDataReport:
     if not model.is_file():
         raise HarnessError(f"ONNX model not found: {model}", "pass an existing .onnx file to --onnx")
     try:
@@ -186,7 +187,7 @@ def run_test_data(model: Path, directory: Path, runtimes: list[str], rtol: float
     except Exception as exc:
         raise HarnessError(f"{model}: not a valid ONNX model ({str(exc).splitlines()[0]})", "re-export the model") from exc
     specs = [get_runtime(name) for name in runtimes]
-    artifacts = ModelArtifacts(onnx_file=model)
+    artifacts = ModelArtifacts(cache, onnx_file=model)
     sets = load_test_data(directory, artifacts.input_names, artifacts.output_names)
     if len(runtimes) < 2 and any(not s.expected for s in sets):
         raise HarnessError(

@@ -21,7 +21,7 @@ from exporters.cache import ArtifactCache
 from harness.compare import compare, judge
 from harness.dataset import Dataset, load_dataset
 from harness.environment import environment
-from harness.errors import RuntimeUnavailable
+from harness.errors import HarnessError, RuntimeUnavailable
 from harness.feed import InputSet, batch_slices, build_inputs
 from harness.golden import Golden, GoldenStore, metadata_changes
 from harness.report import RunReport, RuntimeResult
@@ -30,7 +30,7 @@ from harness.tasks import Task, make_task
 from runtimes import RuntimeSpec, get_runtime
 
 Tracker = Callable[[str, int], Callable[[], None]]
-STALENESS_KEYS = ("model", "dataset", "stack", "environment")
+STALENESS_KEYS = ("model", "dataset", "stack", "environment", "artifacts")
 
 
 def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
@@ -47,12 +47,14 @@ class Inference:
     metric: float
     seconds: float
     session: dict[str, str]
+    artifacts: dict[str, Any]  # provenance of the files this runtime consumed
 
 
 def run_session(
     spec: RuntimeSpec, artifacts: ModelArtifacts, inputs: InputSet, batch_size: int, advance: Callable[[], None]
 ) -> tuple[dict[str, np.ndarray], float, dict[str, str]]:
     """Feed `inputs` batch by batch; returns concatenated outputs and inference seconds."""
+    artifacts.accessed.clear()
     session = spec.open(artifacts)
     input_name = artifacts.input_names[0]
     chunks: dict[str, list[np.ndarray]] = {}
@@ -77,19 +79,33 @@ class SuiteRun:
         self.dataset: Dataset = load_dataset(suite.manifest, suite.split)
         self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.task: Task = make_task(suite.task, suite.model.output_names)
-        self.artifacts = ModelArtifacts(suite, cache, parity_inputs=lambda: self.inputs.tensors[: suite.export.parity_samples])
+        self.artifacts = ModelArtifacts(
+            cache,
+            suite=suite,
+            parity_inputs=lambda: self.inputs.tensors[: suite.export.parity_samples],
+            calibration_inputs=lambda: self.calibration,
+        )
 
     @cached_property
     def inputs(self) -> InputSet:
         return build_inputs(self.samples, self.suite.stack, self.track(f"decode + {self.suite.stack.name} stack", len(self.samples)))
+
+    @cached_property
+    def calibration(self) -> InputSet:
+        """The calibration split through the reference stack (INT8 quantization data)."""
+        if not self.suite.calibration_split:
+            raise HarnessError(f"{self.suite.path}: no [data] calibration_split", "int8 variants need calibration data")
+        samples = load_dataset(self.suite.manifest, self.suite.calibration_split).samples
+        return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)))
 
     def infer(self, runtime: str, batch_size: int) -> Inference:
         spec = get_runtime(runtime)
         inputs = self.inputs
         advance = self.track(f"infer {runtime}", -(-len(inputs) // batch_size))
         outputs, seconds, session = run_session(spec, self.artifacts, inputs, batch_size, advance)
+        used = {label: self.artifacts.provenance[label] for label in dict.fromkeys(self.artifacts.accessed)}
         predictions = self.task.predictions(outputs)
-        return Inference(runtime, outputs, predictions, self.task.metric(predictions, inputs.labels), seconds, session)
+        return Inference(runtime, outputs, predictions, self.task.metric(predictions, inputs.labels), seconds, session, used)
 
     def context(self) -> dict[str, Any]:
         """Provenance shared by reports and goldens."""
@@ -107,7 +123,7 @@ class SuiteRun:
             outputs=inference.outputs,
             predictions=inference.predictions,
             metrics={self.task.metric_name: inference.metric},
-            metadata={**self.context(), "session": inference.session},
+            metadata={**self.context(), "artifacts": inference.artifacts, "session": inference.session},
         )
 
     def compare_to_golden(self, inference: Inference, golden: Golden, update_hint: str) -> Any:
@@ -178,15 +194,16 @@ def run_suite(
             assert golden_store is not None
             golden = goldens[name]
             result.comparisons.append(judge(run.compare_to_golden(inference, golden, golden_store.update_hint(name)), tolerance))
-            notes += staleness_notes(name, golden.metadata, run.context())
+            notes += staleness_notes(name, golden.metadata, {**run.context(), "artifacts": inference.artifacts})
         results.append(result)
+    context = run.context() | {"artifacts": dict(run.artifacts.provenance)}
     return RunReport(
         suite=suite.name,
         task=suite.task,
         metric_name=run.task.metric_name,
         reference=reference,
         samples=len(run.inputs),
-        context=run.context(),
+        context=context,
         results=results,
         notes=notes,
     )

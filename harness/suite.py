@@ -36,9 +36,16 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ExportSpec:
+    """How the model becomes files: ONNX export, precision variants, engines."""
+
     opset: int = 18
     atol: float = 1e-4
     parity_samples: int = 32
+    fp16_op_block_list: tuple[str, ...] = ()
+    int8_calibration: str = "minmax"
+    int8_per_channel: bool = True
+    trt_workspace_mb: int = 1024
+    trt_batch: tuple[int, int, int] = (1, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,11 @@ def load_suite(name_or_path: str) -> Suite:
     run = _table(data, "run", origin, required=False)
     golden = _table(data, "golden", origin, required=False)
     try:
-        export_spec = ExportSpec(**export)
+        export_spec = ExportSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in export.items()})
     except TypeError as exc:
-        raise HarnessError(f"{origin}: invalid [export] table: {exc}", "allowed keys: opset, atol, parity_samples") from exc
+        raise HarnessError(f"{origin}: invalid [export] table: {exc}", f"allowed keys: {sorted(ExportSpec.__dataclass_fields__)}") from exc
+    if len(export_spec.trt_batch) != 3 or not 1 <= export_spec.trt_batch[0] <= export_spec.trt_batch[1] <= export_spec.trt_batch[2]:
+        raise HarnessError(f"{origin}: [export] trt_batch must be [min, opt, max] with 1 <= min <= opt <= max")
     return Suite(
         name=data.get("name", path.stem),
         path=path,

@@ -30,7 +30,8 @@ DEFAULT_PROFILES: dict[str, Tolerance] = {
     "fp32": Tolerance(),
     "fp16": Tolerance(max_abs=5e-2, min_cosine=0.9995, min_top1_agreement=0.99, max_flips=5, max_metric_delta=0.01),
     "bf16": Tolerance(max_abs=2e-1, min_cosine=0.998, min_top1_agreement=0.98, max_flips=10, max_metric_delta=0.02),
-    "int8": Tolerance(max_abs=1.0, min_cosine=0.98, min_top1_agreement=0.95, max_flips=25, max_metric_delta=0.03),
+    # INT8 logits move a lot on individual samples; gate on what users feel: top-1 and flips.
+    "int8": Tolerance(max_abs=10.0, min_cosine=0.0, min_top1_agreement=0.98, max_flips=10, max_metric_delta=0.02),
 }
 
 

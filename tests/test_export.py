@@ -52,7 +52,7 @@ def test_exported_batch_axis_is_dynamic(demo_run: SuiteRun, batch: int) -> None:
 
 def test_second_export_reuses_the_cache(demo_suite: Suite, demo_run: SuiteRun, cache: ArtifactCache) -> None:
     first = demo_run.artifacts.export_fp32()
-    again = ModelArtifacts(demo_suite, cache, parity_inputs=lambda: demo_run.inputs.tensors[:8])
+    again = ModelArtifacts(cache, suite=demo_suite, parity_inputs=lambda: demo_run.inputs.tensors[:8])
     assert again.export_fp32() == first
     assert again.log[0].startswith("cached")
     assert [kind for kind, _, _ in cache.entries()] == ["onnx"]
@@ -68,4 +68,4 @@ def test_parity_failure_is_a_clear_error(make_suite: Callable[..., Path], cache:
 def test_export_cli_prints_parity_lines(harness_cli: Callable[..., object]) -> None:
     result = harness_cli("export", "--suite", "demo")
     assert result.code == 0, result.err
-    assert "[✓] logits: max abs diff" in result.out and "ONNX model:" in result.out
+    assert "[✓] logits: max abs diff" in result.out and "onnx fp32: " in result.out

@@ -83,4 +83,4 @@ def test_committed_demo_goldens_pass(harness_cli: Callable[..., object], tmp_pat
     """What `make demo` runs: every default runtime against the committed goldens."""
     result = harness_cli("run", "--suite", "demo", "--report-dir", tmp_path / "rep")
     assert result.code == 0, result.out
-    assert result.out.count("PASS") == 5
+    assert result.out.count("PASS") == 13  # 6 runtimes x (reference, golden) + torch-fp32 golden

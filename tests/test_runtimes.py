@@ -12,7 +12,7 @@ from harness.pipeline import run_suite
 from harness.report import RunReport
 from harness.suite import Suite
 from runtimes import RUNTIMES, RuntimeSpec
-from runtimes.onnxruntime_cpu import OrtSession
+from runtimes.ort import OrtSession
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,82 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX by static post-training quantization.
+
+Calibration data is the suite's calibration split fed through the suite's
+reference stack (never the eval split).  Weights per channel, activations
+and weights symmetric, so the same Q/DQ file is valid for ONNX Runtime,
+OpenVINO and TensorRT's explicit quantization: all three run on identical
+quantization parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from harness.errors import HarnessError
+from harness.feed import InputSet, batch_slices
+
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+
+
+def calibration_hash(inputs: InputSet) -> str:
+    """Identity of the calibration data: sample ids and tensor bytes."""
+    digest = hashlib.sha256("\n".join(inputs.ids).encode())
+    digest.update(np.ascontiguousarray(inputs.tensors).tobytes())
+    return digest.hexdigest()
+
+
+class CalibrationReader(CalibrationDataReader):
+    """Feeds the calibration tensors and remembers which samples it fed.
+
+    Batches of one by default: the histogram calibrators (entropy, percentile)
+    cannot merge batches of different sizes."""
+
+    def __init__(self, inputs: InputSet, input_name: str, batch_size: int = 1) -> None:
+        self._batches = iter(list(batch_slices(len(inputs), batch_size)))
+        self._inputs = inputs
+        self._input_name = input_name
+        self.fed_ids: list[str] = []
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        rows = next(self._batches, None)
+        if rows is None:
+            return None
+        self.fed_ids.extend(self._inputs.ids[rows])
+        return {self._input_name: self._inputs.tensors[rows]}
+
+
+def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: str, per_channel: bool) -> dict[str, Any]:
+    """Write the Q/DQ model; returns provenance (method, samples, data hash)."""
+    if method not in CALIBRATION_METHODS:
+        raise HarnessError(f"unknown calibration method '{method}'", f"choose one of {sorted(CALIBRATION_METHODS)}")
+    with tempfile.TemporaryDirectory() as tmp, redirect_stdout(io.StringIO()):  # the calibrators print progress
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "calibration_method": method,
+        "per_channel": per_channel,
+        "calibration_samples": len(reader.fed_ids),
+        "calibration_sha256": calibration_hash(reader._inputs),
+        "calibration_ids_sha256": hashlib.sha256("\n".join(reader.fed_ids).encode()).hexdigest(),
+    }

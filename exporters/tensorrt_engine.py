@@ -1,0 +1,121 @@
+"""ONNX -> serialized TensorRT engine, one path for TensorRT 10 and 11.
+
+Precision comes from the ONNX file (FP16 tensors, Q/DQ nodes), never from
+builder flags: TensorRT 11 removed BuilderFlag.FP16/INT8 and the INT8
+calibrator, and TensorRT 10 supports the same strongly typed build.  TF32 is
+cleared so `trt-fp32` is real FP32.  The timing cache is persisted between
+builds.  Needs an NVIDIA GPU; everything here is imported lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from harness.dataset import sha256_file
+from harness.errors import HarnessError, RuntimeUnavailable
+from harness.files import atomic_write
+
+TRT_INSTALL_HINT = "on a GPU runner: pip install 'sysnoise-harness[trt]'"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    input_name: str
+    batch: tuple[int, int, int]  # min, opt, max of the optimization profile
+    workspace_mb: int
+
+
+def import_tensorrt() -> ModuleType:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise RuntimeUnavailable("python module tensorrt not installed", TRT_INSTALL_HINT) from exc
+    major = tensorrt_major(tensorrt)
+    if major < 10:
+        raise RuntimeUnavailable(f"TensorRT {tensorrt.__version__} is too old", "TensorRT 10 or 11 is required")
+    return tensorrt
+
+
+def tensorrt_major(trt: ModuleType) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def gpu_identity() -> dict[str, str]:
+    """Name and compute capability of GPU 0: engines are only valid on the GPU they were built for."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except ImportError:
+        pass
+    try:
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+
+        device = cuda.Device(0)
+        major, minor = device.compute_capability()
+        return {"gpu": device.name(), "compute_capability": f"{major}.{minor}"}
+    except ImportError as exc:
+        raise RuntimeUnavailable(
+            "no CUDA device visible (neither CUDA PyTorch nor pycuda)", "install a CUDA build of torch or pycuda"
+        ) from exc
+
+
+def engine_fields(source: Path, options: EngineOptions) -> dict[str, Any]:
+    """Cache key of an engine: source model, options, TensorRT version, GPU."""
+    trt = import_tensorrt()
+    return {"source_sha256": sha256_file(source), "tensorrt": str(trt.__version__), **gpu_identity(), **asdict(options)}
+
+
+def _profile_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    if any(d < 0 for d in shape[1:]):
+        raise HarnessError(f"TensorRT input shape {shape} has dynamic non-batch dimensions", "export with a fixed input size")
+    return (batch, *shape[1:])
+
+
+def build_engine(source: Path, out: Path, options: EngineOptions, timing_cache: Path) -> dict[str, Any]:
+    trt = import_tensorrt()
+    major = tensorrt_major(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # TensorRT 10: strong typing is opt-in.  TensorRT 11: always on; the flag is deprecated and ignored.
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if major == 10 else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise HarnessError(f"TensorRT cannot parse {source}: {errors}", "check the ONNX opset and ops against TensorRT's support matrix")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32_flag is not None:
+        config.clear_flag(tf32_flag)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        shape = tuple(tensor.shape)
+        low, opt, high = (_profile_shape(shape, b) for b in options.batch)
+        profile.set_shape(tensor.name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise HarnessError(f"TensorRT engine build failed for {source}", "see the TensorRT log above")
+    out.write_bytes(bytes(serialized))
+    atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return {
+        "builder": "tensorrt.Builder.build_serialized_network",
+        "tensorrt": str(trt.__version__),
+        "strongly_typed": True,
+        "tf32": False,
+        "workspace_mb": options.workspace_mb,
+        "batch_profile": list(options.batch),
+    }

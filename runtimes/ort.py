@@ -1,0 +1,79 @@
+"""ONNX Runtime: CPU, CUDA and TensorRT execution providers, every precision.
+
+Each precision runs its own file (`model.fp16.onnx`, `model.int8-qdq.onnx`);
+the GPU providers need the `onnxruntime-gpu` build (never installed beside
+the CPU `onnxruntime`: both provide the same module).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.errors import HarnessError
+from runtimes.base import RuntimeSpec, register
+
+if TYPE_CHECKING:
+    from exporters.artifacts import ModelArtifacts
+
+GPU_HINT = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+
+
+class OrtSession:
+    def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        import onnxruntime as ort
+
+        path = artifacts.onnx_path(spec.precision)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:
+            first = str(exc).splitlines()[0]
+            raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
+        if self._session.get_providers()[0] != providers[0]:
+            raise HarnessError(
+                f"ONNX Runtime fell back from {providers[0]} to {self._session.get_providers()[0]}", "check the CUDA/TensorRT install"
+            )
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._version = ort.__version__
+        self._precision = spec.precision
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self._session.run(self._output_names, feeds)
+        return {name: np.asarray(o, dtype=np.float32) for name, o in zip(self._output_names, outs, strict=True)}
+
+    def describe(self) -> dict[str, str]:
+        return {"providers": ",".join(self._session.get_providers()), "precision": self._precision, "onnxruntime": self._version}
+
+
+def _provider_probe(provider: str) -> str | None:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        return None
+    return f"this onnxruntime build has no {provider} ({GPU_HINT})"
+
+
+_DEVICES = {
+    "": ("cpu", ("CPUExecutionProvider",)),
+    "cuda-": ("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider")),
+    "trt-": ("cuda", ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")),
+}
+
+for _prefix, (_device, _providers) in _DEVICES.items():
+    for _precision in ("fp32", "fp16", "int8"):
+        register(
+            RuntimeSpec(
+                name=f"ort-{_prefix}{_precision}",
+                backend="onnxruntime",
+                device=_device,
+                precision=_precision,
+                modules=("onnxruntime",),
+                install_hint="pip install onnxruntime" if _device == "cpu" else GPU_HINT,
+                opener=partial(OrtSession, providers=_providers),
+                probe=None if _device == "cpu" else partial(_provider_probe, _providers[0]),
+            )
+        )
