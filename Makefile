@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test gpu bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# GPU runner set-up: TensorRT + pycuda, and onnxruntime-gpu *instead of* the CPU onnxruntime
+# (both ship the `onnxruntime` module; installed together, one overwrites the other's files).
+gpu: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[openvino,dev,gpu,trt]'
+	$(BIN)/python -m pip uninstall -y -q onnxruntime
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps onnxruntime-gpu
+	$(BIN)/harness doctor
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_overhead.py

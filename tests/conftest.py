@@ -19,6 +19,18 @@ DEMO_TOML = BUNDLED_DIR / "demo.toml"
 DEMO_DIR = BUNDLED_DIR / "demo"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run where PyTorch sees a CUDA device (a GPU runner), and are skipped with the reason elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: no CUDA device visible to PyTorch")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("artifact-cache")

@@ -1,0 +1,20 @@
+"""CUDA paths on real hardware (marked `gpu`: skipped without a CUDA device)."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporters.cache import ArtifactCache
+from harness.pipeline import run_suite
+from harness.suite import Suite
+
+
+@pytest.mark.gpu
+def test_torch_cuda_matches_cpu_reference(demo_suite: Suite, cache: ArtifactCache) -> None:
+    report = run_suite(demo_suite, ["torch-cuda-fp32", "torch-cuda-fp16"], cache, None, batch_size=64, limit=256)
+    results = {r.runtime: r for r in report.results}
+    fp32 = results["torch-cuda-fp32"].comparisons[0]
+    assert fp32.worst.max_abs < 1e-3 and fp32.passed  # TF32 is off: real FP32
+    fp16 = results["torch-cuda-fp16"].comparisons[0]
+    assert fp16.worst.max_abs < 5e-2 and fp16.top1_agreement >= 0.99
+    assert results["torch-cuda-fp16"].session["device"] == "cuda"

@@ -1,0 +1,107 @@
+"""FP16 / INT8 variants on real ONNX Runtime and OpenVINO sessions, and the
+calibration data they were quantized with."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from exporters.cache import ArtifactCache
+from exporters.int8 import CalibrationReader, quantize_int8
+from harness.dataset import load_dataset
+from harness.pipeline import SuiteRun, run_suite
+from harness.report import RunReport
+from harness.suite import Suite, load_suite
+
+VARIANTS = ["ort-fp16", "ort-int8", "ov-fp32", "ov-fp16", "ov-int8"]
+
+
+@pytest.fixture(scope="module")
+def variants_report(demo_suite: Suite, cache: ArtifactCache) -> RunReport:
+    return run_suite(demo_suite, VARIANTS, cache, None, batch_size=50)
+
+
+def _comparison(report: RunReport, runtime: str):
+    return next(r for r in report.results if r.runtime == runtime).comparisons[0]
+
+
+@pytest.mark.parametrize("runtime", ["ort-fp16", "ov-fp16"])
+def test_fp16_close_to_torch(variants_report: RunReport, runtime: str) -> None:
+    comparison = _comparison(variants_report, runtime)
+    assert 1e-5 < comparison.worst.max_abs < 5e-2  # really reduced precision, still close
+    assert comparison.top1_agreement >= 0.99 and comparison.passed
+
+
+@pytest.mark.parametrize("runtime", ["ort-int8", "ov-int8"])
+def test_int8_judged_on_top1_and_flips(variants_report: RunReport, runtime: str) -> None:
+    comparison = _comparison(variants_report, runtime)
+    assert comparison.worst.max_abs > 0.1  # quantization really happened
+    assert comparison.top1_agreement >= 0.98 and abs(comparison.metric_delta) <= 0.02
+    assert comparison.passed
+
+
+def test_openvino_reports_effective_precision(variants_report: RunReport) -> None:
+    sessions = {r.runtime: r.session for r in variants_report.results}
+    assert sessions["ov-fp32"]["precision"] == "f32"
+    assert sessions["ov-int8"]["precision"] == "int8"
+    assert sessions["ov-fp16"]["precision"] in ("f16", "f32")  # what the CPU accepted, not what was asked
+
+
+def test_fp16_file_has_fp16_weights_and_fp32_io(demo_suite: Suite, cache: ArtifactCache) -> None:
+    run = SuiteRun(demo_suite, cache, limit=8)
+    model = onnx.load(str(run.artifacts.onnx_path("fp16")))
+    assert {i.data_type for i in model.graph.initializer if len(i.dims) == 4} == {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_fp16_block_list_keeps_ops_in_fp32(make_suite: Callable[..., Path], cache: ArtifactCache) -> None:
+    suite = load_suite(str(make_suite({"fp16_op_block_list = []": 'fp16_op_block_list = ["Gemm"]'})))
+    run = SuiteRun(suite, cache, limit=8)
+    model = onnx.load(str(run.artifacts.onnx_path("fp16")))
+    info = run.artifacts.provenance["onnx:fp16"]
+    assert info["op_block_list"] == ["Gemm"] and len(info["kept_fp32_nodes"]) == 1
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for name in gemm.input:  # every Gemm input is cast up to FP32 first: the op computes in FP32
+        cast = producers[name]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+
+
+def test_int8_is_calibrated_on_the_calibration_split(demo_suite: Suite, cache: ArtifactCache) -> None:
+    run = SuiteRun(demo_suite, cache, limit=8)
+    model = onnx.load(str(run.artifacts.onnx_path("int8")))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    info = run.artifacts.provenance["onnx:int8"]
+    calib_ids = [s.id for s in load_dataset(demo_suite.manifest, "calib").samples]
+    assert info["calibration_samples"] == len(calib_ids) == 100
+    assert info["calibration_ids_sha256"] == hashlib.sha256("\n".join(calib_ids).encode()).hexdigest()
+    assert info["calibration_method"] == "minmax" and info["per_channel"] is True
+    assert all(i.startswith("calib/") for i in run.calibration.ids)
+
+
+def test_calibration_reader_feeds_every_calibration_sample_once(demo_suite: Suite, cache: ArtifactCache, tmp_path: Path) -> None:
+    run = SuiteRun(demo_suite, cache, limit=8)
+    reader = CalibrationReader(run.calibration, "images")
+    info = quantize_int8(run.artifacts.onnx_path("fp32"), tmp_path / "q.onnx", reader, "percentile", per_channel=False)
+    assert reader.fed_ids == list(run.calibration.ids)
+    assert not set(reader.fed_ids) & {s.id for s in load_dataset(demo_suite.manifest, "eval").samples}
+    assert info["calibration_method"] == "percentile"
+
+
+def test_calibration_method_changes_the_artifact(make_suite: Callable[..., Path], demo_suite: Suite, cache: ArtifactCache) -> None:
+    minmax = SuiteRun(demo_suite, cache, limit=8).artifacts.onnx_path("int8")
+    suite = load_suite(str(make_suite({'int8_calibration = "minmax"': 'int8_calibration = "percentile"'})))
+    percentile = SuiteRun(suite, cache, limit=8).artifacts.onnx_path("int8")
+    assert minmax != percentile
+    scales = [
+        {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer if i.name.endswith("_scale")}
+        for p in (minmax, percentile)
+    ]
+    assert any(not np.allclose(scales[0][k], scales[1][k]) for k in scales[0] if k in scales[1])
