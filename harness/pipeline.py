@@ -18,10 +18,10 @@ import numpy as np
 
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
-from harness.compare import compare, judge
+from harness.compare import Comparison, compare, judge
 from harness.dataset import Dataset, load_dataset
 from harness.environment import environment
-from harness.errors import HarnessError, RuntimeUnavailable
+from harness.errors import HarnessError
 from harness.feed import InputSet, batch_slices, build_inputs
 from harness.golden import Golden, GoldenStore, metadata_changes
 from harness.report import RunReport, RuntimeResult
@@ -126,7 +126,7 @@ class SuiteRun:
             metadata={**self.context(), "artifacts": inference.artifacts, "session": inference.session},
         )
 
-    def compare_to_golden(self, inference: Inference, golden: Golden, update_hint: str) -> Any:
+    def compare_to_golden(self, inference: Inference, golden: Golden, update_hint: str) -> Comparison:
         outputs, predictions = golden.select(self.inputs.ids, update_hint)
         baseline_metric = self.task.metric(predictions, self.inputs.labels)
         return compare(
@@ -149,10 +149,7 @@ def precision_of(runtime: str) -> str:
 def validate_runtimes(names: list[str]) -> None:
     """Unknown or unavailable runtimes fail before any work is done."""
     for name in names:
-        spec = get_runtime(name)
-        reason = spec.unavailable_reason()
-        if reason:
-            raise RuntimeUnavailable(f"runtime '{name}' is unavailable: {reason}")
+        get_runtime(name).require_available()
 
 
 def run_suite(

@@ -41,7 +41,6 @@ class RuntimeSpec:
     modules: tuple[str, ...]
     install_hint: str
     opener: Callable[[ModelArtifacts, RuntimeSpec], Session]
-    needs_torch_model: bool = False
     probe: Callable[[], str | None] | None = None
 
     def unavailable_reason(self) -> str | None:
@@ -51,10 +50,13 @@ class RuntimeSpec:
             return f"python module {', '.join(missing)} not installed ({self.install_hint})"
         return self.probe() if self.probe else None
 
-    def open(self, artifacts: ModelArtifacts) -> Session:
+    def require_available(self) -> None:
         reason = self.unavailable_reason()
         if reason:
             raise RuntimeUnavailable(f"runtime '{self.name}' is unavailable: {reason}")
+
+    def open(self, artifacts: ModelArtifacts) -> Session:
+        self.require_available()
         return self.opener(artifacts, self)
 
 

@@ -88,7 +88,6 @@ for _name, _device, _precision, _probe in (
             modules=("torch",),
             install_hint="pip install torch" if _device == "cpu" else "install a CUDA build of torch on a GPU machine",
             opener=partial(TorchSession, device=_device),
-            needs_torch_model=True,
             probe=_probe,
         )
     )
