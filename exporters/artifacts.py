@@ -62,6 +62,7 @@ class ModelArtifacts:
         self.provenance: dict[str, dict[str, Any]] = {}
         self.accessed: list[str] = []  # labels requested since the caller last cleared it
         self._built: dict[tuple[str, str], Path] = {}
+        self._file_sha256: dict[Path, str] = {}
 
     # -- identity -----------------------------------------------------------------
 
@@ -101,6 +102,12 @@ class ModelArtifacts:
 
     # -- cached files -------------------------------------------------------------
 
+    def _sha256(self, path: Path) -> str:
+        """Hash of a source file, once per file: cached artifacts never change in place."""
+        if path not in self._file_sha256:
+            self._file_sha256[path] = sha256_file(path)
+        return self._file_sha256[path]
+
     def _cached(self, label: str, fields: dict[str, Any], filename: str, build: Callable[[Path], dict[str, Any]]) -> Path:
         """Get or build one artifact; its provenance (info.json) is kept in `self.provenance[label]`."""
         key = (label, json.dumps(fields, sort_keys=True, default=str))
@@ -128,7 +135,7 @@ class ModelArtifacts:
         source = self.onnx_path("fp32")
         fields: dict[str, Any] = {
             "artifact": f"onnx-{precision}",
-            "source_sha256": sha256_file(source),
+            "source_sha256": self._sha256(source),
             "onnxruntime": onnxruntime.__version__,
         }
         if precision == "fp16":
@@ -163,7 +170,7 @@ class ModelArtifacts:
         compress = precision == "fp16"
         fields = {
             "artifact": f"openvino-{precision}",
-            "source_sha256": sha256_file(source),
+            "source_sha256": self._sha256(source),
             "openvino": ov.get_version(),
             "compress": compress,
         }
@@ -175,7 +182,7 @@ class ModelArtifacts:
 
         source = self.onnx_path(precision)
         options = EngineOptions(self.input_names[0], self.export.trt_batch, self.export.trt_workspace_mb)
-        fields = engine_fields(source, options) | {"artifact": f"tensorrt-{precision}"}
+        fields = engine_fields(self._sha256(source), options) | {"artifact": f"tensorrt-{precision}"}
         timing_cache = self.cache.root / "tensorrt" / "timing.cache"
         return self._cached(f"tensorrt:{precision}", fields, "model.engine", lambda out: build_engine(source, out, options, timing_cache))
 

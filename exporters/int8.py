@@ -41,7 +41,7 @@ class CalibrationReader(CalibrationDataReader):
 
     def __init__(self, inputs: InputSet, input_name: str, batch_size: int = 1) -> None:
         self._batches = iter(list(batch_slices(len(inputs), batch_size)))
-        self._inputs = inputs
+        self.inputs = inputs
         self._input_name = input_name
         self.fed_ids: list[str] = []
 
@@ -49,8 +49,8 @@ class CalibrationReader(CalibrationDataReader):
         rows = next(self._batches, None)
         if rows is None:
             return None
-        self.fed_ids.extend(self._inputs.ids[rows])
-        return {self._input_name: self._inputs.tensors[rows]}
+        self.fed_ids.extend(self.inputs.ids[rows])
+        return {self._input_name: self.inputs.tensors[rows]}
 
 
 def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: str, per_channel: bool) -> dict[str, Any]:
@@ -77,6 +77,6 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         "calibration_method": method,
         "per_channel": per_channel,
         "calibration_samples": len(reader.fed_ids),
-        "calibration_sha256": calibration_hash(reader._inputs),
+        "calibration_sha256": calibration_hash(reader.inputs),
         "calibration_ids_sha256": hashlib.sha256("\n".join(reader.fed_ids).encode()).hexdigest(),
     }

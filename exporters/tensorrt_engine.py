@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from harness.dataset import sha256_file
 from harness.errors import HarnessError, RuntimeUnavailable
 from harness.files import atomic_write
 
@@ -60,16 +59,16 @@ def gpu_identity() -> dict[str, str]:
         device = cuda.Device(0)
         major, minor = device.compute_capability()
         return {"gpu": device.name(), "compute_capability": f"{major}.{minor}"}
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or pycuda's own error when there is no driver or device
         raise RuntimeUnavailable(
             "no CUDA device visible (neither CUDA PyTorch nor pycuda)", "install a CUDA build of torch or pycuda"
         ) from exc
 
 
-def engine_fields(source: Path, options: EngineOptions) -> dict[str, Any]:
+def engine_fields(source_sha256: str, options: EngineOptions) -> dict[str, Any]:
     """Cache key of an engine: source model, options, TensorRT version, GPU."""
     trt = import_tensorrt()
-    return {"source_sha256": sha256_file(source), "tensorrt": str(trt.__version__), **gpu_identity(), **asdict(options)}
+    return {"source_sha256": source_sha256, "tensorrt": str(trt.__version__), **gpu_identity(), **asdict(options)}
 
 
 def _profile_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:

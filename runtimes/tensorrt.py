@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, RuntimeUnavailable
 from runtimes.base import RuntimeSpec, register
 
 if TYPE_CHECKING:
@@ -154,20 +154,13 @@ class TensorRTSession:
 
 
 def _cuda_probe() -> str | None:
-    try:
-        import torch
+    from exporters.tensorrt_engine import gpu_identity
 
-        if torch.cuda.is_available():
-            return None
-    except ImportError:
-        pass
     try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        return None if cuda.Device.count() else "no CUDA device"
-    except Exception:
-        return "no CUDA device visible (CUDA PyTorch or pycuda needed)"
+        gpu_identity()
+    except RuntimeUnavailable as exc:
+        return str(exc)
+    return None
 
 
 for _precision in ("fp32", "fp16", "int8"):
