@@ -29,6 +29,7 @@ gpu: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_overhead.py
+	$(BIN)/python scripts/bench_matrix.py
 
 clean:
 	rm -rf reports .pytest_cache

@@ -5,11 +5,14 @@ A runtime asks for what it consumes (`torch_model()`, `onnx_path(precision)`,
 built, through the content-addressed cache: a run on `torch-fp32` alone never
 exports, and an artifact already in the cache is reused.  Precision lives in
 the files: `model.fp32.onnx`, `model.fp16.onnx`, `model.int8-qdq.onnx`, and
-every backend consumes the same file for a precision.
+every backend consumes the same file for a precision.  A model variant
+(`exporters.rewrites`) rewrites the FP32 ONNX once and patches the PyTorch
+model alike; its precision variants derive from the rewritten file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from functools import cached_property
@@ -26,6 +29,7 @@ from exporters.fp16 import convert_fp16
 from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
 from exporters.onnx_export import OutputParity, check_parity, export_onnx
 from exporters.openvino_ir import convert_ir
+from exporters.rewrites import ModelVariant, VariantNotApplicable, patch_torch, rewrite_onnx
 from harness import __version__
 from harness.dataset import sha256_file
 from harness.errors import HarnessError
@@ -48,6 +52,7 @@ class ModelArtifacts:
         onnx_file: Path | None = None,
         parity_inputs: Callable[[], np.ndarray] | None = None,
         calibration_inputs: Callable[[], InputSet] | None = None,
+        variant: ModelVariant | None = None,
     ) -> None:
         if (suite is None) == (onnx_file is None):
             raise ValueError("give either a suite or an onnx_file")
@@ -56,6 +61,7 @@ class ModelArtifacts:
         self._onnx_file = onnx_file
         self._parity_inputs = parity_inputs
         self._calibration_inputs = calibration_inputs
+        self.variant = variant
         self.export = suite.export if suite else ExportSpec()
         self.log: list[str] = []
         self.parity: list[OutputParity] = []
@@ -92,13 +98,25 @@ class ModelArtifacts:
 
     @cached_property
     def _torch(self) -> torch.nn.Module:
+        """The model as trained (what the FP32 ONNX is exported from)."""
         if self.suite is None:
             raise HarnessError("torch runtimes need the PyTorch model of a suite", "with --onnx use onnxruntime/openvino runtimes")
         model = self.suite.model
         return build_model(model.builder, model.weights, model.kwargs)
 
+    @cached_property
+    def _torch_variant(self) -> torch.nn.Module:
+        assert self.variant is not None
+        model = copy.deepcopy(self._torch)
+        if not patch_torch(model, self.variant):
+            raise VariantNotApplicable(
+                f"model variant '{self.variant.name}' has no PyTorch module to patch", "run it on ONNX-based runtimes (ort-*, ov-*, trt-*)"
+            )
+        return model
+
     def torch_model(self) -> torch.nn.Module:
-        return self._torch
+        """The PyTorch model, with the model variant applied when there is one."""
+        return self._torch_variant if self.variant else self._torch
 
     # -- cached files -------------------------------------------------------------
 
@@ -129,7 +147,10 @@ class ModelArtifacts:
 
     def onnx_path(self, precision: str) -> Path:
         if precision == "fp32":
-            return self._onnx_file or self.export_fp32()
+            if self._onnx_file and not self.variant:
+                return self._onnx_file
+            self.accessed.append(f"onnx:fp32+{self.variant.name}" if self.variant else "onnx:fp32")  # cached_property skips _cached
+            return self._variant_onnx if self.variant else self.export_fp32()
         if precision not in PRECISIONS:
             raise HarnessError(f"no ONNX variant for precision '{precision}'", f"precisions: {', '.join(PRECISIONS)}")
         source = self.onnx_path("fp32")
@@ -156,6 +177,17 @@ class ModelArtifacts:
             ONNX_FILENAMES["int8"],
             lambda out: quantize_int8(source, out, reader, self.export.int8_calibration, self.export.int8_per_channel),
         )
+
+    @cached_property
+    def _variant_onnx(self) -> Path:
+        """The FP32 ONNX with the model variant applied, validated against the patched PyTorch model."""
+        assert self.variant is not None
+        variant, source = self.variant, self._onnx_file or self.export_fp32()
+        fields = {"artifact": "onnx-fp32-variant", "variant": variant.name, "source_sha256": self._sha256(source), "onnx": onnx.__version__}
+        path = self._cached(f"onnx:fp32+{variant.name}", fields, ONNX_FILENAMES["fp32"], lambda out: rewrite_onnx(source, out, variant))
+        if self.suite and self._parity_inputs:
+            self._check_parity(path, f"model variant '{variant.name}' rewrite")
+        return path
 
     def calibration_inputs(self) -> InputSet:
         if self._calibration_inputs is None:
@@ -212,16 +244,21 @@ class ModelArtifacts:
 
         def build(out: Path) -> dict[str, Any]:
             metadata = {f"harness.{k}": str(v) for k, v in fields.items()} | {"harness.version": __version__}
-            export_onnx(self.torch_model(), inputs[:2], out, suite.model.input_name, suite.model.output_names, self.export.opset, metadata)
+            export_onnx(self._torch, inputs[:2], out, suite.model.input_name, suite.model.output_names, self.export.opset, metadata)
             return {"exporter": "torch.onnx.export(dynamo=True)", **fields}
 
         path = self._cached("onnx:fp32", fields, ONNX_FILENAMES["fp32"], build)
-        self.parity = check_parity(self.torch_model(), path, inputs, suite.model.input_name, self.export.atol)
-        self.log.extend(r.line() for r in self.parity)
+        self._check_parity(path, "export", self._torch)
+        return path
+
+    def _check_parity(self, path: Path, what: str, model: torch.nn.Module | None = None) -> None:
+        """`[✓]/[x]` per output of `path` against PyTorch (the variant-patched model unless `model` is given)."""
+        assert self.suite is not None and self._parity_inputs is not None
+        self.parity = check_parity(model or self.torch_model(), path, self._parity_inputs(), self.suite.model.input_name, self.export.atol)
+        self.log.extend(f"{r.line()} [{what}]" for r in self.parity)
         failed = [r for r in self.parity if not r.ok]
         if failed:
             raise HarnessError(
-                f"export parity failed for suite {suite.name}: " + "; ".join(r.line() for r in failed),
+                f"{what} parity failed for suite {self.suite.name}: " + "; ".join(r.line() for r in failed),
                 "the ONNX graph disagrees with PyTorch; raise [export] atol only if the difference is understood",
             )
-        return path

@@ -1,4 +1,4 @@
-"""`harness` command line: list, export, run, golden update.
+"""`harness` command line: list, export, run, matrix, golden update.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 (one line on stderr naming the file or value and the fix).
@@ -6,6 +6,7 @@ Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -23,14 +24,16 @@ from rich.table import Table
 
 from exporters.artifacts import PRECISIONS
 from exporters.cache import ArtifactCache, default_cache_dir
+from exporters.rewrites import MODEL_VARIANTS
 from harness.colour import COLOUR_PATHS
-from harness.decoders import DECODERS
+from harness.decoders import DECODERS, decoder_unavailable
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
+from harness.matrix import AXES, DEFAULT_AXES, run_matrix
 from harness.onnx_testdata import run_test_data
 from harness.pipeline import SuiteRun, record_goldens, run_suite
-from harness.report import write_report_files
+from harness.report import render_table, write_report_files
 from harness.resizers import RESIZERS
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
 from runtimes import RUNTIMES
@@ -134,23 +137,12 @@ def list_cmd() -> None:
     for name in bundled_suites():
         suites.add_row(name, load_suite(name).description)
     console.print(suites)
-    runtimes = Table(title="runtimes")
-    for column in ("name", "backend", "device", "precision", "status"):
-        runtimes.add_column(column)
-    for spec in RUNTIMES.values():
-        reason = spec.unavailable_reason()
-        runtimes.add_row(
-            spec.name,
-            spec.backend,
-            spec.device,
-            spec.precision,
-            f"[red]unavailable: {escape(reason)}[/red]" if reason else "[green]available[/green]",
-        )
-    console.print(runtimes)
+    console.print(runtime_table())
     console.print("stack components:")
-    console.print(f"  decoders: {', '.join(sorted(DECODERS))}")
+    console.print(f"  decoders: {', '.join(d + (' (unavailable)' if decoder_unavailable(d) else '') for d in DECODERS)}")
     console.print(f"  resize:   {', '.join(sorted(RESIZERS))}")
     console.print(f"  colour:   {', '.join(sorted(COLOUR_PATHS))}")
+    console.print(f"  model variants: {', '.join(MODEL_VARIANTS)}")
     console.print(f"bundled suites live in {BUNDLED_DIR}")
 
 
@@ -227,6 +219,7 @@ def doctor() -> None:
     help="With --onnx: folder in ONNX test-data layout (test_data_set_N/input_K.pb).",
 )
 @runtime_option
+@click.option("--stack", "stack_name", metavar="NAME", help="Feed the suite through its [stacks.NAME] instead of the reference stack.")
 @batch_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
@@ -242,6 +235,7 @@ def run(
     onnx_model: Path | None,
     inputs_dir: Path | None,
     runtimes: tuple[str, ...],
+    stack_name: str | None,
     batch_size: int | None,
     limit: int | None,
     report_dir: Path,
@@ -260,6 +254,8 @@ def run(
         report = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol, _cache(cache_dir))
     else:
         suite = _require_suite(suite_name)
+        if stack_name:
+            suite = dataclasses.replace(suite, stack=suite.stack_named(stack_name))
         store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
         with tracking() as track:
             report = run_suite(
@@ -275,6 +271,51 @@ def run(
     for path in write_report_files(report_dir, report.describe(), report.to_markdown()):
         console.print(f"wrote {path}")
     ctx.exit(0 if report.passed else 1)
+
+
+def _split_axes(value: str | None) -> list[str]:
+    axes = [a.strip() for a in value.split(",") if a.strip()] if value else list(DEFAULT_AXES)
+    unknown = [a for a in axes if a not in AXES]
+    if unknown:
+        raise HarnessError(f"unknown matrix axis {', '.join(unknown)}", f"axes: {', '.join(AXES)}")
+    return axes
+
+
+@cli.command()
+@suite_option
+@click.option("--axes", metavar="A,B", help=f"Comma-separated axes (default: {','.join(DEFAULT_AXES)}).")
+@runtime_option
+@click.option("--skip", multiple=True, metavar="[AXIS:]VARIANT", help="Leave a variant out (repeatable), e.g. colour:bgr.")
+@batch_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/matrix"), show_default=True)
+@cache_option
+def matrix(
+    suite_name: str | None,
+    axes: str | None,
+    runtimes: tuple[str, ...],
+    skip: tuple[str, ...],
+    batch_size: int | None,
+    limit: int | None,
+    report_dir: Path,
+    cache_dir: Path | None,
+) -> None:
+    """SysNoise table: each axis varied alone against the reference, then the combined worst case."""
+    suite = _require_suite(suite_name)
+    chosen = _split_axes(axes)
+    with tracking() as track:
+        run = SuiteRun(suite, _cache(cache_dir), limit, track)
+        report = run_matrix(
+            suite, chosen, _expand_runtimes(runtimes, (suite.reference_runtime,)), run, batch_size or suite.batch_size, set(skip)
+        )
+    title = f"{suite.name}: SysNoise per axis ({report.metric_name} delta in points, {report.samples} samples)"
+    render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows())
+    render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows())
+    for note in report.notes:
+        console.print(f"note: {escape(note)}")
+    console.print(f"{report.decodes} image decodes, {report.seconds:.1f} s")
+    for path in report.write(report_dir):
+        console.print(f"wrote {path}")
 
 
 @cli.group()

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.dataset import Sample, read_sample
-from harness.decoders import DECODERS, DecodeError
+from harness.decoders import DecodeError, decoder_unavailable
 from harness.errors import HarnessError
-from harness.stack import StackSpec, preprocess
+from harness.stack import StackSpec, decode, preprocess
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class InputSet:
 
 def decode_sample(sample: Sample, stack: StackSpec) -> np.ndarray:
     try:
-        return DECODERS[stack.decoder](read_sample(sample), stack.exif)
+        return decode(read_sample(sample), stack)
     except DecodeError as exc:
         raise HarnessError(
             f"{sample.path}: cannot decode image with '{stack.decoder}': {exc}",
@@ -40,13 +40,27 @@ def decode_sample(sample: Sample, stack: StackSpec) -> np.ndarray:
         ) from exc
 
 
-def build_inputs(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> InputSet:
-    """Decode and pre-process every sample; all tensors must share one shape."""
-    tensors = []
+def decode_key(stack: StackSpec) -> tuple[str, bool, int]:
+    """Stacks with the same key decode every image to the same pixels (min side matters for DCT-domain scaling only)."""
+    return (stack.decoder, stack.exif, stack.resize_size if stack.decoder == "pillow-draft" else 0)
+
+
+def decode_all(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> list[np.ndarray]:
+    """Decoded pixels of every sample with the stack's decoder settings."""
+    reason = decoder_unavailable(stack.decoder)
+    if reason:
+        raise HarnessError(f"stack '{stack.name}': decoder '{stack.decoder}' cannot run here: {reason}", "choose another decoder")
+    pixels = []
     for sample in samples:
-        tensors.append(preprocess(decode_sample(sample, stack), stack))
+        pixels.append(decode_sample(sample, stack))
         if advance:
             advance()
+    return pixels
+
+
+def tensors_from(samples: Sequence[Sample], pixels: Sequence[np.ndarray], stack: StackSpec) -> InputSet:
+    """Pre-process decoded pixels through the rest of the stack; all tensors must share one shape."""
+    tensors = [preprocess(p, stack) for p in pixels]
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:
         raise HarnessError(
@@ -58,6 +72,11 @@ def build_inputs(samples: Sequence[Sample], stack: StackSpec, advance: Callable[
         tensors=np.stack(tensors),
         stack=stack,
     )
+
+
+def build_inputs(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> InputSet:
+    """Decode and pre-process every sample."""
+    return tensors_from(samples, decode_all(samples, stack, advance), stack)
 
 
 def batch_slices(count: int, batch_size: int) -> Iterator[slice]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
+from exporters.rewrites import get_variant
 from harness.compare import Comparison, compare, judge
 from harness.dataset import Dataset, load_dataset
 from harness.environment import environment
@@ -79,16 +80,37 @@ class SuiteRun:
         self.dataset: Dataset = load_dataset(suite.manifest, suite.split)
         self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.task: Task = make_task(suite.task, suite.model.output_names)
-        self.artifacts = ModelArtifacts(
-            cache,
-            suite=suite,
-            parity_inputs=lambda: self.inputs.tensors[: suite.export.parity_samples],
-            calibration_inputs=lambda: self.calibration,
-        )
+        self.cache = cache
+        self._inputs: InputSet | None = None
+        self._variants: dict[str, ModelArtifacts] = {}
+        self.artifacts = self.artifacts_for(None)
 
-    @cached_property
+    def artifacts_for(self, variant: str | None) -> ModelArtifacts:
+        """The suite's model artifacts, or those of a model variant (`exporters.rewrites`), built lazily and shared."""
+        key = variant or ""
+        if key not in self._variants:
+            self._variants[key] = ModelArtifacts(
+                self.cache,
+                suite=self.suite,
+                parity_inputs=lambda: self.inputs.tensors[: self.suite.export.parity_samples],
+                calibration_inputs=lambda: self.calibration,
+                variant=get_variant(variant) if variant else None,
+            )
+        return self._variants[key]
+
+    @property
     def inputs(self) -> InputSet:
-        return build_inputs(self.samples, self.suite.stack, self.track(f"decode + {self.suite.stack.name} stack", len(self.samples)))
+        """The samples through the suite's stack, decoded on first use."""
+        if self._inputs is None:
+            track = self.track(f"decode + {self.suite.stack.name} stack", len(self.samples))
+            self._inputs = build_inputs(self.samples, self.suite.stack, track)
+        return self._inputs
+
+    def set_inputs(self, inputs: InputSet) -> None:
+        """Use tensors the caller already built from the suite's stack (e.g. from pixels it decoded once)."""
+        if inputs.stack != self.suite.stack or inputs.ids != tuple(s.id for s in self.samples):
+            raise ValueError("inputs were not built from this run's samples and stack")
+        self._inputs = inputs
 
     @cached_property
     def calibration(self) -> InputSet:
@@ -98,12 +120,14 @@ class SuiteRun:
         samples = load_dataset(self.suite.manifest, self.suite.calibration_split).samples
         return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)))
 
-    def infer(self, runtime: str, batch_size: int) -> Inference:
+    def infer(self, runtime: str, batch_size: int, inputs: InputSet | None = None, variant: str | None = None) -> Inference:
+        """Outputs of `runtime` on `inputs` (default: the suite's stack) with the model or one of its variants."""
         spec = get_runtime(runtime)
-        inputs = self.inputs
+        inputs = inputs or self.inputs
+        artifacts = self.artifacts_for(variant)
         advance = self.track(f"infer {runtime}", -(-len(inputs) // batch_size))
-        outputs, seconds, session = run_session(spec, self.artifacts, inputs, batch_size, advance)
-        used = {label: self.artifacts.provenance[label] for label in dict.fromkeys(self.artifacts.accessed)}
+        outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
+        used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
         predictions = self.task.predictions(outputs)
         return Inference(runtime, outputs, predictions, self.task.metric(predictions, inputs.labels), seconds, session, used)
 

@@ -34,10 +34,10 @@ def markdown_table(headers: tuple[str, ...], rows: list[list[str]]) -> list[str]
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def write_report_files(report_dir: Path, data: dict[str, Any], markdown: str) -> list[Path]:
-    """report.json and report.md under `report_dir`."""
+def write_report_files(report_dir: Path, data: dict[str, Any], markdown: str, stem: str = "report") -> list[Path]:
+    """<stem>.json and <stem>.md under `report_dir`."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = report_dir / "report.json", report_dir / "report.md"
+    json_path, md_path = report_dir / f"{stem}.json", report_dir / f"{stem}.md"
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md_path.write_text(markdown)
     return [json_path, md_path]

@@ -1,14 +1,15 @@
 """Pre-processing stack: decoded pixels -> one model input tensor.
 
 A stack is declared by name and parameters in a suite file (decoder, colour
-path, resize method and target, crop, normalisation, layout); every name
-refers to an entry of the decoder, colour or resizer registries, so users add
-stacks without code.
+path, resize method, target and order with the crop, rounding,
+normalisation, layout); every name refers to an entry of the decoder, colour
+or resizer registries, so users add stacks without code.  Named stacks
+(`[stacks.<name>]`) override keys of the suite's reference `[stack]`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from harness.resizers import RESIZERS
 
 LAYOUTS = ("nchw", "nhwc")
 RESIZE_MODES = ("shorter", "direct")
+ORDERS = ("resize-crop", "crop-resize")
+ROUNDINGS = ("uint8", "float")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class StackSpec:
     resize_size: int = 72
     resize_mode: str = "shorter"
     crop: int | None = 64
+    order: str = "resize-crop"  # or crop-resize: cut the same field of view first, then resize to the crop size
+    rounding: str = "uint8"  # or float: resize in float32, no rounding to uint8 before normalisation
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     layout: str = "nchw"
@@ -54,8 +59,8 @@ class StackSpec:
         return None
 
 
-def parse_stack(name: str, table: dict[str, Any], origin: str) -> StackSpec:
-    """Validate a suite's stack table; `origin` names the file for error messages."""
+def parse_stack(name: str, table: dict[str, Any], origin: str, base: StackSpec | None = None) -> StackSpec:
+    """Validate a suite's stack table (keys override `base`); `origin` names the file for error messages."""
     known = set(StackSpec.__dataclass_fields__) - {"name"}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -66,13 +71,15 @@ def parse_stack(name: str, table: dict[str, Any], origin: str) -> StackSpec:
             if len(values[key]) != 3:
                 raise HarnessError(f"{origin}: stack '{name}' {key} needs 3 values, got {values[key]!r}")
             values[key] = tuple(float(v) for v in values[key])
-    spec = StackSpec(name=name, **values)
+    spec = replace(base or StackSpec(), name=name, **values)
     for value, registry, what in (
         (spec.decoder, DECODERS, "decoder"),
         (spec.resize, RESIZERS, "resize"),
         (spec.colour, COLOUR_PATHS, "colour"),
         (spec.layout, LAYOUTS, "layout"),
         (spec.resize_mode, RESIZE_MODES, "resize_mode"),
+        (spec.order, ORDERS, "order"),
+        (spec.rounding, ROUNDINGS, "rounding"),
     ):
         if value not in registry:
             raise HarnessError(f"{origin}: stack '{name}' has unknown {what} '{value}'", f"choose one of {sorted(registry)}")
@@ -87,19 +94,34 @@ def _resize_target(height: int, width: int, spec: StackSpec) -> tuple[int, int]:
     return int(spec.resize_size * height / width), spec.resize_size
 
 
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+def _source_crop(height: int, width: int, spec: StackSpec) -> tuple[int, int]:
+    """The region of the decoded image that resize-then-crop keeps, in source pixels."""
+    assert spec.crop
+    if spec.resize_mode == "direct":
+        return round(height * spec.crop / spec.resize_size), round(width * spec.crop / spec.resize_size)
+    side = round(min(height, width) * spec.crop / spec.resize_size)
+    return side, side
+
+
+def center_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = img.shape[:2]
-    top = round((height - size) / 2.0)
-    left = round((width - size) / 2.0)
-    return img[top : top + size, left : left + size]
+    top = round((height - size[0]) / 2.0)
+    left = round((width - size[1]) / 2.0)
+    return img[top : top + size[0], left : left + size[1]]
 
 
 def preprocess(pixels: np.ndarray, spec: StackSpec) -> np.ndarray:
     """Decoded RGB uint8 pixels -> float32 tensor in the stack's layout (no batch axis)."""
     img = COLOUR_PATHS[spec.colour](pixels)
-    img = RESIZERS[spec.resize](img, _resize_target(*img.shape[:2], spec))
-    if spec.crop:
-        img = center_crop(img, spec.crop)
+    if spec.rounding == "float":
+        img = img.astype(np.float32)
+    resize = RESIZERS[spec.resize]
+    if spec.crop and spec.order == "crop-resize":
+        img = resize(center_crop(img, _source_crop(*img.shape[:2], spec)), (spec.crop, spec.crop))
+    else:
+        img = resize(img, _resize_target(*img.shape[:2], spec))
+        if spec.crop:
+            img = center_crop(img, (spec.crop, spec.crop))
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
     scale = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
     tensor = (img.astype(np.float32) - mean) * scale
@@ -108,6 +130,11 @@ def preprocess(pixels: np.ndarray, spec: StackSpec) -> np.ndarray:
     return np.ascontiguousarray(tensor)
 
 
+def decode(data: bytes, spec: StackSpec) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 pixels with the stack's decoder settings."""
+    return DECODERS[spec.decoder](data, spec.exif, spec.resize_size)
+
+
 def decode_and_preprocess(data: bytes, spec: StackSpec) -> np.ndarray:
     """Encoded bytes -> model input tensor, the whole stack in one call."""
-    return preprocess(DECODERS[spec.decoder](data, spec.exif), spec)
+    return preprocess(decode(data, spec), spec)

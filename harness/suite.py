@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "suites"
 TASKS = ("classification",)
-TOP_LEVEL_KEYS = {"name", "task", "description", "model", "data", "stack", "export", "tolerance", "golden", "run"}
+TOP_LEVEL_KEYS = {"name", "task", "description", "model", "data", "stack", "stacks", "export", "tolerance", "golden", "run"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Suite:
     split: str
     calibration_split: str | None
     stack: StackSpec
+    stacks: dict[str, StackSpec]  # named alternatives, each overriding keys of the reference stack
     export: ExportSpec
     tolerances: dict[str, Tolerance]
     golden_dir: Path
@@ -65,6 +66,19 @@ class Suite:
     default_runtimes: tuple[str, ...]
     batch_size: int
     description: str = ""
+
+    def stack_named(self, name: str) -> StackSpec:
+        if name == self.stack.name:
+            return self.stack
+        if name not in self.stacks:
+            raise HarnessError(
+                f"{self.path}: no stack named '{name}'", f"declare [stacks.{name}] in the suite; known: {', '.join(self.stack_names)}"
+            )
+        return self.stacks[name]
+
+    @property
+    def stack_names(self) -> list[str]:
+        return [self.stack.name, *self.stacks]
 
     def tolerance_for(self, precision: str) -> Tolerance:
         return self.tolerances.get(precision, self.tolerances["fp32"])
@@ -137,6 +151,12 @@ def load_suite(name_or_path: str) -> Suite:
         raise HarnessError(f"{origin}: invalid [export] table: {exc}", f"allowed keys: {sorted(ExportSpec.__dataclass_fields__)}") from exc
     if len(export_spec.trt_batch) != 3 or not 1 <= export_spec.trt_batch[0] <= export_spec.trt_batch[1] <= export_spec.trt_batch[2]:
         raise HarnessError(f"{origin}: [export] trt_batch must be [min, opt, max] with 1 <= min <= opt <= max")
+    reference_stack = parse_stack("reference", _table(data, "stack", origin), origin)
+    stacks = {}
+    for stack_name, table in _table(data, "stacks", origin, required=False).items():
+        if not isinstance(table, dict) or stack_name == reference_stack.name:
+            raise HarnessError(f"{origin}: [stacks.{stack_name}] must be a table with a name other than 'reference'")
+        stacks[stack_name] = parse_stack(stack_name, table, origin, base=reference_stack)
     return Suite(
         name=data.get("name", path.stem),
         path=path,
@@ -145,7 +165,8 @@ def load_suite(name_or_path: str) -> Suite:
         manifest=base / _require(data_table, "manifest", "data", origin, str),
         split=data_table.get("split", "eval"),
         calibration_split=data_table.get("calibration_split"),
-        stack=parse_stack("reference", _table(data, "stack", origin), origin),
+        stack=reference_stack,
+        stacks=stacks,
         export=export_spec,
         tolerances=parse_profiles(_table(data, "tolerance", origin, required=False), origin),
         golden_dir=(base / golden.get("dir", f"golden/{path.stem}")).resolve(),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from exporters.cache import ArtifactCache
+from harness.dataset import load_dataset, read_sample
+from harness.decoders import DECODERS
 from harness.pipeline import run_suite
 from harness.suite import Suite
 
@@ -18,3 +21,16 @@ def test_torch_cuda_matches_cpu_reference(demo_suite: Suite, cache: ArtifactCach
     fp16 = results["torch-cuda-fp16"].comparisons[0]
     assert fp16.worst.max_abs < 5e-2 and fp16.top1_agreement >= 0.99
     assert results["torch-cuda-fp16"].session["device"] == "cuda"
+
+
+@pytest.mark.gpu
+def test_nvjpeg_decodes_like_libjpeg_turbo(demo_suite: Suite) -> None:
+    """nvJPEG (torchvision.io.decode_jpeg on CUDA) on every kind of demo JPEG: same geometry, close pixels."""
+    from tests.test_sysnoise_stacks import _kinds
+
+    for kind, sample in _kinds(load_dataset(demo_suite.manifest, "eval").samples).items():
+        data = read_sample(sample)
+        reference = DECODERS["pillow"](data, True).astype(int)
+        pixels = DECODERS["nvjpeg"](data, True)
+        assert pixels.shape == reference.shape, kind
+        assert np.abs(pixels.astype(int) - reference).mean() < 3, kind

@@ -1,0 +1,143 @@
+"""Model-inference variants: one ONNX graph rewrite and its PyTorch twin each.
+
+Deployment runtimes disagree with training frameworks on a few op settings
+(SysNoise): max-pool ceil mode, nearest vs bilinear upsampling.  A variant
+rewrites the exported FP32 ONNX once (every runtime then consumes the
+rewritten file and its FP16/INT8 derivatives) and patches the PyTorch modules
+the same way, so torch runtimes run the variant too and the rewrite is
+validated against what PyTorch computes with that setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import helper
+from torch import nn
+
+from harness.errors import HarnessError
+
+
+class VariantNotApplicable(HarnessError):
+    """The model has no op the variant changes (e.g. no Resize node for an upsample variant)."""
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    name: str
+    description: str
+    rewrite_node: Callable[[onnx.NodeProto], bool]  # changes one ONNX node in place; True when it did
+    patch_module: Callable[[nn.Module], bool]  # changes one PyTorch module in place; True when it did
+
+
+MODEL_VARIANTS: dict[str, ModelVariant] = {}
+
+
+def register_variant(variant: ModelVariant) -> ModelVariant:
+    MODEL_VARIANTS[variant.name] = variant
+    return variant
+
+
+def _set_attributes(node: onnx.NodeProto, op_type: str, when: dict[str, object], values: dict[str, object]) -> bool:
+    """Set `values` on `node` if it is an `op_type` whose attributes match `when` (ONNX defaults apply when absent)."""
+    if node.op_type != op_type:
+        return False
+    current = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    current = {k: v.decode() if isinstance(v, bytes) else v for k, v in current.items()}
+    if any(current.get(k, default) != v for k, (v, default) in when.items()):  # type: ignore[misc]
+        return False
+    kept = [a for a in node.attribute if a.name not in values]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(k, v) for k, v in values.items()])
+    return True
+
+
+def _set_module(module: nn.Module, kind: type, when: dict[str, object], values: dict[str, object]) -> bool:
+    if not isinstance(module, kind) or any(getattr(module, k) != v for k, v in when.items()):
+        return False
+    for key, value in values.items():
+        setattr(module, key, value)
+    return True
+
+
+register_variant(
+    ModelVariant(
+        "maxpool-ceil",
+        "MaxPool with ceil_mode=1 on a floor-mode model (output sizes round up)",
+        lambda n: _set_attributes(n, "MaxPool", {"ceil_mode": (0, 0)}, {"ceil_mode": 1}),
+        lambda m: _set_module(m, nn.MaxPool2d, {"ceil_mode": False}, {"ceil_mode": True}),
+    )
+)
+register_variant(
+    ModelVariant(
+        "maxpool-floor",
+        "MaxPool with ceil_mode=0 on a ceil-mode model",
+        lambda n: _set_attributes(n, "MaxPool", {"ceil_mode": (1, 0)}, {"ceil_mode": 0}),
+        lambda m: _set_module(m, nn.MaxPool2d, {"ceil_mode": True}, {"ceil_mode": False}),
+    )
+)
+register_variant(
+    ModelVariant(
+        "upsample-linear",
+        "nearest Resize/Upsample run as bilinear (half-pixel centres, PyTorch align_corners=False)",
+        lambda n: _set_attributes(
+            n, "Resize", {"mode": ("nearest", "nearest")}, {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}
+        ),
+        lambda m: _set_module(m, nn.Upsample, {"mode": "nearest"}, {"mode": "bilinear", "align_corners": False}),
+    )
+)
+register_variant(
+    ModelVariant(
+        "upsample-nearest",
+        "bilinear Resize/Upsample run as nearest (PyTorch's floor rounding, asymmetric coordinates)",
+        lambda n: _set_attributes(
+            n,
+            "Resize",
+            {"mode": ("linear", "nearest")},
+            {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+        ),
+        lambda m: _set_module(m, nn.Upsample, {"mode": "bilinear"}, {"mode": "nearest", "align_corners": None}),
+    )
+)
+
+
+def get_variant(name: str) -> ModelVariant:
+    if name not in MODEL_VARIANTS:
+        raise HarnessError(f"unknown model variant '{name}'", f"choose one of {', '.join(MODEL_VARIANTS)}")
+    return MODEL_VARIANTS[name]
+
+
+def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Nodes of the main graph, its subgraphs and local functions."""
+    graphs = [model.graph]
+    for function in model.functions:
+        yield from function.node
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            yield node
+            graphs += [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+            graphs += list(next((a.graphs for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS), []))
+
+
+def rewrite_onnx(source: Path, out: Path, variant: ModelVariant) -> dict[str, object]:
+    """Write the rewritten model with re-inferred shapes; raises VariantNotApplicable when no node matches."""
+    model = onnx.load(str(source))
+    changed = [node.name or node.op_type for node in _all_nodes(model) if variant.rewrite_node(node)]
+    if not changed:
+        raise VariantNotApplicable(f"model variant '{variant.name}' changes nothing in {source.name}", "the model has no such op")
+    del model.graph.value_info[:]  # shapes change with ceil mode: infer intermediate and output shapes again
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(out))
+    return {"variant": variant.name, "description": variant.description, "rewritten_nodes": changed}
+
+
+def patch_torch(model: nn.Module, variant: ModelVariant) -> list[str]:
+    """Apply the variant to `model`'s modules in place; returns the names of the modules changed."""
+    return [name for name, module in model.named_modules() if variant.patch_module(module)]

@@ -1,0 +1,422 @@
+"""SysNoise matrix: one axis varied at a time against the reference, then the combined worst case.
+
+Axes: decoder, resize, colour, order (pre-processing stack keys), model
+(ONNX rewrite + PyTorch twin), precision (deployment runtimes), suite (the
+suite's own `[stacks.<name>]`).  Each variant runs on every matrix runtime and
+is compared with the same runtime on the reference stack and model (precision
+variants: with the suite's reference runtime).  The combined row stacks the
+worst choice of each axis, as the SysNoise study does.
+
+Cost: images are decoded once per decoder setting (pixels are shared by every
+resize, colour and order variant and every runtime); each (tensors, model,
+runtime) is inferred once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
+from harness.colour import COLOUR_PATHS
+from harness.compare import Comparison, compare
+from harness.decoders import DECODERS, decoder_unavailable
+from harness.feed import InputSet, decode_all, decode_key, tensors_from
+from harness.pipeline import Inference, SuiteRun
+from harness.report import SCHEMA_VERSION, markdown_table, write_report_files
+from harness.resizers import RESIZERS
+from harness.stack import StackSpec
+from harness.suite import Suite
+from runtimes import get_runtime
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One change against the reference: stack keys, a model variant, or another runtime."""
+
+    axis: str
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()  # stack keys changed
+    model: str | None = None
+    runtime: str | None = None  # precision axis: run on this runtime instead of the matrix runtimes
+    stack: StackSpec | None = None  # suite axis: a whole named stack
+
+    def stack_for(self, reference: StackSpec) -> StackSpec:
+        if self.stack is not None:
+            return self.stack
+        return replace(reference, name=f"{self.axis}:{self.name}", **dict(self.overrides)) if self.overrides else reference
+
+
+def _decoder_axis(suite: Suite) -> list[Variant]:
+    ref = suite.stack
+    variants = [Variant("decoder", d, (("decoder", d),)) for d in DECODERS if d != ref.decoder]
+    return [*variants, Variant("decoder", f"{ref.decoder}-exif-{'off' if ref.exif else 'on'}", (("exif", not ref.exif),))]
+
+
+def _order_axis(suite: Suite) -> list[Variant]:
+    ref = suite.stack
+    flips = {"order": ("resize-crop", "crop-resize"), "resize_mode": ("shorter", "direct"), "rounding": ("uint8", "float")}
+    variants = []
+    for key, (first, second) in flips.items():
+        if key == "order" and not ref.crop:
+            continue
+        other = second if getattr(ref, key) == first else first
+        variants.append(Variant("order", f"{key}={other}", ((key, other),)))
+    return variants
+
+
+def _registry_axis(axis: str, key: str, registry: dict[str, Any]) -> Callable[[Suite], list[Variant]]:
+    return lambda suite: [Variant(axis, name, ((key, name),)) for name in registry if name != getattr(suite.stack, key)]
+
+
+AXES: dict[str, Callable[[Suite], list[Variant]]] = {
+    "decoder": _decoder_axis,
+    "resize": _registry_axis("resize", "resize", RESIZERS),
+    "colour": _registry_axis("colour", "colour", COLOUR_PATHS),
+    "order": _order_axis,
+    "model": lambda suite: [Variant("model", name, model=name) for name in MODEL_VARIANTS],
+    "precision": lambda suite: [Variant("precision", r, runtime=r) for r in suite.default_runtimes if r != suite.reference_runtime],
+    "suite": lambda suite: [Variant("suite", name, stack=stack) for name, stack in suite.stacks.items()],
+}
+DEFAULT_AXES = ("decoder", "resize", "colour", "order", "model", "precision", "suite")
+COMBINED_AXES = ("decoder", "resize", "colour", "order", "model")  # the suite axis holds whole stacks, not one change
+
+
+@dataclass
+class MatrixRow:
+    axis: str
+    variant: str
+    comparison: Comparison
+
+    @property
+    def severity(self) -> tuple[float, int, float]:
+        """Larger is worse: metric drop, then flips, then logit error."""
+        return (-self.comparison.metric_delta, len(self.comparison.flips), self.comparison.worst.max_abs)
+
+    def describe(self) -> dict[str, Any]:
+        comp = self.comparison
+        return {
+            "axis": self.axis,
+            "variant": self.variant,
+            "runtime": comp.runtime,
+            "against": comp.against,
+            "metric": comp.metric,
+            "metric_baseline": comp.metric_baseline,
+            "metric_delta": comp.metric_delta,
+            "flips": len(comp.flips),
+            "flipped": comp.flips,
+            "max_abs": comp.worst.max_abs,
+            "mean_abs": comp.worst.mean_abs,
+        }
+
+
+@dataclass(frozen=True)
+class AxisSummary:
+    axis: str
+    runtime: str
+    variants: int
+    mean_delta: float
+    max_drop: float  # most negative delta
+    mean_flips: float
+    max_flips: int
+    max_abs: float
+    worst: str
+
+
+def summarise(rows: list[MatrixRow]) -> list[AxisSummary]:
+    """Per axis and baseline runtime (precision rows sit with the reference runtime they are measured against)."""
+    groups: dict[tuple[str, str], list[MatrixRow]] = {}
+    for row in rows:
+        groups.setdefault((row.axis, row.comparison.against.split(":", 1)[-1]), []).append(row)
+    summaries = []
+    for (axis, runtime), members in groups.items():
+        deltas = [r.comparison.metric_delta for r in members]
+        flips = [len(r.comparison.flips) for r in members]
+        summaries.append(
+            AxisSummary(
+                axis=axis,
+                runtime=runtime,
+                variants=len(members),
+                mean_delta=float(np.mean(deltas)),
+                max_drop=min(deltas),
+                mean_flips=float(np.mean(flips)),
+                max_flips=max(flips),
+                max_abs=max(r.comparison.worst.max_abs for r in members),
+                worst=max(members, key=lambda r: r.severity).variant,
+            )
+        )
+    return summaries
+
+
+@dataclass
+class MatrixReport:
+    suite: str
+    metric_name: str
+    samples: int
+    runtimes: list[str]
+    axes: list[str]
+    rows: list[MatrixRow]
+    notes: list[str]
+    decodes: int
+    seconds: float
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summaries(self) -> list[AxisSummary]:
+        return summarise(self.rows)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "matrix",
+            "suite": self.suite,
+            "metric_name": self.metric_name,
+            "samples": self.samples,
+            "runtimes": self.runtimes,
+            "axes": self.axes,
+            "decodes": self.decodes,
+            "seconds": round(self.seconds, 2),
+            **self.context,
+            "summary": [s.__dict__ for s in self.summaries],
+            "rows": [r.describe() for r in self.rows],
+            "notes": self.notes,
+        }
+
+    SUMMARY_HEADERS = ("axis", "runtime", "variants", "mean (max) delta", "mean (max) flips", "max logit err", "worst variant")
+    ROW_HEADERS = ("axis", "variant", "runtime", "metric", "delta", "flips", "max abs", "mean abs")
+
+    def summary_rows(self) -> list[list[str]]:
+        return [
+            [
+                s.axis,
+                s.runtime,
+                str(s.variants),
+                f"{100 * s.mean_delta:+.2f} ({100 * s.max_drop:+.2f})",
+                f"{s.mean_flips:.1f} ({s.max_flips})",
+                f"{s.max_abs:.2e}",
+                s.worst,
+            ]
+            for s in self.summaries
+        ]
+
+    def variant_rows(self) -> list[list[str]]:
+        return [
+            [
+                r.axis,
+                r.variant,
+                r.comparison.runtime,
+                f"{100 * r.comparison.metric:.2f}",
+                f"{100 * r.comparison.metric_delta:+.2f}",
+                str(len(r.comparison.flips)),
+                f"{r.comparison.worst.max_abs:.2e}",
+                f"{r.comparison.worst.mean_abs:.2e}",
+            ]
+            for r in self.rows
+        ]
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# SysNoise matrix: {self.suite}",
+            "",
+            f"{self.metric_name} on {self.samples} samples; deltas in points against the reference stack and model on the same runtime "
+            f"(precision: against the reference runtime). {self.decodes} image decodes, {self.seconds:.1f} s.",
+            "",
+            "## Per axis",
+            "",
+            *markdown_table(self.SUMMARY_HEADERS, self.summary_rows()),
+            "",
+            "## Every variant",
+            "",
+            *markdown_table(self.ROW_HEADERS, self.variant_rows()),
+        ]
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path) -> Path:
+        """Per-axis bars (mean delta and largest drop, in points) per runtime, combined worst case in red."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        by_runtime: dict[str, list[AxisSummary]] = {}
+        for summary in self.summaries:
+            by_runtime.setdefault(summary.runtime, []).append(summary)
+        fig, axes = plt.subplots(len(by_runtime), 1, figsize=(9, 2.8 * len(by_runtime)), squeeze=False)
+        for ax, (runtime, summaries) in zip(axes[:, 0], by_runtime.items(), strict=True):
+            x = np.arange(len(summaries))
+            colours = ["tab:red" if s.axis.startswith("combined") else "tab:blue" for s in summaries]
+            ax.bar(x - 0.2, [100 * s.mean_delta for s in summaries], 0.4, color=colours, alpha=0.45, label="mean delta")
+            ax.bar(x + 0.2, [100 * s.max_drop for s in summaries], 0.4, color=colours, label="largest drop")
+            ax.set_xticks(x, [s.axis.replace("+", "+\n") for s in summaries])
+            ax.axhline(0, color="black", linewidth=0.6)
+            ax.set_ylabel(f"{self.metric_name} delta (points)")
+            ax.set_title(f"{self.suite} on {runtime}", fontsize=10)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def write(self, report_dir: Path) -> list[Path]:
+        """matrix.json, matrix.md and matrix.png under `report_dir`."""
+        paths = write_report_files(report_dir, self.describe(), self.to_markdown(), stem="matrix")
+        return [*paths, self.plot(report_dir / "matrix.png")]
+
+
+def _stack_key(stack: StackSpec) -> str:
+    data = stack.describe()
+    data.pop("name")
+    return json.dumps(data, sort_keys=True)
+
+
+class MatrixRunner:
+    """Decodes once per decoder setting, infers once per (tensors, model, runtime)."""
+
+    def __init__(self, run: SuiteRun, batch_size: int) -> None:
+        self.run = run
+        self.batch_size = batch_size
+        self.decodes = 0
+        self._inferences: dict[tuple[str, str, str], Inference] = {}
+
+    def decode(self, stack: StackSpec) -> list[np.ndarray]:
+        self.decodes += len(self.run.samples)
+        return decode_all(self.run.samples, stack, self.run.track(f"decode with {stack.decoder}", len(self.run.samples)))
+
+    def infer(self, inputs: InputSet, runtime: str, model: str | None) -> Inference:
+        key = (_stack_key(inputs.stack), model or "", runtime)
+        if key not in self._inferences:
+            self._inferences[key] = self.run.infer(runtime, self.batch_size, inputs, model)
+        return self._inferences[key]
+
+    def row(self, variant: Variant, inputs: InputSet, runtime: str, baseline: Inference) -> MatrixRow:
+        got = self.infer(inputs, runtime, variant.model)
+        comp = compare(
+            runtime,
+            f"reference:{baseline.runtime}",
+            inputs.ids,
+            got.outputs,
+            baseline.outputs,
+            got.predictions,
+            baseline.predictions,
+            got.metric,
+            baseline.metric,
+        )
+        return MatrixRow(variant.axis, variant.name, comp)
+
+
+def collect_variants(suite: Suite, axes: list[str], skip: set[str]) -> tuple[list[Variant], list[str]]:
+    """Every variant of the chosen axes that can run here; notes say what was left out and why."""
+    variants, notes = [], []
+    for axis in axes:
+        for variant in AXES[axis](suite):
+            if variant.name in skip or f"{axis}:{variant.name}" in skip:
+                notes.append(f"{axis}:{variant.name} skipped (--skip)")
+                continue
+            stack = variant.stack_for(suite.stack)
+            reason = decoder_unavailable(stack.decoder) or (get_runtime(variant.runtime).unavailable_reason() if variant.runtime else None)
+            if reason:
+                notes.append(f"{axis}:{variant.name} not run: {reason}")
+                continue
+            variants.append(variant)
+    return variants, notes
+
+
+def combine(worst: dict[str, Variant], suite: Suite) -> Variant:
+    """The reference with the worst choice of each axis applied together."""
+    overrides: dict[str, Any] = {}
+    for variant in worst.values():
+        overrides |= dict(variant.overrides)
+    model = worst["model"].model if "model" in worst else None
+    return Variant("combined", " + ".join(v.name for v in worst.values()) or "reference", tuple(overrides.items()), model=model)
+
+
+def run_matrix(
+    suite: Suite,
+    axes: list[str],
+    runtimes: list[str],
+    run: SuiteRun,
+    batch_size: int,
+    skip: set[str] | None = None,
+) -> MatrixReport:
+    """Every variant of `axes` on every runtime in `runtimes`, then the combined worst case."""
+    start = time.perf_counter()
+    for runtime in [*runtimes, suite.reference_runtime]:
+        get_runtime(runtime).require_available()
+    variants, notes = collect_variants(suite, axes, skip or set())
+    runner = MatrixRunner(run, batch_size)
+    reference = suite.stack
+    ref_key = decode_key(reference)
+
+    # Group stack variants by what they decode to; the reference group first.
+    groups: dict[tuple[str, bool, int], list[Variant]] = {ref_key: []}
+    for variant in variants:
+        groups.setdefault(decode_key(variant.stack_for(reference)), []).append(variant)
+
+    kept: dict[tuple[str, bool, int], list[np.ndarray]] = {ref_key: runner.decode(reference)}
+    run.set_inputs(tensors_from(run.samples, kept[ref_key], reference))
+    baselines = {r: runner.infer(run.inputs, r, None) for r in dict.fromkeys([suite.reference_runtime, *runtimes])}
+
+    rows: list[MatrixRow] = []
+    worst_decoder: MatrixRow | None = None
+    for key, members in groups.items():
+        pixels = kept[ref_key] if key == ref_key else runner.decode(members[0].stack_for(reference))
+        for variant in members:
+            stack = variant.stack_for(reference)
+            inputs = run.inputs if stack == reference else tensors_from(run.samples, pixels, stack)
+            targets = [(variant.runtime, baselines[suite.reference_runtime])] if variant.runtime else [(r, baselines[r]) for r in runtimes]
+            for runtime, baseline in targets:
+                try:
+                    row = runner.row(variant, inputs, runtime, baseline)
+                except VariantNotApplicable as exc:
+                    notes.append(f"{variant.axis}:{variant.name} not applicable: {exc.what}")
+                    break
+                rows.append(row)
+                if variant.axis == "decoder" and (worst_decoder is None or row.severity > worst_decoder.severity):
+                    if worst_decoder is not None:  # keep only the worst decoder's pixels (for the combined row)
+                        old = decode_key(_variant_named(variants, worst_decoder).stack_for(reference))
+                        if old != ref_key:
+                            kept.pop(old, None)
+                    worst_decoder = row
+                    kept[key] = pixels
+
+    worst: dict[str, Variant] = {}
+    for axis in COMBINED_AXES:
+        axis_rows = [r for r in rows if r.axis == axis]
+        if axis in axes and axis_rows:
+            worst[axis] = _variant_named(variants, max(axis_rows, key=lambda r: r.severity))
+    if worst:
+        combined = combine(worst, suite)
+        stack = replace(combined.stack_for(reference), name="combined")
+        inputs = tensors_from(run.samples, kept[decode_key(stack)], stack)
+        rows += [runner.row(combined, inputs, r, baselines[r]) for r in runtimes]
+        precision_rows = [r for r in rows if r.axis == "precision"]
+        if precision_rows:
+            worst_runtime = max(precision_rows, key=lambda r: r.severity).comparison.runtime
+            with_precision = replace(combined, axis="combined+precision", name=f"{combined.name} + {worst_runtime}")
+            rows.append(runner.row(with_precision, inputs, worst_runtime, baselines[suite.reference_runtime]))
+    order = [*AXES, "combined", "combined+precision"]
+    rows.sort(key=lambda r: order.index(r.axis))  # stable: variants keep their registry order within an axis
+    return MatrixReport(
+        suite=suite.name,
+        metric_name=run.task.metric_name,
+        samples=len(run.samples),
+        runtimes=runtimes,
+        axes=axes,
+        rows=rows,
+        notes=notes,
+        decodes=runner.decodes,
+        seconds=time.perf_counter() - start,
+        context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": reference.describe()},
+    )
+
+
+def _variant_named(variants: list[Variant], row: MatrixRow) -> Variant:
+    return next(v for v in variants if v.axis == row.axis and v.name == row.variant)

@@ -1,0 +1,79 @@
+"""`harness matrix` on a small subset: every axis present, the combined worst case, decode-once, files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from exporters.cache import ArtifactCache
+from harness.decoders import DECODERS, decoder_unavailable
+from harness.matrix import MatrixReport, run_matrix
+from harness.pipeline import SuiteRun
+from harness.suite import Suite
+from tests.conftest import CliResult
+
+LIMIT = 32
+
+
+@pytest.fixture(scope="module")
+def report(demo_suite: Suite, cache: ArtifactCache) -> MatrixReport:
+    run = SuiteRun(demo_suite, cache, limit=LIMIT)
+    return run_matrix(demo_suite, ["decoder", "colour", "order", "model", "suite"], ["torch-fp32", "ort-fp32"], run, 16)
+
+
+def test_every_axis_and_the_combined_row_are_present(report: MatrixReport) -> None:
+    axes = {row.axis for row in report.rows}
+    assert axes == {"decoder", "colour", "order", "model", "suite", "combined"}
+    combined = [row for row in report.rows if row.axis == "combined"]
+    assert {row.comparison.runtime for row in combined} == {"torch-fp32", "ort-fp32"}
+    assert "maxpool-ceil" in combined[0].variant and "bgr" in combined[0].variant
+
+
+def test_combined_is_at_least_as_bad_as_each_single_axis(report: MatrixReport) -> None:
+    for runtime in ("torch-fp32", "ort-fp32"):
+        rows = [r for r in report.rows if r.comparison.runtime == runtime]
+        combined = next(r for r in rows if r.axis == "combined")
+        singles = [r for r in rows if r.axis in ("decoder", "colour", "order", "model")]
+        assert combined.comparison.metric_delta <= min(r.comparison.metric_delta for r in singles)
+        assert len(combined.comparison.flips) >= max(len(r.comparison.flips) for r in singles)
+
+
+def test_each_image_is_decoded_once_per_decoder_setting(report: MatrixReport) -> None:
+    decoders = [d for d in DECODERS if not decoder_unavailable(d)]
+    # Pillow with EXIF (the reference) and every other decoder, plus Pillow without EXIF; the suite's own
+    # stacks reuse the Pillow and OpenCV pixels; the combined row reuses the worst decoder's pixels.
+    assert report.decodes == LIMIT * (len(decoders) + 1)
+
+
+def test_bit_identical_decoders_show_zero_error(report: MatrixReport) -> None:
+    rows = {(r.variant, r.comparison.runtime): r.comparison for r in report.rows if r.axis == "decoder"}
+    assert rows[("opencv", "torch-fp32")].worst.max_abs == 0.0
+    assert rows[("simplejpeg", "torch-fp32")].worst.max_abs == 0.0
+    assert rows[("pyav", "torch-fp32")].worst.max_abs > 0.0
+
+
+def test_unapplicable_model_variants_become_notes(report: MatrixReport) -> None:
+    assert any(n.startswith("model:upsample-linear not applicable") for n in report.notes)
+    assert [r.variant for r in report.rows if r.axis == "model"] == ["maxpool-ceil", "maxpool-ceil"]
+
+
+def test_matrix_cli_writes_json_markdown_and_plot(harness_cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    result = harness_cli(
+        "matrix", "--suite", "demo", "--axes", "resize,precision", "--skip", "ov-int8", "--limit", "16", "--report-dir", tmp_path
+    )
+    assert result.code == 0, result.err
+    data = json.loads((tmp_path / "matrix.json").read_text())
+    assert data["kind"] == "matrix" and data["samples"] == 16
+    axes = {s["axis"] for s in data["summary"]}
+    assert axes == {"resize", "precision", "combined", "combined+precision"}
+    assert "ov-int8" not in {r["variant"] for r in data["rows"]}
+    assert "## Per axis" in (tmp_path / "matrix.md").read_text()
+    assert (tmp_path / "matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_matrix_rejects_an_unknown_axis(harness_cli: Callable[..., CliResult]) -> None:
+    result = harness_cli("matrix", "--suite", "demo", "--axes", "decoder,weather")
+    assert result.code == 2 and "unknown matrix axis weather" in result.err
