@@ -4,13 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test gpu bench clean
+.PHONY: install demo test gpu bench nightly clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[openvino,dev]'
 	touch $@
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/harness run --suite demo --report-dir reports/demo
@@ -30,6 +32,9 @@ gpu: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_overhead.py
 	$(BIN)/python scripts/bench_matrix.py
+
+nightly: $(STAMP)
+	HARNESS=$(BIN)/harness scripts/nightly.sh demo
 
 clean:
 	rm -rf reports .pytest_cache

@@ -1,4 +1,4 @@
-"""`harness` command line: list, export, run, matrix, golden update.
+"""`harness` command line: list, export, run, merge, report, matrix, golden diff|update, cache, doctor.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 (one line on stderr naming the file or value and the fix).
@@ -6,7 +6,6 @@ Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -30,12 +29,19 @@ from harness.decoders import DECODERS, decoder_unavailable
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
+from harness.golden_review import GoldenChange, blocked, review
+from harness.golden_review import write as write_goldens
 from harness.matrix import AXES, DEFAULT_AXES, run_matrix
+from harness.measured import RunOutputs
+from harness.measured import merge as merge_outputs
 from harness.onnx_testdata import run_test_data
-from harness.pipeline import SuiteRun, record_goldens, run_suite
-from harness.report import render_table, write_report_files
+from harness.pipeline import SuiteRun, judge_run, run_suite, validate_runtimes
+from harness.publish import publish
+from harness.report import RunReport, render_table, write_report_files
+from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
 from harness.resizers import RESIZERS
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
+from harness.tasks import make_task
 from runtimes import RUNTIMES
 
 # Piped output (CI logs) gets a wide fixed width so tables are not truncated.
@@ -225,6 +231,10 @@ def doctor() -> None:
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
 @golden_dir_option
 @click.option("--no-golden", is_flag=True, help="Compare against the reference runtime only.")
+@click.option("--shard", "shard_spec", metavar="I/N", help="Run only block I of N of the samples (merge the reports with `harness merge`).")
+@click.option(
+    "--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Run each runtime N times: are outputs bit-identical?"
+)
 @cache_option
 @click.option("--rtol", type=float, default=1e-3, show_default=True, help="With --onnx: relative tolerance.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="With --onnx: absolute tolerance.")
@@ -241,6 +251,8 @@ def run(
     report_dir: Path,
     golden_dir: Path | None,
     no_golden: bool,
+    shard_spec: str | None,
+    repeat: int,
     cache_dir: Path | None,
     rtol: float,
     atol: float,
@@ -251,26 +263,81 @@ def run(
             raise HarnessError(
                 "--onnx needs --inputs DIR and no --suite", "e.g. harness run --onnx model.onnx --inputs test_data/ --runtime ort-fp32"
             )
-        report = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol, _cache(cache_dir))
-    else:
-        suite = _require_suite(suite_name)
-        if stack_name:
-            suite = dataclasses.replace(suite, stack=suite.stack_named(stack_name))
-        store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
-        with tracking() as track:
-            report = run_suite(
-                suite,
-                _expand_runtimes(runtimes, suite.default_runtimes),
-                _cache(cache_dir),
-                store,
-                batch_size or suite.batch_size,
-                limit,
-                track,
-            )
+        testdata = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol, _cache(cache_dir))
+        testdata.render(console)
+        for path in write_report_files(report_dir, testdata.describe(), testdata.to_markdown()):
+            console.print(f"wrote {path}")
+        ctx.exit(0 if testdata.passed else 1)
+    suite = _require_suite(suite_name)
+    store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    with tracking() as track:
+        report, measured = run_suite(
+            suite,
+            _expand_runtimes(runtimes, suite.default_runtimes),
+            _cache(cache_dir),
+            store,
+            batch_size or suite.batch_size,
+            limit,
+            track,
+            shard=_parse_shard(shard_spec),
+            repeat=repeat,
+            stack=suite.stack_named(stack_name) if stack_name else None,
+        )
+    _finish(ctx, report, measured, suite, report_dir)
+
+
+def _parse_shard(spec: str | None) -> tuple[int, int]:
+    if not spec:
+        return (1, 1)
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError as exc:
+        raise HarnessError(f"--shard {spec!r} is not I/N", "e.g. --shard 2/4 runs the second quarter of the samples") from exc
+    if not 1 <= index <= count:
+        raise HarnessError(f"--shard {spec}: I must be between 1 and N", "e.g. --shard 2/4")
+    return index, count
+
+
+def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: Suite, report_dir: Path) -> None:
+    """Print the verdict, write every report file, exit 0 (pass) or 1 (a check failed)."""
     report.render(console)
-    for path in write_report_files(report_dir, report.describe(), report.to_markdown()):
+    for path in publish(report_dir, report, measured, suite.manifest.parent):
         console.print(f"wrote {path}")
     ctx.exit(0 if report.passed else 1)
+
+
+@cli.command()
+@click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@suite_option
+@golden_dir_option
+@click.option("--no-golden", is_flag=True, help="Compare against the reference runtime only.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/merged"), show_default=True)
+@click.pass_context
+def merge(
+    ctx: click.Context, shard_dirs: tuple[Path, ...], suite_name: str | None, golden_dir: Path | None, no_golden: bool, report_dir: Path
+) -> None:
+    """Merge the report folders of `harness run --shard I/N` jobs into the report of the whole run."""
+    suite = _require_suite(suite_name)
+    merged = merge_outputs([RunOutputs.load(d) for d in shard_dirs])
+    if merged.suite != suite.name:
+        raise HarnessError(f"the shards ran suite '{merged.suite}', not '{suite.name}'", f"pass --suite {merged.suite}")
+    store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    _finish(ctx, judge_run(suite, merged, store), merged, suite, report_dir)
+
+
+@cli.command("report")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.pass_context
+def report_cmd(ctx: click.Context, old: Path, new: Path) -> None:
+    """Compare two runs' report.json: metric, error, flips and verdict per runtime; provenance changes. Exit 1 if a check regressed."""
+    rows, provenance, regressed = diff_reports(load_report(old), load_report(new))
+    render_table(console, f"{old} -> {new}", DIFF_HEADERS, rows)
+    for line in provenance:
+        console.print(f"changed: {escape(line)}")
+    if regressed:
+        console.print("[red]a check went from PASS to FAIL[/red]")
+    ctx.exit(1 if regressed else 0)
 
 
 def _split_axes(value: str | None) -> list[str]:
@@ -323,26 +390,59 @@ def golden() -> None:
     """Golden outputs: recorded deliberately, never by `run`."""
 
 
-@golden.command("update")
-@suite_option
-@runtime_option
-@batch_option
-@golden_dir_option
-@cache_option
-def golden_update(
+def _review(
     suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None
-) -> None:
-    """Record the goldens of the given runtimes (default: the suite's) and show what changed."""
+) -> tuple[Suite, GoldenStore, list[GoldenChange]]:
+    """Measure the runtimes on the whole split and print what an update of their goldens would change."""
     suite = _require_suite(suite_name)
     store = GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    names = _expand_runtimes(runtimes, suite.default_runtimes)
+    validate_runtimes(names)
     with tracking() as track:
-        changes = record_goldens(
-            suite, _expand_runtimes(runtimes, suite.default_runtimes), _cache(cache_dir), store, batch_size or suite.batch_size, track
+        measured = SuiteRun(suite, _cache(cache_dir), None, track).measure(names, batch_size or suite.batch_size)
+    changes = review(suite, measured, store)
+    metric_name = make_task(suite.task, suite.model.output_names).metric_name
+    for change in changes:
+        console.print(f"[bold]{change.runtime}[/bold] ({store.folder(change.runtime)})")
+        for line in change.lines(metric_name):
+            console.print(f"  {escape(line)}")
+    return suite, store, changes
+
+
+golden_options = [suite_option, runtime_option, batch_option, golden_dir_option, cache_option]
+
+
+def _with_golden_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(golden_options):
+        fn = option(fn)
+    return fn
+
+
+@golden.command("diff")
+@_with_golden_options
+def golden_diff(
+    suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None
+) -> None:
+    """Show what `golden update` would change (metric, flips, max abs change, stages, metadata); writes nothing."""
+    _review(suite_name, runtimes, batch_size, golden_dir, cache_dir)
+
+
+@golden.command("update")
+@_with_golden_options
+@click.option("--force", is_flag=True, help="Write even though the model weights or the dataset differ from the goldens'.")
+def golden_update(
+    suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None, force: bool
+) -> None:
+    """Show the diff, then record the goldens of the given runtimes (default: the suite's), atomically and under a lock."""
+    _suite, store, changes = _review(suite_name, runtimes, batch_size, golden_dir, cache_dir)
+    identity = blocked(changes)
+    if identity and not force:
+        raise HarnessError(
+            f"refusing to update goldens: {'; '.join(identity)}",
+            "a different model or dataset needs a deliberate decision: review the diff above, then re-run with --force",
         )
-    for runtime, lines in changes:
-        console.print(f"[bold]{runtime}[/bold] -> {store.folder(runtime)}")
-        for line in lines:
-            console.print(f"  {line}")
+    write_goldens(changes, store)
+    console.print(f"wrote {len(changes)} golden(s) under {store.root}")
 
 
 def main() -> None:

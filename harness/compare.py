@@ -1,20 +1,36 @@
-"""Comparison of one runtime's outputs with a reference's, judged by a tolerance.
+"""Comparison of one runtime's outputs with a baseline's, judged by a tolerance.
 
-Numeric error per output (max/mean abs, max relative, cosine per sample),
-prediction agreement and flips, and the task metric delta; each judged check
-is one PASS/FAIL line.
+Numeric error per output (max/mean abs, max relative, relative L2, cosine per
+sample), and on the task's scores: KL divergence of the softmax, top-1 and
+top-5 agreement, flips (negative flips: right before, wrong now; positive
+flips: the reverse, as in the regression-free model update literature),
+per-class accuracy deltas and the metric delta.  Each judged check is one
+PASS/FAIL line.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from harness.stages import Attribution
+from harness.tasks import Task
 from harness.tolerance import Tolerance
 
 REL_FLOOR = 1e-6
+WORST_SAMPLES = 5
+
+
+class Observed(Protocol):
+    """Raw outputs and predictions of one side (an inference or a golden)."""
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def predictions(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,7 @@ class OutputStats:
     max_abs: float
     mean_abs: float
     max_rel: float
+    max_rel_l2: float
     min_cosine: float
     mean_cosine: float
 
@@ -41,6 +58,18 @@ class Check:
         return {"name": self.name, "value": self.value, "limit": self.limit, "op": self.op, "passed": self.passed}
 
 
+@dataclass(frozen=True)
+class ClassDelta:
+    label: int
+    samples: int
+    accuracy: float
+    baseline_accuracy: float
+
+    @property
+    def delta(self) -> float:
+        return self.accuracy - self.baseline_accuracy
+
+
 @dataclass
 class Comparison:
     """One runtime against one baseline (`reference:<runtime>` or `golden`)."""
@@ -50,14 +79,34 @@ class Comparison:
     samples: int
     outputs: dict[str, OutputStats]
     top1_agreement: float
+    top5_agreement: float | None
+    kl_mean: float
+    kl_max: float
     flips: list[str]
+    negative_flips: list[str]
+    positive_flips: list[str]
+    per_class: list[ClassDelta]
+    worst_samples: list[tuple[str, float]]  # (id, max abs error), largest first
     metric: float
     metric_baseline: float
     checks: list[Check] = field(default_factory=list)
+    attribution: Attribution | None = None
 
     @property
     def metric_delta(self) -> float:
         return self.metric - self.metric_baseline
+
+    @property
+    def negative_flip_rate(self) -> float:
+        return len(self.negative_flips) / self.samples if self.samples else 0.0
+
+    @property
+    def positive_flip_rate(self) -> float:
+        return len(self.positive_flips) / self.samples if self.samples else 0.0
+
+    @property
+    def worst_class(self) -> ClassDelta | None:
+        return min(self.per_class, key=lambda c: c.delta) if self.per_class else None
 
     @property
     def worst(self) -> OutputStats:
@@ -67,6 +116,7 @@ class Comparison:
             max_abs=max(s.max_abs for s in stats),
             mean_abs=max(s.mean_abs for s in stats),
             max_rel=max(s.max_rel for s in stats),
+            max_rel_l2=max(s.max_rel_l2 for s in stats),
             min_cosine=min(s.min_cosine for s in stats),
             mean_cosine=min(s.mean_cosine for s in stats),
         )
@@ -76,19 +126,36 @@ class Comparison:
         return all(c.passed for c in self.checks)
 
     def describe(self) -> dict[str, Any]:
+        worst_class = self.worst_class
         return {
             "runtime": self.runtime,
             "against": self.against,
             "samples": self.samples,
             "outputs": {k: asdict(v) for k, v in self.outputs.items()},
             "top1_agreement": self.top1_agreement,
+            "top5_agreement": self.top5_agreement,
+            "kl_mean": self.kl_mean,
+            "kl_max": self.kl_max,
             "flips": self.flips,
+            "negative_flips": self.negative_flips,
+            "positive_flips": self.positive_flips,
+            "negative_flip_rate": self.negative_flip_rate,
+            "positive_flip_rate": self.positive_flip_rate,
+            "per_class": [asdict(c) | {"delta": c.delta} for c in self.per_class],
+            "worst_class": worst_class.label if worst_class else None,
+            "worst_samples": [{"id": i, "max_abs": e} for i, e in self.worst_samples],
             "metric": self.metric,
             "metric_baseline": self.metric_baseline,
             "metric_delta": self.metric_delta,
+            "attribution": self.attribution.describe() if self.attribution else None,
             "checks": [c.describe() for c in self.checks],
             "passed": self.passed,
         }
+
+
+def per_sample_max_abs(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    diff = np.abs(candidate.reshape(len(candidate), -1).astype(np.float64) - baseline.reshape(len(baseline), -1))
+    return diff.max(axis=1, initial=0.0)
 
 
 def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
@@ -97,39 +164,87 @@ def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
     cand = candidate.reshape(len(candidate), -1).astype(np.float64)
     base = baseline.reshape(len(baseline), -1).astype(np.float64)
     diff = np.abs(cand - base)
-    norms = np.linalg.norm(cand, axis=1) * np.linalg.norm(base, axis=1)
+    base_norm = np.linalg.norm(base, axis=1)
+    norms = np.linalg.norm(cand, axis=1) * base_norm
     dots = np.sum(cand * base, axis=1)
     cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(diff == 0, axis=1), 1.0, 0.0))
+    rel_l2 = np.linalg.norm(diff, axis=1) / np.maximum(base_norm, REL_FLOOR)
     return OutputStats(
         max_abs=float(diff.max(initial=0.0)),
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         max_rel=float((diff / np.maximum(np.abs(base), REL_FLOOR)).max(initial=0.0)),
+        max_rel_l2=float(rel_l2.max(initial=0.0)),
         min_cosine=float(cosine.min(initial=1.0)),
         mean_cosine=float(cosine.mean()) if cosine.size else 1.0,
     )
+
+
+def softmax_kl(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """KL(baseline softmax || candidate softmax) per sample, in nats."""
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        shifted = x - x.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    log_p, log_q = log_softmax(baseline), log_softmax(candidate)
+    return np.maximum((np.exp(log_p) * (log_p - log_q)).sum(axis=1), 0.0)
+
+
+def _top5_agreement(candidate: np.ndarray, baseline: np.ndarray) -> float | None:
+    """Mean overlap of the two top-5 sets (1.0: same five classes, in any order)."""
+    if candidate.ndim != 2 or candidate.shape[1] <= 5:
+        return None
+    top_c, top_b = np.argsort(-candidate, axis=1)[:, :5], np.argsort(-baseline, axis=1)[:, :5]
+    overlap = [len(set(c) & set(b)) / 5 for c, b in zip(top_c.tolist(), top_b.tolist(), strict=True)]
+    return float(np.mean(overlap)) if overlap else 1.0
+
+
+def per_class(predictions: np.ndarray, baseline_predictions: np.ndarray, labels: np.ndarray) -> list[ClassDelta]:
+    rows = []
+    for label in np.unique(labels):
+        mask = labels == label
+        rows.append(
+            ClassDelta(
+                int(label), int(mask.sum()), float(np.mean(predictions[mask] == label)), float(np.mean(baseline_predictions[mask] == label))
+            )
+        )
+    return rows
 
 
 def compare(
     runtime: str,
     against: str,
     ids: tuple[str, ...],
-    outputs: dict[str, np.ndarray],
-    baseline: dict[str, np.ndarray],
-    predictions: np.ndarray,
-    baseline_predictions: np.ndarray,
-    metric: float,
-    metric_baseline: float,
+    labels: np.ndarray,
+    candidate: Observed,
+    baseline: Observed,
+    task: Task,
 ) -> Comparison:
-    same = predictions == baseline_predictions
+    """Candidate against baseline on the same samples; the task names the score output and computes the metric."""
+    pred, base_pred = candidate.predictions, baseline.predictions
+    same = pred == base_pred
+    right, base_right = pred == labels, base_pred == labels
+    cand_scores, base_scores = candidate.outputs[task.output_name], baseline.outputs[task.output_name]
+    kl = softmax_kl(cand_scores, base_scores) if cand_scores.ndim == 2 else np.zeros(len(ids))
+    errors = sum(per_sample_max_abs(candidate.outputs[n], baseline.outputs[n]) for n in baseline.outputs)
+    worst = np.argsort(-np.asarray(errors))[:WORST_SAMPLES] if len(ids) else []
     return Comparison(
         runtime=runtime,
         against=against,
         samples=len(ids),
-        outputs={name: output_stats(outputs[name], baseline[name]) for name in baseline},
+        outputs={name: output_stats(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs},
         top1_agreement=float(np.mean(same)) if len(same) else 1.0,
+        top5_agreement=_top5_agreement(cand_scores, base_scores),
+        kl_mean=float(kl.mean()) if len(kl) else 0.0,
+        kl_max=float(kl.max(initial=0.0)),
         flips=[ids[i] for i in np.flatnonzero(~same)],
-        metric=metric,
-        metric_baseline=metric_baseline,
+        negative_flips=[ids[i] for i in np.flatnonzero(base_right & ~right)],
+        positive_flips=[ids[i] for i in np.flatnonzero(~base_right & right)],
+        per_class=per_class(pred, base_pred, labels),
+        worst_samples=[(ids[i], float(errors[i])) for i in worst],
+        metric=task.metric(pred, labels),
+        metric_baseline=task.metric(base_pred, labels),
     )
 
 
@@ -141,6 +256,7 @@ def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
         Check("min_cosine", worst.min_cosine, tolerance.min_cosine, ">="),
         Check("top1_agreement", comparison.top1_agreement, tolerance.min_top1_agreement, ">="),
         Check("flips", len(comparison.flips), tolerance.max_flips, "<="),
+        Check("negative_flip_rate", comparison.negative_flip_rate, tolerance.max_negative_flip_rate, "<="),
         Check("metric_delta", abs(comparison.metric_delta), tolerance.max_metric_delta, "<="),
     ]
     return comparison

@@ -1,7 +1,9 @@
 """Feed: dataset samples -> one stack -> the input tensors every runtime gets.
 
 Decoding and pre-processing happen once per run; runtimes then see the very
-same array, batch by batch.
+same array, batch by batch.  Each sample's encoded bytes, decoded pixels and
+tensor are hashed on the way (`harness.stages`), so a golden comparison can
+name the first stage that changed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from harness.dataset import Sample, read_sample
 from harness.decoders import DecodeError, decoder_unavailable
 from harness.errors import HarnessError
 from harness.stack import StackSpec, decode, preprocess
+from harness.stages import digest
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded pixels of some samples, with the per-sample hashes of the first two stages."""
+
+    pixels: list[np.ndarray]
+    stages: dict[str, tuple[str, ...]]  # "encoded", "decoded"
 
 
 @dataclass(frozen=True)
@@ -25,14 +36,15 @@ class InputSet:
     labels: np.ndarray
     tensors: np.ndarray
     stack: StackSpec
+    stages: dict[str, tuple[str, ...]]  # per-sample hashes: "encoded", "decoded", "tensor"
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def decode_sample(sample: Sample, stack: StackSpec) -> np.ndarray:
+def decode_sample(sample: Sample, stack: StackSpec, data: bytes | None = None) -> np.ndarray:
     try:
-        return decode(read_sample(sample), stack)
+        return decode(read_sample(sample) if data is None else data, stack)
     except DecodeError as exc:
         raise HarnessError(
             f"{sample.path}: cannot decode image with '{stack.decoder}': {exc}",
@@ -45,22 +57,24 @@ def decode_key(stack: StackSpec) -> tuple[str, bool, int]:
     return (stack.decoder, stack.exif, stack.resize_size if stack.decoder == "pillow-draft" else 0)
 
 
-def decode_all(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> list[np.ndarray]:
+def decode_all(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> Decoded:
     """Decoded pixels of every sample with the stack's decoder settings."""
     reason = decoder_unavailable(stack.decoder)
     if reason:
         raise HarnessError(f"stack '{stack.name}': decoder '{stack.decoder}' cannot run here: {reason}", "choose another decoder")
-    pixels = []
+    pixels, encoded = [], []
     for sample in samples:
-        pixels.append(decode_sample(sample, stack))
+        data = read_sample(sample)
+        encoded.append(digest(data))
+        pixels.append(decode_sample(sample, stack, data))
         if advance:
             advance()
-    return pixels
+    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)})
 
 
-def tensors_from(samples: Sequence[Sample], pixels: Sequence[np.ndarray], stack: StackSpec) -> InputSet:
+def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) -> InputSet:
     """Pre-process decoded pixels through the rest of the stack; all tensors must share one shape."""
-    tensors = [preprocess(p, stack) for p in pixels]
+    tensors = [preprocess(p, stack) for p in decoded.pixels]
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:
         raise HarnessError(
@@ -71,6 +85,7 @@ def tensors_from(samples: Sequence[Sample], pixels: Sequence[np.ndarray], stack:
         labels=np.array([s.label for s in samples], dtype=np.int64),
         tensors=np.stack(tensors),
         stack=stack,
+        stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},
     )
 
 

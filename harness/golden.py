@@ -1,7 +1,7 @@
 """Golden store: the recorded outputs of each runtime on a suite.
 
-`golden/<suite>/<runtime>/outputs.npz` holds sample ids, raw outputs and
-predictions; `golden.json` beside it holds metrics, metadata (model and
+`golden/<suite>/<runtime>/outputs.npz` holds sample ids, raw outputs,
+predictions and per-sample stage hashes (`harness.stages`); `golden.json` beside it holds metrics, metadata (model and
 dataset hashes, stack, library versions, hardware) and the sha256 of the npz,
 so a corrupt or hand-edited golden is caught on load.  Each file is written
 to a temp name and renamed, npz first and json last: a reader sees the old
@@ -11,9 +11,13 @@ writes here.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ from harness.files import atomic_write
 
 SCHEMA_VERSION = 1
 OUTPUT_PREFIX = "output/"
+STAGE_PREFIX = "stage/"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,10 @@ class Golden:
     predictions: np.ndarray
     metrics: dict[str, float]
     metadata: dict[str, Any]
+    stages: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
-    def select(self, ids: tuple[str, ...], update_hint: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Outputs and predictions of `ids`, in that order."""
+    def select(self, ids: tuple[str, ...], update_hint: str) -> Golden:
+        """The golden restricted to `ids`, in that order."""
         index = {sample_id: i for i, sample_id in enumerate(self.ids)}
         missing = [i for i in ids if i not in index]
         if missing:
@@ -46,7 +53,13 @@ class Golden:
                 f"the dataset changed: review, then run `{update_hint}`",
             )
         rows = np.array([index[i] for i in ids], dtype=np.int64)
-        return {name: value[rows] for name, value in self.outputs.items()}, self.predictions[rows]
+        return dataclasses.replace(
+            self,
+            ids=ids,
+            outputs={name: value[rows] for name, value in self.outputs.items()},
+            predictions=self.predictions[rows],
+            stages={name: tuple(hashes[r] for r in rows) for name, hashes in self.stages.items()},
+        )
 
 
 class GoldenStore:
@@ -58,6 +71,21 @@ class GoldenStore:
 
     def update_hint(self, runtime: str) -> str:
         return f"harness golden update --suite {self.suite} --runtime {runtime}"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock on the store: two concurrent updates never interleave their files."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise HarnessError(f"{path} is locked by another golden update", "wait for it to finish, then run again") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def folder(self, runtime: str) -> Path:
         return self.root / runtime
@@ -85,14 +113,16 @@ class GoldenStore:
             )
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             outputs = {k[len(OUTPUT_PREFIX) :]: npz[k] for k in npz.files if k.startswith(OUTPUT_PREFIX)}
+            stages = {k[len(STAGE_PREFIX) :]: tuple(str(h) for h in npz[k]) for k in npz.files if k.startswith(STAGE_PREFIX)}
             ids, predictions = tuple(str(i) for i in npz["ids"]), npz["predictions"]
-        return Golden(runtime, ids, outputs, predictions, meta.get("metrics", {}), meta.get("metadata", {}))
+        return Golden(runtime, ids, outputs, predictions, meta.get("metrics", {}), meta.get("metadata", {}), stages)
 
     def write(self, golden: Golden) -> Path:
         folder = self.folder(golden.runtime)
         folder.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         arrays = {f"{OUTPUT_PREFIX}{k}": v for k, v in golden.outputs.items()}
+        arrays |= {f"{STAGE_PREFIX}{k}": np.array(v) for k, v in golden.stages.items()}
         np.savez_compressed(buf, ids=np.array(golden.ids), predictions=golden.predictions, **arrays)
         blob = buf.getvalue()
         meta = {

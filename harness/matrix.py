@@ -27,8 +27,9 @@ from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
 from harness.colour import COLOUR_PATHS
 from harness.compare import Comparison, compare
 from harness.decoders import DECODERS, decoder_unavailable
-from harness.feed import InputSet, decode_all, decode_key, tensors_from
-from harness.pipeline import Inference, SuiteRun
+from harness.feed import Decoded, InputSet, decode_all, decode_key, tensors_from
+from harness.measured import Inference
+from harness.pipeline import SuiteRun
 from harness.report import SCHEMA_VERSION, markdown_table, write_report_files
 from harness.resizers import RESIZERS
 from harness.stack import StackSpec
@@ -286,7 +287,7 @@ class MatrixRunner:
         self.decodes = 0
         self._inferences: dict[tuple[str, str, str], Inference] = {}
 
-    def decode(self, stack: StackSpec) -> list[np.ndarray]:
+    def decode(self, stack: StackSpec) -> Decoded:
         self.decodes += len(self.run.samples)
         return decode_all(self.run.samples, stack, self.run.track(f"decode with {stack.decoder}", len(self.run.samples)))
 
@@ -298,17 +299,7 @@ class MatrixRunner:
 
     def row(self, variant: Variant, inputs: InputSet, runtime: str, baseline: Inference) -> MatrixRow:
         got = self.infer(inputs, runtime, variant.model)
-        comp = compare(
-            runtime,
-            f"reference:{baseline.runtime}",
-            inputs.ids,
-            got.outputs,
-            baseline.outputs,
-            got.predictions,
-            baseline.predictions,
-            got.metric,
-            baseline.metric,
-        )
+        comp = compare(runtime, f"reference:{baseline.runtime}", inputs.ids, inputs.labels, got, baseline, self.run.task)
         return MatrixRow(variant.axis, variant.name, comp)
 
 
@@ -360,7 +351,7 @@ def run_matrix(
     for variant in variants:
         groups.setdefault(decode_key(variant.stack_for(reference)), []).append(variant)
 
-    kept: dict[tuple[str, bool, int], list[np.ndarray]] = {ref_key: runner.decode(reference)}
+    kept: dict[tuple[str, bool, int], Decoded] = {ref_key: runner.decode(reference)}
     run.set_inputs(tensors_from(run.samples, kept[ref_key], reference))
     baselines = {r: runner.infer(run.inputs, r, None) for r in dict.fromkeys([suite.reference_runtime, *runtimes])}
 

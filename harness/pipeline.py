@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -25,7 +24,10 @@ from harness.environment import environment
 from harness.errors import HarnessError
 from harness.feed import InputSet, batch_slices, build_inputs
 from harness.golden import Golden, GoldenStore, metadata_changes
+from harness.measured import Inference, RunOutputs, determinism
 from harness.report import RunReport, RuntimeResult
+from harness.stack import StackSpec
+from harness.stages import attribute
 from harness.suite import Suite
 from harness.tasks import Task, make_task
 from runtimes import RuntimeSpec, get_runtime
@@ -36,19 +38,6 @@ STALENESS_KEYS = ("model", "dataset", "stack", "environment", "artifacts")
 
 def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
     return lambda: None
-
-
-@dataclass(frozen=True)
-class Inference:
-    """Raw outputs of one runtime on one input set, and what it ran on."""
-
-    runtime: str
-    outputs: dict[str, np.ndarray]
-    predictions: np.ndarray
-    metric: float
-    seconds: float
-    session: dict[str, str]
-    artifacts: dict[str, Any]  # provenance of the files this runtime consumed
 
 
 def run_session(
@@ -74,12 +63,16 @@ def run_session(
 class SuiteRun:
     """A suite prepared for inference: dataset, input tensors, lazy model artifacts."""
 
-    def __init__(self, suite: Suite, cache: ArtifactCache, limit: int | None = None, track: Tracker = _no_tracking) -> None:
+    def __init__(
+        self, suite: Suite, cache: ArtifactCache, limit: int | None = None, track: Tracker = _no_tracking, stack: StackSpec | None = None
+    ) -> None:
         self.suite = suite
+        self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack
+        self.shard_of = (1, 1)
         self.track = track
         self.dataset: Dataset = load_dataset(suite.manifest, suite.split)
         self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
-        self.task: Task = make_task(suite.task, suite.model.output_names)
+        self.task: Task = make_task(suite.task, suite.model.output_names, suite.postprocess)
         self.cache = cache
         self._inputs: InputSet | None = None
         self._variants: dict[str, ModelArtifacts] = {}
@@ -102,13 +95,13 @@ class SuiteRun:
     def inputs(self) -> InputSet:
         """The samples through the suite's stack, decoded on first use."""
         if self._inputs is None:
-            track = self.track(f"decode + {self.suite.stack.name} stack", len(self.samples))
-            self._inputs = build_inputs(self.samples, self.suite.stack, track)
+            track = self.track(f"decode + {self.stack.name} stack", len(self.samples))
+            self._inputs = build_inputs(self.samples, self.stack, track)
         return self._inputs
 
     def set_inputs(self, inputs: InputSet) -> None:
         """Use tensors the caller already built from the suite's stack (e.g. from pixels it decoded once)."""
-        if inputs.stack != self.suite.stack or inputs.ids != tuple(s.id for s in self.samples):
+        if inputs.stack != self.stack or inputs.ids != tuple(s.id for s in self.samples):
             raise ValueError("inputs were not built from this run's samples and stack")
         self._inputs = inputs
 
@@ -136,33 +129,36 @@ class SuiteRun:
         return {
             "model": {"builder": self.suite.model.builder, "weights_sha256": self.artifacts.weights_sha256},
             "dataset": {"manifest": self.dataset.manifest.name, "sha256": self.dataset.manifest_sha256, "split": self.dataset.split},
-            "stack": self.suite.stack.describe(),
+            "stack": self.stack.describe(),
             "environment": environment(),
         }
 
-    def golden_from(self, inference: Inference) -> Golden:
-        return Golden(
-            runtime=inference.runtime,
-            ids=self.inputs.ids,
-            outputs=inference.outputs,
-            predictions=inference.predictions,
-            metrics={self.task.metric_name: inference.metric},
-            metadata={**self.context(), "artifacts": inference.artifacts, "session": inference.session},
-        )
+    def shard(self, index: int, count: int) -> None:
+        """Keep shard `index` of `count` (1-based, contiguous blocks) of the samples."""
+        if not 1 <= index <= count:
+            raise HarnessError(f"--shard {index}/{count}: index must be between 1 and {count}", "e.g. --shard 2/4")
+        bounds = np.linspace(0, len(self.samples), count + 1).round().astype(int)
+        self.samples = self.samples[bounds[index - 1] : bounds[index]]
+        self.shard_of = (index, count)
 
-    def compare_to_golden(self, inference: Inference, golden: Golden, update_hint: str) -> Comparison:
-        outputs, predictions = golden.select(self.inputs.ids, update_hint)
-        baseline_metric = self.task.metric(predictions, self.inputs.labels)
-        return compare(
-            inference.runtime,
-            "golden",
-            self.inputs.ids,
-            inference.outputs,
-            outputs,
-            inference.predictions,
-            predictions,
-            inference.metric,
-            baseline_metric,
+    def measure(self, runtimes: list[str], batch_size: int, repeat: int = 1, requested: list[str] | None = None) -> RunOutputs:
+        """Infer every runtime (`repeat` times each, to check determinism) on the same inputs."""
+        inferences, det = {}, {}
+        for name in runtimes:
+            runs = [self.infer(name, batch_size) for _ in range(repeat)]
+            inferences[name] = runs[0]
+            if repeat > 1:
+                det[name] = determinism(runs)
+        return RunOutputs(
+            suite=self.suite.name,
+            ids=self.inputs.ids,
+            labels=self.inputs.labels,
+            stages=self.inputs.stages,
+            inferences=inferences,
+            context=self.context() | {"artifacts": dict(self.artifacts.provenance)},
+            requested=tuple(requested if requested is not None else runtimes),
+            shard=self.shard_of,
+            determinism=det,
         )
 
 
@@ -176,6 +172,57 @@ def validate_runtimes(names: list[str]) -> None:
         get_runtime(name).require_available()
 
 
+def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden, task: Task, update_hint: str) -> Comparison:
+    """The run against the golden's recorded outputs and predictions, with stage attribution."""
+    recorded = golden.select(measured.ids, update_hint)
+    comparison = compare(inference.runtime, "golden", measured.ids, measured.labels, inference, recorded, task)
+    comparison.attribution = attribute(recorded.stages, measured.stages | inference.stages, len(measured.ids))
+    return comparison
+
+
+def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | None, goldens: dict[str, Golden] | None = None) -> RunReport:
+    """Compare each runtime with the reference and (when a store is given) with its golden (`goldens`: already loaded)."""
+    task = make_task(suite.task, suite.model.output_names, suite.postprocess)
+    reference = suite.reference_runtime
+    ref = measured.inferences[reference]
+    if golden_store and goldens is None:
+        goldens = {r: golden_store.load(r) for r in measured.requested}
+    results: list[RuntimeResult] = []
+    notes: list[str] = []
+    for name, inference in measured.inferences.items():
+        result = RuntimeResult(
+            name,
+            inference.session,
+            task.metric(inference.predictions, measured.labels),
+            inference.seconds,
+            determinism=measured.determinism.get(name),
+        )
+        tolerance = suite.tolerance_for(precision_of(name))
+        if name != reference:
+            against = compare(name, f"reference:{reference}", measured.ids, measured.labels, inference, ref, task)
+            result.comparisons.append(judge(against, tolerance))
+        if goldens and name in goldens:
+            assert golden_store is not None
+            golden = goldens[name]
+            comparison = judge(compare_to_golden(measured, inference, golden, task, golden_store.update_hint(name)), tolerance)
+            result.comparisons.append(comparison)
+            if not comparison.passed and comparison.attribution:
+                notes.append(f"{name} vs golden: {comparison.attribution.message()}")
+            notes += staleness_notes(name, golden.metadata, {**measured.context, "artifacts": inference.artifacts})
+        results.append(result)
+    return RunReport(
+        suite=suite.name,
+        task=suite.task,
+        metric_name=task.metric_name,
+        reference=reference,
+        samples=len(measured.ids),
+        context=measured.context,
+        results=results,
+        notes=notes,
+        shard=measured.shard,
+    )
+
+
 def run_suite(
     suite: Suite,
     runtimes: list[str],
@@ -184,79 +231,23 @@ def run_suite(
     batch_size: int,
     limit: int | None = None,
     track: Tracker = _no_tracking,
-) -> RunReport:
-    """Run every runtime, compare each to the reference and (when a store is given) to its golden."""
+    shard: tuple[int, int] = (1, 1),
+    repeat: int = 1,
+    stack: StackSpec | None = None,
+) -> tuple[RunReport, RunOutputs]:
+    """Measure every runtime (the reference first), then judge; returns the report and what was measured."""
     reference = suite.reference_runtime
     order = [reference] + [r for r in runtimes if r != reference]
     validate_runtimes(order)
-    goldens = {r: golden_store.load(r) for r in runtimes} if golden_store else {}
-    run = SuiteRun(suite, cache, limit, track)
-    ref = run.infer(reference, batch_size)
-    results: list[RuntimeResult] = []
-    notes: list[str] = []
-    for name in order:
-        inference = ref if name == reference else run.infer(name, batch_size)
-        result = RuntimeResult(name, inference.session, inference.metric, inference.seconds)
-        tolerance = suite.tolerance_for(precision_of(name))
-        if name != reference:
-            against = compare(
-                name,
-                f"reference:{reference}",
-                run.inputs.ids,
-                inference.outputs,
-                ref.outputs,
-                inference.predictions,
-                ref.predictions,
-                inference.metric,
-                ref.metric,
-            )
-            result.comparisons.append(judge(against, tolerance))
-        if name in goldens:
-            assert golden_store is not None
-            golden = goldens[name]
-            result.comparisons.append(judge(run.compare_to_golden(inference, golden, golden_store.update_hint(name)), tolerance))
-            notes += staleness_notes(name, golden.metadata, {**run.context(), "artifacts": inference.artifacts})
-        results.append(result)
-    context = run.context() | {"artifacts": dict(run.artifacts.provenance)}
-    return RunReport(
-        suite=suite.name,
-        task=suite.task,
-        metric_name=run.task.metric_name,
-        reference=reference,
-        samples=len(run.inputs),
-        context=context,
-        results=results,
-        notes=notes,
-    )
+    goldens = {name: golden_store.load(name) for name in runtimes} if golden_store else {}  # missing or corrupt: fail before inference
+    run = SuiteRun(suite, cache, limit, track, stack)
+    run.shard(*shard)
+    measured = run.measure(order, batch_size, repeat, requested=runtimes)
+    return judge_run(suite, measured, golden_store, goldens), measured
 
 
 def staleness_notes(runtime: str, recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """'golden of ort-fp32 recorded with environment.libraries.onnxruntime: 1.17 -> now 1.18' lines; never a failure by itself."""
+    """'golden of ort-fp32 recorded with environment.libraries.onnxruntime: 1.17, now 1.18' lines; never a failure by itself."""
     old = {k: recorded.get(k, {}) for k in STALENESS_KEYS}
     new = {k: now.get(k, {}) for k in STALENESS_KEYS}
     return [f"golden of {runtime} recorded with {change.replace(' -> ', ', now ')}" for change in metadata_changes(old, new)]
-
-
-def record_goldens(
-    suite: Suite, runtimes: list[str], cache: ArtifactCache, store: GoldenStore, batch_size: int, track: Tracker = _no_tracking
-) -> list[tuple[str, list[str]]]:
-    """Run `runtimes`, write their goldens, and say per runtime what changed against the old one."""
-    validate_runtimes(runtimes)
-    run = SuiteRun(suite, cache, None, track)
-    inferences = [run.infer(name, batch_size) for name in runtimes]
-    changes = []
-    for inference in inferences:
-        new = run.golden_from(inference)
-        lines = ["new golden"]
-        if store.exists(inference.runtime):
-            old = store.load(inference.runtime)
-            comp = run.compare_to_golden(inference, old, store.update_hint(inference.runtime)) if set(old.ids) >= set(new.ids) else None
-            lines = [f"{run.task.metric_name} {old.metrics.get(run.task.metric_name)} -> {inference.metric}"]
-            if comp:
-                lines.append(f"max abs change {comp.worst.max_abs:.3e}, {len(comp.flips)} predictions changed")
-            else:
-                lines.append("sample set changed")
-            lines += metadata_changes(old.metadata, new.metadata)
-        store.write(new)
-        changes.append((inference.runtime, lines))
-    return changes

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.compare import Comparison
+from harness.measured import Determinism
 
 SCHEMA_VERSION = "1.0"
 
@@ -50,6 +51,7 @@ class RuntimeResult:
     metric: float
     infer_seconds: float
     comparisons: list[Comparison] = field(default_factory=list)
+    determinism: Determinism | None = None
 
     @property
     def passed(self) -> bool:
@@ -61,6 +63,7 @@ class RuntimeResult:
             "session": self.session,
             "metric": self.metric,
             "infer_seconds": round(self.infer_seconds, 4),
+            "determinism": self.determinism.describe() if self.determinism else None,
             "comparisons": [c.describe() for c in self.comparisons],
             "passed": self.passed,
         }
@@ -76,6 +79,7 @@ class RunReport:
     context: dict[str, Any]
     results: list[RuntimeResult]
     notes: list[str] = field(default_factory=list)
+    shard: tuple[int, int] = (1, 1)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -92,6 +96,7 @@ class RunReport:
             "metric_name": self.metric_name,
             "reference": self.reference,
             "samples": self.samples,
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
             **self.context,
             "notes": self.notes,
             "results": [r.describe() for r in self.results],
@@ -103,7 +108,7 @@ class RunReport:
         rows = []
         for result in self.results:
             if not result.comparisons:
-                rows.append([result.runtime, "-", f"{result.metric:.4f}", "", "", "", "", "", "", "reference"])
+                rows.append([result.runtime, "-", f"{result.metric:.4f}", "", "", "", "", "", "", "", "reference"])
             for comp in result.comparisons:
                 worst = comp.worst
                 failed = [c.name for c in comp.checks if not c.passed]
@@ -118,12 +123,13 @@ class RunReport:
                         f"{worst.min_cosine:.6f}",
                         f"{comp.top1_agreement:.4f}",
                         str(len(comp.flips)),
+                        f"{len(comp.negative_flips)}/{len(comp.positive_flips)}",
                         "PASS" if comp.passed else "FAIL: " + ", ".join(failed),
                     ]
                 )
         return rows
 
-    HEADERS = ("runtime", "vs", "metric", "delta", "max abs", "mean abs", "min cos", "agree", "flips", "verdict")
+    HEADERS = ("runtime", "vs", "metric", "delta", "max abs", "mean abs", "min cos", "agree", "flips", "neg/pos", "verdict")
 
     def render(self, console: Console) -> None:
         render_table(
@@ -148,6 +154,7 @@ class RunReport:
                 shown = ", ".join(f"`{f}`" for f in comp.flips[:20])
                 more = f" and {len(comp.flips) - 20} more" if len(comp.flips) > 20 else ""
                 lines.append(f"- {runtime} vs {comp.against}: {shown}{more}")
+        lines += self._detail_lines()
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         env = self.context.get("environment", {})
@@ -155,5 +162,29 @@ class RunReport:
         lines += [f"- {k}: {v}" for k, v in env.get("libraries", {}).items()]
         return "\n".join(lines) + "\n"
 
-    def write(self, report_dir: Path) -> list[Path]:
-        return write_report_files(report_dir, self.describe(), self.to_markdown())
+    def _detail_lines(self) -> list[str]:
+        """Where drift came from: stage attribution, worst class, worst samples, determinism."""
+        lines = ["", "## Details", ""]
+        for result in self.results:
+            if result.determinism:
+                d = result.determinism
+                verdict = (
+                    "bit-identical"
+                    if d.bit_identical
+                    else f"NOT bit-identical: spread {d.max_abs_spread:.2e}, {d.prediction_changes} predictions vary"
+                )
+                lines.append(f"- {result.runtime}: {d.repeats} repeats {verdict}")
+            for comp in result.comparisons:
+                parts = [f"KL mean {comp.kl_mean:.2e} max {comp.kl_max:.2e}"]
+                if comp.top5_agreement is not None:
+                    parts.append(f"top-5 agreement {comp.top5_agreement:.4f}")
+                parts.append(f"negative flip rate {comp.negative_flip_rate:.4f}, positive {comp.positive_flip_rate:.4f}")
+                worst_class = comp.worst_class
+                if worst_class and worst_class.delta < 0:
+                    parts.append(f"worst class {worst_class.label}: {100 * worst_class.delta:+.1f} points ({worst_class.samples} samples)")
+                if comp.worst_samples and comp.worst_samples[0][1] > 0:
+                    parts.append("largest errors " + ", ".join(f"`{i}` {e:.2e}" for i, e in comp.worst_samples[:3]))
+                if comp.attribution:
+                    parts.append(f"stages: {comp.attribution.message()}")
+                lines.append(f"- {result.runtime} vs {comp.against}: " + "; ".join(parts))
+        return lines

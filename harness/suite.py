@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.stack import StackSpec, parse_stack
+from harness.tasks import POSTPROCESS_KEYS
 from harness.tolerance import Tolerance, parse_profiles
 
 if sys.version_info >= (3, 11):
@@ -21,8 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "suites"
-TASKS = ("classification",)
-TOP_LEVEL_KEYS = {"name", "task", "description", "model", "data", "stack", "stacks", "export", "tolerance", "golden", "run"}
+TOP_LEVEL_KEYS = {"name", "task", "description", "model", "data", "stack", "stacks", "postprocess", "export", "tolerance", "golden", "run"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Suite:
     calibration_split: str | None
     stack: StackSpec
     stacks: dict[str, StackSpec]  # named alternatives, each overriding keys of the reference stack
+    postprocess: dict[str, Any]  # task flags, e.g. classification label_offset
     export: ExportSpec
     tolerances: dict[str, Tolerance]
     golden_dir: Path
@@ -129,8 +130,8 @@ def load_suite(name_or_path: str) -> Suite:
         raise HarnessError(f"{origin}: unknown top-level keys {unknown}", f"allowed: {sorted(TOP_LEVEL_KEYS)}")
     base = path.parent
     task = data.get("task", "classification")
-    if task not in TASKS:
-        raise HarnessError(f"{origin}: unknown task '{task}'", f"choose one of {list(TASKS)}")
+    if task not in POSTPROCESS_KEYS:
+        raise HarnessError(f"{origin}: unknown task '{task}'", f"choose one of {list(POSTPROCESS_KEYS)}")
 
     model = _table(data, "model", origin)
     outputs = _require(model, "output_names", "model", origin, list)
@@ -157,6 +158,11 @@ def load_suite(name_or_path: str) -> Suite:
         if not isinstance(table, dict) or stack_name == reference_stack.name:
             raise HarnessError(f"{origin}: [stacks.{stack_name}] must be a table with a name other than 'reference'")
         stacks[stack_name] = parse_stack(stack_name, table, origin, base=reference_stack)
+    postprocess = _table(data, "postprocess", origin, required=False)
+    allowed = POSTPROCESS_KEYS[task]
+    for key, value in postprocess.items():
+        if key not in allowed or not isinstance(value, allowed[key]) or isinstance(value, bool):
+            raise HarnessError(f"{origin}: [postprocess] {key} = {value!r} is not allowed", f"{task} takes {sorted(allowed)} (integers)")
     return Suite(
         name=data.get("name", path.stem),
         path=path,
@@ -167,6 +173,7 @@ def load_suite(name_or_path: str) -> Suite:
         calibration_split=data_table.get("calibration_split"),
         stack=reference_stack,
         stacks=stacks,
+        postprocess=dict(postprocess),
         export=export_spec,
         tolerances=parse_profiles(_table(data, "tolerance", origin, required=False), origin),
         golden_dir=(base / golden.get("dir", f"golden/{path.stem}")).resolve(),

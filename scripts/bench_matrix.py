@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 from exporters.cache import ArtifactCache, default_cache_dir
 from harness.matrix import MatrixRow, Variant, collect_variants, run_matrix
@@ -25,7 +24,7 @@ from harness.suite import Suite, load_suite
 def single_run(suite: Suite, cache: ArtifactCache, limit: int, variant: Variant, runtime: str, batch_size: int) -> float:
     """`harness run --stack <variant> --runtime <runtime>` in-process: its own decode, the reference runtime, the runtime."""
     start = time.perf_counter()
-    run = SuiteRun(replace(suite, stack=variant.stack_for(suite.stack)), cache, limit)
+    run = SuiteRun(suite, cache, limit, stack=variant.stack_for(suite.stack))
     run.infer(suite.reference_runtime, batch_size)
     run.infer(runtime, batch_size, variant=variant.model)
     return time.perf_counter() - start

@@ -23,7 +23,7 @@ VARIANTS = ["ort-fp16", "ort-int8", "ov-fp32", "ov-fp16", "ov-int8"]
 
 @pytest.fixture(scope="module")
 def variants_report(demo_suite: Suite, cache: ArtifactCache) -> RunReport:
-    return run_suite(demo_suite, VARIANTS, cache, None, batch_size=50)
+    return run_suite(demo_suite, VARIANTS, cache, None, batch_size=50)[0]
 
 
 def _comparison(report: RunReport, runtime: str):

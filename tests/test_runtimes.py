@@ -17,7 +17,7 @@ from runtimes.ort import OrtSession
 
 @pytest.fixture(scope="session")
 def demo_report(demo_suite: Suite, cache: ArtifactCache) -> RunReport:
-    return run_suite(demo_suite, ["torch-fp32", "ort-fp32", "ov-fp32"], cache, golden_store=None, batch_size=32)
+    return run_suite(demo_suite, ["torch-fp32", "ort-fp32", "ov-fp32"], cache, golden_store=None, batch_size=32)[0]
 
 
 def test_reference_accuracy_is_meaningful(demo_report: RunReport) -> None:

@@ -1,0 +1,187 @@
+"""What a run measured, before it is judged: sample ids, labels, input stage
+hashes and every runtime's raw outputs.
+
+Kept apart from judging so that `--shard i/n` jobs can each save theirs
+(`outputs.npz` beside the report) and `harness merge` can concatenate them
+and judge once: the merged report equals the unsharded run's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.files import atomic_write
+from harness.stages import digest, sample_digests
+
+FILENAME = "outputs.npz"
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Raw outputs of one runtime on one input set, and what it ran on."""
+
+    runtime: str
+    outputs: dict[str, np.ndarray]
+    predictions: np.ndarray
+    metric: float
+    seconds: float
+    session: dict[str, str]
+    artifacts: dict[str, Any]  # provenance of the files this runtime consumed
+
+    @cached_property
+    def stages(self) -> dict[str, tuple[str, ...]]:
+        """Per-sample hashes of the last two stages."""
+        return {"outputs": sample_digests(self.outputs), "predictions": tuple(digest(p) for p in self.predictions)}
+
+
+@dataclass(frozen=True)
+class Determinism:
+    """`--repeat N`: are N runs of a runtime on the same inputs bit-identical, and if not, how far apart."""
+
+    repeats: int
+    bit_identical: bool
+    max_abs_spread: float
+    prediction_changes: int  # samples whose prediction differs in some repeat
+
+    def describe(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def determinism(runs: list[Inference]) -> Determinism:
+    first = runs[0]
+    spread = max(
+        (float(np.max(np.abs(r.outputs[n] - first.outputs[n]), initial=0.0)) for r in runs[1:] for n in first.outputs), default=0.0
+    )
+    identical = all(np.array_equal(r.outputs[n], first.outputs[n]) for r in runs[1:] for n in first.outputs)
+    changed = np.zeros(len(first.predictions), dtype=bool)
+    for r in runs[1:]:
+        changed |= r.predictions != first.predictions
+    return Determinism(len(runs), identical, spread, int(changed.sum()))
+
+
+@dataclass
+class RunOutputs:
+    suite: str
+    ids: tuple[str, ...]
+    labels: np.ndarray
+    stages: dict[str, tuple[str, ...]]  # input stages: encoded, decoded, tensor
+    inferences: dict[str, Inference]  # by runtime, the reference first
+    context: dict[str, Any]
+    requested: tuple[str, ...] = ()  # the runtimes asked for (judged against their goldens); the reference may be extra
+    shard: tuple[int, int] = (1, 1)
+    determinism: dict[str, Determinism] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"ids": np.array(self.ids), "labels": self.labels}
+        arrays |= {f"stage/{k}": np.array(v) for k, v in self.stages.items()}
+        meta: dict[str, Any] = {
+            "suite": self.suite,
+            "context": self.context,
+            "shard": list(self.shard),
+            "requested": list(self.requested),
+            "runtimes": {},
+        }
+        for name, inf in self.inferences.items():
+            arrays |= {f"out/{name}/{k}": v for k, v in inf.outputs.items()} | {f"pred/{name}": inf.predictions}
+            meta["runtimes"][name] = {
+                "metric": inf.metric,
+                "seconds": inf.seconds,
+                "session": inf.session,
+                "artifacts": inf.artifacts,
+                "determinism": self.determinism[name].describe() if name in self.determinism else None,
+            }
+        arrays["meta"] = np.array(json.dumps(meta, default=str))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write(folder / FILENAME, buf.getvalue())
+        return folder / FILENAME
+
+    @classmethod
+    def load(cls, path: Path) -> RunOutputs:
+        file = path / FILENAME if path.is_dir() else path
+        try:
+            with np.load(file, allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta"]))
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise HarnessError(f"{file}: not a run's {FILENAME} ({exc})", "pass report folders written by `harness run`") from exc
+        inferences, det = {}, {}
+        for name, info in meta["runtimes"].items():
+            prefix = f"out/{name}/"
+            outputs = {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
+            inferences[name] = Inference(
+                name, outputs, data[f"pred/{name}"], info["metric"], info["seconds"], info["session"], info["artifacts"]
+            )
+            if info.get("determinism"):
+                det[name] = Determinism(**info["determinism"])
+        return cls(
+            suite=meta["suite"],
+            ids=tuple(str(i) for i in data["ids"]),
+            labels=data["labels"],
+            stages={k[len("stage/") :]: tuple(str(h) for h in v) for k, v in data.items() if k.startswith("stage/")},
+            inferences=inferences,
+            context=meta["context"],
+            requested=tuple(meta["requested"]),
+            shard=(int(meta["shard"][0]), int(meta["shard"][1])),
+            determinism=det,
+        )
+
+
+def merge(parts: list[RunOutputs]) -> RunOutputs:
+    """Concatenate shards 1..n of one run, in shard order."""
+    if not parts:
+        raise HarnessError("nothing to merge", "pass the report folders of every shard")
+    parts = sorted(parts, key=lambda p: p.shard[0])
+    count = parts[0].shard[1]
+    if [p.shard for p in parts] != [(i, count) for i in range(1, count + 1)]:
+        raise HarnessError(
+            f"shards {[f'{i}/{n}' for i, n in (p.shard for p in parts)]} are not 1..{count} of {count}", "pass every shard exactly once"
+        )
+    first = parts[0]
+    for part in parts[1:]:
+        if part.suite != first.suite or list(part.inferences) != list(first.inferences):
+            raise HarnessError("shards come from different suites or runtime lists", "merge shards of one `harness run` command only")
+
+    def join(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(arrays)
+
+    inferences = {}
+    for name, inf in first.inferences.items():
+        members = [p.inferences[name] for p in parts]
+        inferences[name] = Inference(
+            name,
+            {k: join([m.outputs[k] for m in members]) for k in inf.outputs},
+            join([m.predictions for m in members]),
+            inf.metric,  # recomputed by the judge over all samples
+            sum(m.seconds for m in members),
+            inf.session,
+            inf.artifacts,
+        )
+    return RunOutputs(
+        suite=first.suite,
+        ids=tuple(i for p in parts for i in p.ids),
+        labels=join([p.labels for p in parts]),
+        stages={k: tuple(h for p in parts for h in p.stages[k]) for k in first.stages},
+        inferences=inferences,
+        context=first.context,
+        requested=first.requested,
+        shard=(1, 1),
+        determinism={
+            name: Determinism(
+                d.repeats,
+                all(p.determinism[name].bit_identical for p in parts),
+                max(p.determinism[name].max_abs_spread for p in parts),
+                sum(p.determinism[name].prediction_changes for p in parts),
+            )
+            for name, d in first.determinism.items()
+        },
+    )

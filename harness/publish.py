@@ -1,0 +1,20 @@
+"""Everything a run leaves in its report folder: report.json (versioned
+schema), report.md, report.xml (JUnit), report.html (self-contained, with
+plots) and outputs.npz (raw outputs, for `harness merge`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.files import atomic_write
+from harness.html_report import html_report
+from harness.junit import junit_xml
+from harness.measured import RunOutputs
+from harness.report import RunReport, write_report_files
+
+
+def publish(report_dir: Path, report: RunReport, measured: RunOutputs, image_root: Path) -> list[Path]:
+    paths = write_report_files(report_dir, report.describe(), report.to_markdown())
+    atomic_write(report_dir / "report.xml", junit_xml(report).encode())
+    atomic_write(report_dir / "report.html", html_report(report, measured, image_root).encode())
+    return [*paths, report_dir / "report.xml", report_dir / "report.html", measured.save(report_dir)]

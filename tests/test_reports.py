@@ -1,0 +1,128 @@
+"""Report outputs: JUnit XML (the structure CI reporters read), self-contained HTML,
+`harness report OLD NEW`, `--shard` + `harness merge` equal to the full run, `--repeat`."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from harness.measured import RunOutputs
+from tests.conftest import CliResult
+
+Cli = Callable[..., CliResult]
+RUNTIMES = ("--runtime", "torch-fp32", "--runtime", "ort-fp32", "--runtime", "ort-int8")
+VOLATILE = {"created", "infer_seconds", "shard", "seconds"}
+
+
+def _run(harness_cli: Cli, report_dir: Path, *extra: str) -> CliResult:
+    return harness_cli("run", "--suite", "demo", *RUNTIMES, "--limit", "60", "--report-dir", report_dir, *extra)
+
+
+def _stable(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _stable(v) for k, v in data.items() if k not in VOLATILE}
+    if isinstance(data, list):
+        return [_stable(v) for v in data]
+    return data
+
+
+def test_shards_merge_into_the_full_run(harness_cli: Cli, tmp_path: Path) -> None:
+    assert _run(harness_cli, tmp_path / "full").code == 0
+    shard_dirs = [tmp_path / f"shard{i}" for i in (1, 2, 3)]
+    for i, folder in enumerate(shard_dirs, start=1):
+        assert _run(harness_cli, folder, "--shard", f"{i}/3").code == 0
+    assert json.loads((shard_dirs[1] / "report.json").read_text())["samples"] == 20
+    merged = harness_cli("merge", *reversed(shard_dirs), "--suite", "demo", "--report-dir", tmp_path / "merged")
+    assert merged.code == 0, merged.err
+    full = json.loads((tmp_path / "full" / "report.json").read_text())
+    combined = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert _stable(combined) == _stable(full)
+    a, b = RunOutputs.load(tmp_path / "full"), RunOutputs.load(tmp_path / "merged")
+    assert a.ids == b.ids and a.stages == b.stages
+    for name in a.inferences:
+        assert np.array_equal(a.inferences[name].outputs["logits"], b.inferences[name].outputs["logits"])
+
+
+def test_merge_refuses_an_incomplete_set(harness_cli: Cli, tmp_path: Path) -> None:
+    assert _run(harness_cli, tmp_path / "s1", "--shard", "1/2").code == 0
+    result = harness_cli("merge", tmp_path / "s1", "--suite", "demo", "--report-dir", tmp_path / "m")
+    assert result.code == 2 and "are not 1..2 of 2" in result.err
+
+
+@pytest.mark.parametrize("spec", ["3/2", "two/4", "0/1"])
+def test_bad_shard_spec_is_one_line(harness_cli: Cli, spec: str) -> None:
+    result = harness_cli("run", "--suite", "demo", "--shard", spec)
+    assert result.code == 2 and "--shard" in result.err and "Traceback" not in result.err
+
+
+def _check_junit(root: ET.Element) -> None:
+    """The junit-10.xsd rules CI reporters rely on."""
+    assert root.tag == "testsuites"
+    for suite in root:
+        assert suite.tag == "testsuite"
+        for attr in ("name", "tests", "failures", "errors", "skipped", "time"):
+            assert attr in suite.attrib, attr
+        cases = suite.findall("testcase")
+        assert int(suite.get("tests", -1)) == len(cases)
+        assert int(suite.get("failures", -1)) == sum(1 for c in cases if c.find("failure") is not None)
+        assert next(child.tag for child in suite) == "properties"
+        for prop in suite.find("properties") or []:
+            assert prop.tag == "property" and {"name", "value"} <= set(prop.attrib)
+        for case in cases:
+            assert {"name", "classname", "time"} <= set(case.attrib)
+            float(case.get("time", "x"))
+            tags = [child.tag for child in case]
+            assert tags in (["system-out"], ["failure", "system-out"]), tags
+            failure = case.find("failure")
+            if failure is not None:
+                assert failure.get("message") and failure.get("type")
+
+
+def test_junit_has_one_case_per_runtime_and_check(harness_cli: Cli, tmp_path: Path) -> None:
+    result = harness_cli("run", "--suite", "demo", "--stack", "camera-nv12", *RUNTIMES, "--limit", "60", "--report-dir", tmp_path)
+    root = ET.parse(tmp_path / "report.xml").getroot()
+    _check_junit(root)
+    cases = root.findall("testsuite/testcase")
+    assert len(cases) == 5 * 6  # (ort-fp32, ort-int8) x reference + 3 runtimes x golden, six checks each
+    assert {c.get("classname") for c in cases} == {"demo.torch-fp32", "demo.ort-fp32", "demo.ort-int8"}
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert result.code == 1 and failed
+    assert any("stages: pre-processed tensors differ" in (c.findtext("system-out") or "") for c in failed)
+
+
+def test_html_report_is_self_contained(harness_cli: Cli, tmp_path: Path) -> None:
+    assert harness_cli("run", "--suite", "demo", *RUNTIMES, "--report-dir", tmp_path).code == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page
+    assert page.count("data:image/png;base64,") == 2  # error histogram, per-class deltas
+    assert page.count("data:image/jpeg;base64,") == 5  # the 5 samples ort-int8 flips against torch-fp32: thumbnails
+    assert 'src="http' not in page and "<script" not in page
+
+
+def test_report_command_compares_two_runs(harness_cli: Cli, tmp_path: Path) -> None:
+    assert _run(harness_cli, tmp_path / "old").code == 0
+    _run(harness_cli, tmp_path / "new", "--stack", "opencv-service")
+    result = harness_cli("report", tmp_path / "old" / "report.json", tmp_path / "new" / "report.json")
+    assert result.code == 1 and "PASS -> FAIL" in result.out
+    assert "changed: stack.resize: pillow-bilinear -> opencv-linear" in result.out
+    same = harness_cli("report", tmp_path / "old" / "report.json", tmp_path / "old" / "report.json")
+    assert same.code == 0
+    bad = harness_cli("report", tmp_path / "old" / "report.md", tmp_path / "old" / "report.json")
+    assert bad.code == 2 and "not a readable report.json" in bad.err
+
+
+def test_repeat_reports_determinism(harness_cli: Cli, tmp_path: Path) -> None:
+    result = harness_cli(
+        "run", "--suite", "demo", "--runtime", "ort-fp32", "--limit", "32", "--repeat", "3", "--no-golden", "--report-dir", tmp_path
+    )
+    assert result.code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    det = {r["runtime"]: r["determinism"] for r in report["results"]}
+    assert det["ort-fp32"] == {"repeats": 3, "bit_identical": True, "max_abs_spread": 0.0, "prediction_changes": 0}
+    assert "3 repeats bit-identical" in (tmp_path / "report.md").read_text()
