@@ -140,8 +140,10 @@ def list_cmd() -> None:
     suites = Table(title="suites")
     suites.add_column("name")
     suites.add_column("description")
+    suites.add_column("stacks")
     for name in bundled_suites():
-        suites.add_row(name, load_suite(name).description)
+        suite = load_suite(name)
+        suites.add_row(name, suite.description, ", ".join(suite.stack_names))
     console.print(suites)
     console.print(runtime_table())
     console.print("stack components:")

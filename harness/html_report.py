@@ -54,21 +54,23 @@ def _error_histograms(report: RunReport, measured: RunOutputs) -> str:
 
 
 def _class_deltas(report: RunReport) -> str:
+    """Heat map: one row per comparison that moved some class, one column per class, delta in points."""
     import matplotlib.pyplot as plt
 
-    comps = [(r.runtime, c) for r in report.results for c in r.comparisons if c.per_class]
+    comps = [(f"{r.runtime} vs {c.against}", c) for r in report.results for c in r.comparisons if any(d.delta for d in c.per_class)]
     if not comps:
-        return ""
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    width = 0.8 / len(comps)
-    for i, (runtime, comp) in enumerate(comps):
-        labels = [c.label for c in comp.per_class]
-        ax.bar(np.arange(len(labels)) + i * width, [100 * c.delta for c in comp.per_class], width, label=f"{runtime} vs {comp.against}")
-        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, [str(label) for label in labels])
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("class")
-    ax.set_ylabel("accuracy delta (points)")
-    ax.legend(fontsize=7)
+        return "<p>no class changed accuracy</p>"
+    labels = [d.label for d in comps[0][1].per_class]
+    grid = np.array([[100 * d.delta for d in comp.per_class] for _, comp in comps])
+    limit = max(float(np.abs(grid).max()), 1e-9)
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.35 * len(comps)))
+    ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for (row, col), value in np.ndenumerate(grid):
+        if value:
+            ax.text(col, row, f"{value:+.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(labels)), [str(label) for label in labels])
+    ax.set_yticks(range(len(comps)), [name for name, _ in comps], fontsize=8)
+    ax.set_xlabel("class (accuracy delta in points)")
     fig.tight_layout()
     return _png(fig)
 

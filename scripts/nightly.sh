@@ -6,7 +6,7 @@
 #
 # Environment:
 #   HARNESS      the harness command            (default: harness)
-#   REPORT_ROOT  reports go to REPORT_ROOT/SUITE (default: reports/nightly)
+#   REPORT_ROOT  reports go to REPORT_ROOT/<suite file name> (default: reports/nightly)
 #   RUNTIMES     space-separated runtime names   (default: all = every runtime available on this machine)
 #   SHARD        I/N: run only block I of N of the samples (merge the folders with `harness merge`)
 #
@@ -28,13 +28,14 @@ if [ -n "${SHARD:-}" ]; then shard_args=(--shard "$SHARD"); fi
 
 verdict=0
 for suite in "${suites[@]}"; do
+  name=$(basename "$suite" .toml)  # a bundled name or a path to a suite file
   echo "== $suite: export (cached)"
   for precision in fp32 fp16 int8; do
     $HARNESS export --suite "$suite" --precision "$precision" || { verdict=2; continue 2; }
   done
   echo "== $suite: run ${RUNTIMES}${SHARD:+ (shard $SHARD)}"
   # TensorRT engines and OpenVINO IR are built on first use by their runtimes, through the same cache.
-  $HARNESS run --suite "$suite" "${runtime_args[@]}" "${shard_args[@]}" --report-dir "$REPORT_ROOT/$suite"
+  $HARNESS run --suite "$suite" "${runtime_args[@]}" "${shard_args[@]}" --report-dir "$REPORT_ROOT/$name"
   code=$?
   if [ "$code" -gt "$verdict" ]; then verdict=$code; fi
 done
