@@ -166,6 +166,7 @@ class MatrixReport:
     notes: list[str]
     decodes: int
     seconds: float
+    decoder_pairs: dict[str, dict[str, int]] = field(default_factory=dict)  # images whose decoded pixels differ, per decoder pair
     context: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,6 +187,7 @@ class MatrixReport:
             **self.context,
             "summary": [s.__dict__ for s in self.summaries],
             "rows": [r.describe() for r in self.rows],
+            "decoder_pairs": self.decoder_pairs,
             "notes": self.notes,
         }
 
@@ -236,6 +238,10 @@ class MatrixReport:
             "",
             *markdown_table(self.ROW_HEADERS, self.variant_rows()),
         ]
+        if self.decoder_pairs:
+            names = list(self.decoder_pairs)
+            lines += ["", f"## Decoded pixels: images that differ between decoders (of {self.samples})", ""]
+            lines += markdown_table(("decoder", *names), [[a, *(str(self.decoder_pairs[a][b]) for b in names)] for a in names])
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -357,8 +363,10 @@ def run_matrix(
 
     rows: list[MatrixRow] = []
     worst_decoder: MatrixRow | None = None
+    decoded: dict[str, tuple[str, ...]] = {}  # decoder setting -> per-image hash of its pixels
     for key, members in groups.items():
         pixels = kept[ref_key] if key == ref_key else runner.decode(members[0].stack_for(reference))
+        decoded[_decode_label(key)] = pixels.stages["decoded"]
         for variant in members:
             stack = variant.stack_for(reference)
             inputs = run.inputs if stack == reference else tensors_from(run.samples, pixels, stack)
@@ -404,9 +412,15 @@ def run_matrix(
         rows=rows,
         notes=notes,
         decodes=runner.decodes,
+        decoder_pairs={a: {b: sum(x != y for x, y in zip(ha, hb, strict=True)) for b, hb in decoded.items()} for a, ha in decoded.items()},
         seconds=time.perf_counter() - start,
         context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": reference.describe()},
     )
+
+
+def _decode_label(key: tuple[str, bool, int]) -> str:
+    decoder, exif, min_side = key
+    return decoder + ("" if exif else " (EXIF off)") + (f" (min side {min_side})" if min_side else "")
 
 
 def _variant_named(variants: list[Variant], row: MatrixRow) -> Variant:

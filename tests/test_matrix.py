@@ -55,6 +55,14 @@ def test_bit_identical_decoders_show_zero_error(report: MatrixReport) -> None:
     assert rows[("pyav", "torch-fp32")].worst.max_abs > 0.0
 
 
+def test_decoder_pairs_say_which_decoders_are_bit_identical(report: MatrixReport) -> None:
+    pairs = report.decoder_pairs
+    assert pairs["pillow"]["opencv"] == pairs["pillow"]["simplejpeg"] == pairs["opencv"]["simplejpeg"] == 0
+    assert pairs["pillow"]["pyav"] == LIMIT  # FFmpeg's colour conversion touches every image
+    assert 0 < pairs["pillow"]["pillow (EXIF off)"] < LIMIT  # only the EXIF-rotated images
+    assert all(pairs[a][b] == pairs[b][a] for a in pairs for b in pairs)
+
+
 def test_unapplicable_model_variants_become_notes(report: MatrixReport) -> None:
     assert any(n.startswith("model:upsample-linear not applicable") for n in report.notes)
     assert [r.variant for r in report.rows if r.axis == "model"] == ["maxpool-ceil", "maxpool-ceil"]
