@@ -93,14 +93,36 @@ def test_missing_suite_file(harness_cli: Callable[..., object], tmp_path: Path) 
         ({'builder = "demo-resnet"': 'builder = "nowhere"'}, "unknown model builder 'nowhere'"),
         ({'decoder = "pillow"': 'decoder = "libjpeg9000"'}, "unknown decoder 'libjpeg9000'"),
         ({"max_abs = 1e-3": 'max_abs = "small"'}, "max_abs must be a number"),
+        ({'colour = "nv12-int"': 'colour = "sepia"'}, "stack 'camera-nv12' has unknown colour 'sepia'"),
+        ({"[export]": "[postprocess]\nlabel_offset = 1.5\n\n[export]"}, "[postprocess] label_offset = 1.5 is not allowed"),
+        ({'decoder = "pillow"': 'decoder = "nvjpeg"'}, "decoder 'nvjpeg' cannot run here: nvjpeg needs a CUDA device"),
     ],
-    ids=["toml-syntax", "unknown-table", "unknown-builder", "unknown-decoder", "bad-tolerance"],
+    ids=[
+        "toml-syntax",
+        "unknown-table",
+        "unknown-builder",
+        "unknown-decoder",
+        "bad-tolerance",
+        "bad-named-stack",
+        "bad-postprocess",
+        "no-cuda",
+    ],
 )
 def test_malformed_suite(
     make_suite: Callable[..., Path], harness_cli: Callable[..., object], replace: dict[str, str], fragment: str
 ) -> None:
     suite = make_suite(replace)
     _assert_one_line_error(harness_cli("run", "--suite", suite, "--no-golden", "--limit", "4"), fragment)
+
+
+def test_unknown_stack_name(harness_cli: Callable[..., object]) -> None:
+    result = harness_cli("run", "--suite", "demo", "--stack", "gpu-service")
+    _assert_one_line_error(result, "no stack named 'gpu-service'")
+    assert "[stacks.gpu-service]" in result.err and "camera-nv12" in result.err
+
+
+def test_merge_of_a_folder_without_outputs(harness_cli: Callable[..., object], tmp_path: Path) -> None:
+    _assert_one_line_error(harness_cli("merge", tmp_path, "--suite", "demo"), f"{tmp_path / 'outputs.npz'}: not a run's outputs.npz")
 
 
 def test_missing_golden(make_suite: Callable[..., Path], harness_cli: Callable[..., object], tmp_path: Path) -> None:
