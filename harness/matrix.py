@@ -326,7 +326,7 @@ def collect_variants(suite: Suite, axes: list[str], skip: set[str]) -> tuple[lis
     return variants, notes
 
 
-def combine(worst: dict[str, Variant], suite: Suite) -> Variant:
+def combine(worst: dict[str, Variant]) -> Variant:
     """The reference with the worst choice of each axis applied together."""
     overrides: dict[str, Any] = {}
     for variant in worst.values():
@@ -392,15 +392,7 @@ def run_matrix(
         if axis in axes and axis_rows:
             worst[axis] = _variant_named(variants, max(axis_rows, key=lambda r: r.severity))
     if worst:
-        combined = combine(worst, suite)
-        stack = replace(combined.stack_for(reference), name="combined")
-        inputs = tensors_from(run.samples, kept[decode_key(stack)], stack)
-        rows += [runner.row(combined, inputs, r, baselines[r]) for r in runtimes]
-        precision_rows = [r for r in rows if r.axis == "precision"]
-        if precision_rows:
-            worst_runtime = max(precision_rows, key=lambda r: r.severity).comparison.runtime
-            with_precision = replace(combined, axis="combined+precision", name=f"{combined.name} + {worst_runtime}")
-            rows.append(runner.row(with_precision, inputs, worst_runtime, baselines[suite.reference_runtime]))
+        rows += _combined_rows(combine(worst), runner, kept, baselines, runtimes, [r for r in rows if r.axis == "precision"], notes)
     order = [*AXES, "combined", "combined+precision"]
     rows.sort(key=lambda r: order.index(r.axis))  # stable: variants keep their registry order within an axis
     return MatrixReport(
@@ -416,6 +408,33 @@ def run_matrix(
         seconds=time.perf_counter() - start,
         context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": reference.describe()},
     )
+
+
+def _combined_rows(
+    combined: Variant,
+    runner: MatrixRunner,
+    kept: dict[tuple[str, bool, int], Decoded],
+    baselines: dict[str, Inference],
+    runtimes: list[str],
+    precision_rows: list[MatrixRow],
+    notes: list[str],
+) -> list[MatrixRow]:
+    """The combined worst case on every matrix runtime, and once more on the worst precision runtime."""
+    suite = runner.run.suite
+    stack = replace(combined.stack_for(suite.stack), name="combined")
+    inputs = tensors_from(runner.run.samples, kept[decode_key(stack)], stack)
+    targets = [(combined, r, baselines[r]) for r in runtimes]
+    if precision_rows:
+        worst_runtime = max(precision_rows, key=lambda r: r.severity).comparison.runtime
+        with_precision = replace(combined, axis="combined+precision", name=f"{combined.name} + {worst_runtime}")
+        targets.append((with_precision, worst_runtime, baselines[suite.reference_runtime]))
+    rows = []
+    for variant, runtime, baseline in targets:
+        try:
+            rows.append(runner.row(variant, inputs, runtime, baseline))
+        except VariantNotApplicable as exc:
+            notes.append(f"{variant.axis} on {runtime} not run: {exc.what}")
+    return rows
 
 
 def _decode_label(key: tuple[str, bool, int]) -> str:
