@@ -94,6 +94,15 @@ def test_torchvision_resize_antialias_matters(kinds: dict[str, Sample]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RESIZERS))
+@pytest.mark.parametrize("kind", ["progressive", "420", "grayscale", "exif-rotated"])
+def test_every_resizer_on_every_kind_of_jpeg(name: str, kind: str, kinds: dict[str, Sample]) -> None:
+    pixels = DECODERS["pillow"](read_sample(kinds[kind]), True)
+    out = RESIZERS[name](pixels, (64, 80))
+    assert out.shape == (64, 80, 3) and out.dtype == np.uint8
+    assert abs(float(out.mean()) - float(pixels.mean())) < 8  # same picture, smaller
+
+
+@pytest.mark.parametrize("name", sorted(RESIZERS))
 def test_every_resizer_keeps_float_precision(name: str) -> None:
     img = np.random.default_rng(0).uniform(0, 255, (50, 70, 3)).astype(np.float32)
     out = RESIZERS[name](img, (20, 30))
