@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -41,7 +43,7 @@ def register_variant(variant: ModelVariant) -> ModelVariant:
     return variant
 
 
-def _set_attributes(node: onnx.NodeProto, op_type: str, when: dict[str, object], values: dict[str, object]) -> bool:
+def _set_attributes(op_type: str, when: dict[str, Any], values: dict[str, Any], node: onnx.NodeProto) -> bool:
     """Set `values` on `node` if it is an `op_type` whose attributes match `when` (ONNX defaults apply when absent)."""
     if node.op_type != op_type:
         return False
@@ -55,7 +57,7 @@ def _set_attributes(node: onnx.NodeProto, op_type: str, when: dict[str, object],
     return True
 
 
-def _set_module(module: nn.Module, kind: type, when: dict[str, object], values: dict[str, object]) -> bool:
+def _set_module(kind: type, when: dict[str, Any], values: dict[str, Any], module: nn.Module) -> bool:
     if not isinstance(module, kind) or any(getattr(module, k) != v for k, v in when.items()):
         return False
     for key, value in values.items():
@@ -63,45 +65,40 @@ def _set_module(module: nn.Module, kind: type, when: dict[str, object], values: 
     return True
 
 
-register_variant(
-    ModelVariant(
+# name, description, (ONNX op, attributes required, attributes set), (PyTorch module, attributes required, attributes set).
+# A required ONNX attribute is (value, the ONNX default when the attribute is absent).
+_ATTRIBUTE_VARIANTS: list[tuple[str, str, tuple[str, dict[str, Any], dict[str, Any]], tuple[type, dict[str, Any], dict[str, Any]]]] = [
+    (
         "maxpool-ceil",
         "MaxPool with ceil_mode=1 on a floor-mode model (output sizes round up)",
-        lambda n: _set_attributes(n, "MaxPool", {"ceil_mode": (0, 0)}, {"ceil_mode": 1}),
-        lambda m: _set_module(m, nn.MaxPool2d, {"ceil_mode": False}, {"ceil_mode": True}),
-    )
-)
-register_variant(
-    ModelVariant(
+        ("MaxPool", {"ceil_mode": (0, 0)}, {"ceil_mode": 1}),
+        (nn.MaxPool2d, {"ceil_mode": False}, {"ceil_mode": True}),
+    ),
+    (
         "maxpool-floor",
         "MaxPool with ceil_mode=0 on a ceil-mode model",
-        lambda n: _set_attributes(n, "MaxPool", {"ceil_mode": (1, 0)}, {"ceil_mode": 0}),
-        lambda m: _set_module(m, nn.MaxPool2d, {"ceil_mode": True}, {"ceil_mode": False}),
-    )
-)
-register_variant(
-    ModelVariant(
+        ("MaxPool", {"ceil_mode": (1, 0)}, {"ceil_mode": 0}),
+        (nn.MaxPool2d, {"ceil_mode": True}, {"ceil_mode": False}),
+    ),
+    (
         "upsample-linear",
         "nearest Resize/Upsample run as bilinear (half-pixel centres, PyTorch align_corners=False)",
-        lambda n: _set_attributes(
-            n, "Resize", {"mode": ("nearest", "nearest")}, {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}
-        ),
-        lambda m: _set_module(m, nn.Upsample, {"mode": "nearest"}, {"mode": "bilinear", "align_corners": False}),
-    )
-)
-register_variant(
-    ModelVariant(
+        ("Resize", {"mode": ("nearest", "nearest")}, {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}),
+        (nn.Upsample, {"mode": "nearest"}, {"mode": "bilinear", "align_corners": False}),
+    ),
+    (
         "upsample-nearest",
         "bilinear Resize/Upsample run as nearest (PyTorch's floor rounding, asymmetric coordinates)",
-        lambda n: _set_attributes(
-            n,
+        (
             "Resize",
             {"mode": ("linear", "nearest")},
             {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
         ),
-        lambda m: _set_module(m, nn.Upsample, {"mode": "bilinear"}, {"mode": "nearest", "align_corners": None}),
-    )
-)
+        (nn.Upsample, {"mode": "bilinear"}, {"mode": "nearest", "align_corners": None}),
+    ),
+]
+for _name, _description, _onnx, _torch in _ATTRIBUTE_VARIANTS:
+    register_variant(ModelVariant(_name, _description, partial(_set_attributes, *_onnx), partial(_set_module, *_torch)))
 
 
 def get_variant(name: str) -> ModelVariant:
