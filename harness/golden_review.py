@@ -46,10 +46,10 @@ class GoldenChange:
     metadata: list[str]
     identity: list[str]  # model/dataset identity changes: need --force
 
-    def lines(self, metric_name: str) -> list[str]:
+    def lines(self) -> list[str]:
         if self.old is None:
             return ["new golden"]
-        lines = [f"{metric_name} {self.old.metrics.get(metric_name)} -> {self.new.metrics.get(metric_name)}"]
+        lines = [f"{name} {self.old.metrics.get(name)} -> {value}" for name, value in self.new.metrics.items()]
         comp = self.comparison
         if comp is None:
             lines.append("sample set changed")

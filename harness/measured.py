@@ -31,7 +31,6 @@ class Inference:
     runtime: str
     outputs: dict[str, np.ndarray]
     predictions: np.ndarray
-    metric: float
     seconds: float
     session: dict[str, str]
     artifacts: dict[str, Any]  # provenance of the files this runtime consumed
@@ -93,7 +92,6 @@ class RunOutputs:
         for name, inf in self.inferences.items():
             arrays |= {f"out/{name}/{k}": v for k, v in inf.outputs.items()} | {f"pred/{name}": inf.predictions}
             meta["runtimes"][name] = {
-                "metric": inf.metric,
                 "seconds": inf.seconds,
                 "session": inf.session,
                 "artifacts": inf.artifacts,
@@ -118,9 +116,7 @@ class RunOutputs:
         for name, info in meta["runtimes"].items():
             prefix = f"out/{name}/"
             outputs = {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
-            inferences[name] = Inference(
-                name, outputs, data[f"pred/{name}"], info["metric"], info["seconds"], info["session"], info["artifacts"]
-            )
+            inferences[name] = Inference(name, outputs, data[f"pred/{name}"], info["seconds"], info["session"], info["artifacts"])
             if info.get("determinism"):
                 det[name] = Determinism(**info["determinism"])
         return cls(
@@ -161,7 +157,6 @@ def merge(parts: list[RunOutputs]) -> RunOutputs:
             name,
             {k: join([m.outputs[k] for m in members]) for k in inf.outputs},
             join([m.predictions for m in members]),
-            inf.metric,  # recomputed by the judge over all samples
             sum(m.seconds for m in members),
             inf.session,
             inf.artifacts,

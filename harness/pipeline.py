@@ -122,7 +122,7 @@ class SuiteRun:
         outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
         used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
         predictions = self.task.predictions(outputs)
-        return Inference(runtime, outputs, predictions, self.task.metric(predictions, inputs.labels), seconds, session, used)
+        return Inference(runtime, outputs, predictions, seconds, session, used)
 
     def context(self) -> dict[str, Any]:
         """Provenance shared by reports and goldens."""
