@@ -153,23 +153,32 @@ class Comparison:
         }
 
 
-def per_sample_max_abs(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    diff = np.abs(candidate.reshape(len(candidate), -1).astype(np.float64) - baseline.reshape(len(baseline), -1))
-    return diff.max(axis=1, initial=0.0)
-
-
-def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
+def _rows(candidate: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sides as float64 rows (one per sample) and their absolute difference."""
     if candidate.shape != baseline.shape:
         raise ValueError(f"shape {candidate.shape} differs from baseline {baseline.shape}")
     cand = candidate.reshape(len(candidate), -1).astype(np.float64)
     base = baseline.reshape(len(baseline), -1).astype(np.float64)
-    diff = np.abs(cand - base)
+    return cand, base, np.abs(cand - base)
+
+
+def per_sample_max_abs(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    return _rows(candidate, baseline)[2].max(axis=1, initial=0.0)
+
+
+def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
+    return _stats_and_sample_errors(candidate, baseline)[0]
+
+
+def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray]:
+    """Aggregated statistics and the per-sample max abs error, from one pass over the difference."""
+    cand, base, diff = _rows(candidate, baseline)
     base_norm = np.linalg.norm(base, axis=1)
     norms = np.linalg.norm(cand, axis=1) * base_norm
     dots = np.sum(cand * base, axis=1)
     cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(diff == 0, axis=1), 1.0, 0.0))
     rel_l2 = np.linalg.norm(diff, axis=1) / np.maximum(base_norm, REL_FLOOR)
-    return OutputStats(
+    stats = OutputStats(
         max_abs=float(diff.max(initial=0.0)),
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         max_rel=float((diff / np.maximum(np.abs(base), REL_FLOOR)).max(initial=0.0)),
@@ -177,6 +186,7 @@ def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
         min_cosine=float(cosine.min(initial=1.0)),
         mean_cosine=float(cosine.mean()) if cosine.size else 1.0,
     )
+    return stats, diff.max(axis=1, initial=0.0)
 
 
 def softmax_kl(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -227,13 +237,14 @@ def compare(
     right, base_right = pred == labels, base_pred == labels
     cand_scores, base_scores = candidate.outputs[task.output_name], baseline.outputs[task.output_name]
     kl = softmax_kl(cand_scores, base_scores) if cand_scores.ndim == 2 else np.zeros(len(ids))
-    errors = sum(per_sample_max_abs(candidate.outputs[n], baseline.outputs[n]) for n in baseline.outputs)
-    worst = np.argsort(-np.asarray(errors))[:WORST_SAMPLES] if len(ids) else []
+    measured = {name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs}
+    errors = np.sum([sample_errors for _, sample_errors in measured.values()], axis=0)
+    worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
     return Comparison(
         runtime=runtime,
         against=against,
         samples=len(ids),
-        outputs={name: output_stats(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs},
+        outputs={name: stats for name, (stats, _) in measured.items()},
         top1_agreement=float(np.mean(same)) if len(same) else 1.0,
         top5_agreement=_top5_agreement(cand_scores, base_scores),
         kl_mean=float(kl.mean()) if len(kl) else 0.0,
