@@ -89,8 +89,14 @@ class Comparison:
     worst_samples: list[tuple[str, float]]  # (id, max abs error), largest first
     metric: float
     metric_baseline: float
+    sample_max_abs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # worst over outputs, per sample
+    sample_min_cosine: np.ndarray = field(default_factory=lambda: np.ones(0))
     checks: list[Check] = field(default_factory=list)
     attribution: Attribution | None = None
+
+    def within(self, tolerance: Tolerance) -> np.ndarray:
+        """Per sample: are its raw outputs within the profile's numeric limits (max abs, cosine)?"""
+        return (self.sample_max_abs <= tolerance.max_abs) & (self.sample_min_cosine >= tolerance.min_cosine)
 
     @property
     def metric_delta(self) -> float:
@@ -170,8 +176,8 @@ def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
     return _stats_and_sample_errors(candidate, baseline)[0]
 
 
-def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray]:
-    """Aggregated statistics and the per-sample max abs error, from one pass over the difference."""
+def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray, np.ndarray]:
+    """Aggregated statistics, the per-sample max abs error and the per-sample cosine, from one pass over the difference."""
     cand, base, diff = _rows(candidate, baseline)
     base_norm = np.linalg.norm(base, axis=1)
     norms = np.linalg.norm(cand, axis=1) * base_norm
@@ -186,7 +192,7 @@ def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tup
         min_cosine=float(cosine.min(initial=1.0)),
         mean_cosine=float(cosine.mean()) if cosine.size else 1.0,
     )
-    return stats, diff.max(axis=1, initial=0.0)
+    return stats, diff.max(axis=1, initial=0.0), cosine
 
 
 def softmax_kl(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -238,13 +244,13 @@ def compare(
     cand_scores, base_scores = candidate.outputs[task.output_name], baseline.outputs[task.output_name]
     kl = softmax_kl(cand_scores, base_scores) if cand_scores.ndim == 2 else np.zeros(len(ids))
     measured = {name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs}
-    errors = np.sum([sample_errors for _, sample_errors in measured.values()], axis=0)
+    errors = np.sum([sample_errors for _, sample_errors, _ in measured.values()], axis=0)
     worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
     return Comparison(
         runtime=runtime,
         against=against,
         samples=len(ids),
-        outputs={name: stats for name, (stats, _) in measured.items()},
+        outputs={name: stats for name, (stats, _, _) in measured.items()},
         top1_agreement=float(np.mean(same)) if len(same) else 1.0,
         top5_agreement=_top5_agreement(cand_scores, base_scores),
         kl_mean=float(kl.mean()) if len(kl) else 0.0,
@@ -256,6 +262,8 @@ def compare(
         worst_samples=[(ids[i], float(errors[i])) for i in worst],
         metric=task.metric(pred, labels),
         metric_baseline=task.metric(base_pred, labels),
+        sample_max_abs=np.max([e for _, e, _ in measured.values()], axis=0),
+        sample_min_cosine=np.min([c for _, _, c in measured.values()], axis=0),
     )
 
 

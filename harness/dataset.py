@@ -16,12 +16,13 @@ from harness.errors import HarnessError
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled file of a split; `id` is its manifest path."""
+    """One labelled file of a split; `id` is its manifest path, `index` its position in the split."""
 
     id: str
     path: Path
     label: int
     sha256: str | None
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,14 @@ def load_dataset(manifest: Path, split: str) -> Dataset:
     except KeyError as exc:
         raise HarnessError(f"{manifest}: missing key {exc}", "a manifest needs 'classes' and 'splits' with the requested split") from exc
     samples = []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         try:
             rel, label = str(entry["file"]), int(entry["label"])
         except (KeyError, TypeError, ValueError) as exc:
             raise HarnessError(f"{manifest}: bad entry {entry!r}", "each entry needs 'file' and an integer 'label'") from exc
         if not 0 <= label < len(classes):
             raise HarnessError(f"{manifest}: {rel} has label {label} outside 0..{len(classes) - 1}")
-        samples.append(Sample(id=rel, path=manifest.parent / rel, label=label, sha256=entry.get("sha256")))
+        samples.append(Sample(id=rel, path=manifest.parent / rel, label=label, sha256=entry.get("sha256"), index=index))
     if not samples:
         raise HarnessError(f"{manifest}: split '{split}' is empty")
     return Dataset(

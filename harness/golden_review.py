@@ -30,7 +30,7 @@ def golden_from(measured: RunOutputs, inference: Inference, metric_name: str, me
         outputs=inference.outputs,
         predictions=inference.predictions,
         metrics={metric_name: metric},
-        metadata={**measured.context, "artifacts": inference.artifacts, "session": inference.session},
+        metadata=measured.metadata(inference.runtime),
         stages=measured.stages | inference.stages,
     )
 
@@ -73,7 +73,7 @@ def review(suite: Suite, measured: RunOutputs, store: GoldenStore) -> list[Golde
         old = store.load(name) if store.exists(name) else None
         comparison = None
         if old is not None and set(old.ids) >= set(measured.ids):
-            comparison = compare_to_golden(measured, inference, old, task, store.update_hint(name))
+            comparison = compare_to_golden(measured, inference, old, task, store.update_hint(name), suite)
         identity = []
         if old is not None:
             for section, key in IDENTITY_KEYS:

@@ -119,7 +119,8 @@ def html_report(report: RunReport, measured: RunOutputs, image_root: Path) -> st
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(report.suite)}: {verdict}</h1>
 <p>{html.escape(report.metric_name)} on {report.samples} samples, reference {reference}, {report.created}.<br>
-CPU {html.escape(str(env.get("cpu")))}; {html.escape(libraries)}</p>
+CPU {html.escape(str(env.get("cpu")))} ({html.escape(", ".join(env.get("isa", [])))}), {env.get("threads")} threads,
+batch size {report.context.get("batch_size")}; {html.escape(libraries)}</p>
 <table><tr>{head}</tr>{rows}</table>
 <h2>Notes</h2><ul>{notes or "<li>none</li>"}</ul>
 <h2>Per-sample error vs the reference</h2>{_error_histograms(report, measured)}

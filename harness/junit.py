@@ -41,6 +41,8 @@ def junit_xml(report: RunReport) -> str:
     """The report as JUnit XML text."""
     env: dict[str, Any] = report.context.get("environment", {})
     properties = {"suite": report.suite, "reference": report.reference, "samples": str(report.samples), "cpu": str(env.get("cpu"))}
+    properties |= {"isa": ",".join(env.get("isa", [])), "threads": str(env.get("threads"))}
+    properties["batch_size"] = str(report.context.get("batch_size"))
     properties |= {f"library.{k}": str(v) for k, v in env.get("libraries", {}).items()}
     by_baseline: dict[str, list[tuple[str, str, float, str | None, str]]] = {}
     for result in report.results:

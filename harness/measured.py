@@ -78,6 +78,11 @@ class RunOutputs:
     shard: tuple[int, int] = (1, 1)
     determinism: dict[str, Determinism] = field(default_factory=dict)
 
+    def metadata(self, runtime: str) -> dict[str, Any]:
+        """What one runtime's numbers were measured with: the run's context, the artifacts it consumed, its session."""
+        inference = self.inferences[runtime]
+        return {**self.context, "artifacts": inference.artifacts, "session": inference.session}
+
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {"ids": np.array(self.ids), "labels": self.labels}

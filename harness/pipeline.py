@@ -20,20 +20,22 @@ from exporters.cache import ArtifactCache
 from exporters.rewrites import get_variant
 from harness.compare import Comparison, compare, judge
 from harness.dataset import Dataset, load_dataset
-from harness.environment import environment
+from harness.environment import environment, environment_changes, isa_changes
 from harness.errors import HarnessError
-from harness.feed import InputSet, batch_slices, build_inputs
+from harness.feed import InputSet, batch_layout, build_inputs, padded_batch
 from harness.golden import Golden, GoldenStore, metadata_changes
 from harness.measured import Inference, RunOutputs, determinism
 from harness.report import RunReport, RuntimeResult
 from harness.stack import StackSpec
-from harness.stages import attribute
+from harness.stages import Tolerated, attribute
 from harness.suite import Suite
 from harness.tasks import Task, make_task
+from harness.tolerance import Tolerance
 from runtimes import RuntimeSpec, get_runtime
+from runtimes.precision import judged_precision, parse_counts, precision_note
 
 Tracker = Callable[[str, int], Callable[[], None]]
-STALENESS_KEYS = ("model", "dataset", "stack", "environment", "artifacts")
+STALENESS_KEYS = ("model", "dataset", "stack", "artifacts", "batch_size")  # and the environment, by `staleness`
 
 
 def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
@@ -43,21 +45,24 @@ def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
 def run_session(
     spec: RuntimeSpec, artifacts: ModelArtifacts, inputs: InputSet, batch_size: int, advance: Callable[[], None]
 ) -> tuple[dict[str, np.ndarray], float, dict[str, str]]:
-    """Feed `inputs` batch by batch; returns concatenated outputs and inference seconds."""
+    """Feed `inputs` in full batches of the split's fixed grid (`feed.batch_layout`); returns each sample's
+    outputs (padding rows dropped), inference seconds and what the session ran."""
     artifacts.accessed.clear()
     session = spec.open(artifacts)
     input_name = artifacts.input_names[0]
-    chunks: dict[str, list[np.ndarray]] = {}
+    outputs: dict[str, np.ndarray] = {}
     seconds = 0.0
-    for rows in batch_slices(len(inputs), batch_size):
-        feed = {input_name: inputs.tensors[rows]}
+    for rows, slots in batch_layout(inputs.positions, batch_size):
+        feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
         start = time.perf_counter()
         out = session.run(feed)
         seconds += time.perf_counter() - start
         for name, value in out.items():
-            chunks.setdefault(name, []).append(value)
+            if name not in outputs:
+                outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
+            outputs[name][rows] = value[slots]
         advance()
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}, seconds, session.describe()
+    return outputs, seconds, session.describe()
 
 
 class SuiteRun:
@@ -118,7 +123,7 @@ class SuiteRun:
         spec = get_runtime(runtime)
         inputs = inputs or self.inputs
         artifacts = self.artifacts_for(variant)
-        advance = self.track(f"infer {runtime}", -(-len(inputs) // batch_size))
+        advance = self.track(f"infer {runtime}", len(np.unique(inputs.positions // batch_size)))
         outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
         used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
         predictions = self.task.predictions(outputs)
@@ -155,15 +160,11 @@ class SuiteRun:
             labels=self.inputs.labels,
             stages=self.inputs.stages,
             inferences=inferences,
-            context=self.context() | {"artifacts": dict(self.artifacts.provenance)},
+            context=self.context() | {"artifacts": dict(self.artifacts.provenance), "batch_size": batch_size},
             requested=tuple(requested if requested is not None else runtimes),
             shard=self.shard_of,
             determinism=det,
         )
-
-
-def precision_of(runtime: str) -> str:
-    return runtime.rsplit("-", 1)[-1]
 
 
 def validate_runtimes(names: list[str]) -> None:
@@ -172,11 +173,26 @@ def validate_runtimes(names: list[str]) -> None:
         get_runtime(name).require_available()
 
 
-def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden, task: Task, update_hint: str) -> Comparison:
-    """The run against the golden's recorded outputs and predictions, with stage attribution."""
+def judged_profile(suite: Suite, inference: Inference, golden: Golden | None = None) -> tuple[str, Tolerance]:
+    """The tolerance profile a runtime is judged by: that of the lowest precision it asked for or really executed
+    (against a golden, also the one the golden executed: fp16 now against a bf16 golden differs at bf16's scale)."""
+    requested = get_runtime(inference.runtime).precision
+    executed = [inference.session.get("executed", requested)]
+    if golden is not None and _executed(golden.metadata):
+        executed.append(str(_executed(golden.metadata)))
+    profile = judged_precision(requested, "+".join(executed))
+    return profile, suite.tolerance_for(profile)
+
+
+def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden, task: Task, update_hint: str, suite: Suite) -> Comparison:
+    """The run against the golden's recorded outputs and predictions, with stage attribution that tells
+    numeric noise (within the judging profile) from a change, and names what differs in the environment."""
     recorded = golden.select(measured.ids, update_hint)
     comparison = compare(inference.runtime, "golden", measured.ids, measured.labels, inference, recorded, task)
-    comparison.attribution = attribute(recorded.stages, measured.stages | inference.stages, len(measured.ids))
+    profile, tolerance = judged_profile(suite, inference, golden)
+    tolerated = Tolerated(comparison.within(tolerance), comparison.sample_max_abs, profile)
+    environment = numeric_changes(golden.metadata, measured.metadata(inference.runtime))
+    comparison.attribution = attribute(recorded.stages, measured.stages | inference.stages, len(measured.ids), tolerated, environment)
     return comparison
 
 
@@ -189,6 +205,7 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
         goldens = {r: golden_store.load(r) for r in measured.requested}
     results: list[RuntimeResult] = []
     notes: list[str] = []
+    stale: dict[str, list[str]] = {}  # staleness phrase -> runtimes whose golden it applies to
     for name, inference in measured.inferences.items():
         result = RuntimeResult(
             name,
@@ -197,19 +214,26 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
             inference.seconds,
             determinism=measured.determinism.get(name),
         )
-        tolerance = suite.tolerance_for(precision_of(name))
+        requested = get_runtime(name).precision
+        note = precision_note(name, requested, parse_counts(inference.session.get("compute_ops", "")))
+        if note:
+            notes.append(note)
+        _, tolerance = judged_profile(suite, inference)
         if name != reference:
             against = compare(name, f"reference:{reference}", measured.ids, measured.labels, inference, ref, task)
             result.comparisons.append(judge(against, tolerance))
         if goldens and name in goldens:
             assert golden_store is not None
             golden = goldens[name]
-            comparison = judge(compare_to_golden(measured, inference, golden, task, golden_store.update_hint(name)), tolerance)
+            comparison = compare_to_golden(measured, inference, golden, task, golden_store.update_hint(name), suite)
+            comparison = judge(comparison, judged_profile(suite, inference, golden)[1])
             result.comparisons.append(comparison)
-            if not comparison.passed and comparison.attribution:
+            if comparison.attribution and (not comparison.passed or comparison.attribution.noise):
                 notes.append(f"{name} vs golden: {comparison.attribution.message()}")
-            notes += staleness_notes(name, golden.metadata, {**measured.context, "artifacts": inference.artifacts})
+            for phrase in staleness(golden.metadata, measured.metadata(name)):
+                stale.setdefault(phrase, []).append(name)
         results.append(result)
+    notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
     return RunReport(
         suite=suite.name,
         task=suite.task,
@@ -246,8 +270,45 @@ def run_suite(
     return judge_run(suite, measured, golden_store, goldens), measured
 
 
-def staleness_notes(runtime: str, recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """'golden of ort-fp32 recorded with environment.libraries.onnxruntime: 1.17, now 1.18' lines; never a failure by itself."""
-    old = {k: recorded.get(k, {}) for k in STALENESS_KEYS}
-    new = {k: now.get(k, {}) for k in STALENESS_KEYS}
-    return [f"golden of {runtime} recorded with {change.replace(' -> ', ', now ')}" for change in metadata_changes(old, new)]
+def _executed(metadata: dict[str, Any]) -> str | None:
+    return metadata.get("session", {}).get("executed")
+
+
+UNRECORDED = (("isa", "ISA features"), ("threads", "threads"), ("batch_size", "batch size"))
+
+
+def numeric_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a golden's metadata and this run's that can move numbers: libraries, CPU, ISA
+    features, threads, GPU, batch size, executed precision (keys the golden did not record are skipped)."""
+    lines = environment_changes(recorded.get("environment", {}), now.get("environment", {}))
+    gained, lost = isa_changes(recorded.get("environment", {}), now.get("environment", {}))
+    if gained or lost:
+        lines.append("ISA " + " ".join([f"+{f}" for f in gained] + [f"-{f}" for f in lost]))
+    recorded_keys = set(recorded) | set(recorded.get("environment", {}))
+    unrecorded = [label for key, label in UNRECORDED if key not in recorded_keys]
+    if unrecorded:
+        lines.append(f"{', '.join(unrecorded)} not recorded in the golden")
+    if "batch_size" in recorded and recorded["batch_size"] != now.get("batch_size"):
+        lines.append(f"batch size: {recorded['batch_size']} -> {now.get('batch_size')}")
+    if _executed(recorded) and _executed(recorded) != _executed(now):
+        lines.append(f"executed precision: {_executed(recorded)} -> {_executed(now)}")
+    return lines
+
+
+def staleness(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How a golden's provenance differs from this run's, as phrases after 'golden of X recorded ...'
+    ('with environment.libraries.onnxruntime: 1.17, now 1.18', 'without AVX512-VNNI, now with it');
+    never a failure by itself."""
+    old = {k: recorded.get(k, {}) for k in STALENESS_KEYS if k in recorded}
+    new = {k: now.get(k, {}) for k in STALENESS_KEYS if k in recorded}
+    lines = metadata_changes(old, new)
+    lines += [f"environment.{line}" for line in environment_changes(recorded.get("environment", {}), now.get("environment", {}))]
+    phrases = [f"with {line.replace(' -> ', ', now ')}" for line in lines]
+    gained, lost = isa_changes(recorded.get("environment", {}), now.get("environment", {}))
+    if gained:
+        phrases.append(f"without {', '.join(gained)}, now with {'it' if len(gained) == 1 else 'them'}")
+    if lost:
+        phrases.append(f"with {', '.join(lost)}, now without {'it' if len(lost) == 1 else 'them'}")
+    if _executed(recorded) and _executed(recorded) != _executed(now):
+        phrases.append(f"executing {_executed(recorded)}, now {_executed(now)}")
+    return phrases

@@ -25,7 +25,7 @@ def render_table(console: Console, title: str, headers: tuple[str, ...], rows: l
     """Rich table; rows whose last cell starts with FAIL are red."""
     table = Table(title=title)
     for header in headers:
-        table.add_column(header, justify="left" if header in ("runtime", "vs", "verdict", "set", "output") else "right")
+        table.add_column(header, justify="left" if header in ("runtime", "executed", "vs", "verdict", "set", "output") else "right")
     for row in rows:
         table.add_row(*row, style="red" if row[-1].startswith("FAIL") else None)
     console.print(table)
@@ -107,14 +107,16 @@ class RunReport:
         """One row per comparison; the reference runtime alone gets a metric-only row."""
         rows = []
         for result in self.results:
+            executed = result.session.get("executed", "")
             if not result.comparisons:
-                rows.append([result.runtime, "-", f"{result.metric:.4f}", "", "", "", "", "", "", "", "reference"])
+                rows.append([result.runtime, executed, "-", f"{result.metric:.4f}", "", "", "", "", "", "", "", "reference"])
             for comp in result.comparisons:
                 worst = comp.worst
                 failed = [c.name for c in comp.checks if not c.passed]
                 rows.append(
                     [
                         result.runtime,
+                        executed,
                         comp.against,
                         f"{comp.metric:.4f}",
                         f"{comp.metric_delta:+.4f}",
@@ -129,7 +131,7 @@ class RunReport:
                 )
         return rows
 
-    HEADERS = ("runtime", "vs", "metric", "delta", "max abs", "mean abs", "min cos", "agree", "flips", "neg/pos", "verdict")
+    HEADERS = ("runtime", "executed", "vs", "metric", "delta", "max abs", "mean abs", "min cos", "agree", "flips", "neg/pos", "verdict")
 
     def render(self, console: Console) -> None:
         render_table(
@@ -158,7 +160,9 @@ class RunReport:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         env = self.context.get("environment", {})
-        lines += ["", "## Environment", "", f"- cpu: {env.get('cpu')}", f"- platform: {env.get('platform')}"]
+        lines += ["", "## Environment", "", f"- cpu: {env.get('cpu')}", f"- ISA: {', '.join(env.get('isa', [])) or '-'}"]
+        lines += [f"- threads: {env.get('threads')}", f"- batch size: {self.context.get('batch_size')}"]
+        lines += [f"- platform: {env.get('platform')}"]
         lines += [f"- {k}: {v}" for k, v in env.get("libraries", {}).items()]
         return "\n".join(lines) + "\n"
 

@@ -2,8 +2,9 @@
 
 The inference precision is pinned explicitly (on CPUs with AMX or
 AVX512-BF16 OpenVINO would default to bf16), and the precision the compiled
-graph really executes in is read back from its runtime model: an FP16 IR on
-a CPU without FP16 arithmetic is reported as running in f32.
+graph really executes in is read back from the plugin and its runtime model:
+an f16 request on a CPU without FP16 arithmetic runs in f32, or in bf16 where
+the CPU has AVX512-BF16 or AMX.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from harness.environment import compute_threads
 from harness.errors import HarnessError
 from runtimes.base import RuntimeSpec, register
+from runtimes.precision import executed, format_counts, normalize
 
 if TYPE_CHECKING:
     from exporters.artifacts import ModelArtifacts
@@ -30,43 +33,53 @@ class OpenVinoSession:
 
         path = artifacts.openvino_ir(spec.precision)
         core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[spec.precision]}
+        self._threads = compute_threads() if device == "CPU" else None
+        if self._threads:
+            config["INFERENCE_NUM_THREADS"] = str(self._threads)
         try:
-            self._compiled = core.compile_model(
-                core.read_model(str(path)), device, {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[spec.precision]}
-            )
+            self._compiled = core.compile_model(core.read_model(str(path)), device, config)
         except Exception as exc:
             raise HarnessError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0]}", "check the IR and the device") from exc
         self._request = self._compiled.create_infer_request()
         self._outputs = [(port.get_any_name(), port) for port in self._compiled.outputs]
         self._device = device
+        self._precision = spec.precision
         self._version = ov.get_version()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._request.infer(feeds)
         return {name: np.array(result[port], dtype=np.float32) for name, port in self._outputs}
 
-    def effective_precisions(self) -> dict[str, int]:
-        """Runtime precision of the compute-heavy ops of the compiled graph, counted."""
+    def compute_op_precisions(self) -> dict[str, int]:
+        """Compute-heavy ops of the compiled graph counted by their runtime precision (fp32, fp16, bf16, int8)."""
         counts: Counter[str] = Counter()
         for op in self._compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             keys = set(info.keys())
             if {"layerType", "runtimePrecision"} <= keys and info["layerType"].astype(str) in COMPUTE_OPS:
-                counts[info["runtimePrecision"].astype(str)] += 1
+                counts[normalize(info["runtimePrecision"].astype(str))] += 1
         return dict(counts)
 
     def describe(self) -> dict[str, str]:
-        """`precision` is what arithmetic really runs in: int8 when the compiled graph has integer
-        convolutions, else the inference precision the plugin accepted (an f16 request on a CPU
-        without f16 arithmetic reads back as f32)."""
-        ops = self.effective_precisions()
-        accepted = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        return {
+        """`executed` is what the arithmetic really runs in: int8 for integer convolutions, else the inference
+        precision the plugin accepted (an f16 request reads back as f32, or bf16 on a CPU with AVX512-BF16
+        but no FP16 arithmetic), whatever the runtime precision label of the ops."""
+        ops = self.compute_op_precisions()
+        accepted = normalize(self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+        ran: Counter[str] = Counter()
+        for precision, count in ops.items():
+            ran["int8" if precision == "int8" else accepted] += count
+        info = {
             "device": self._device,
-            "precision": "int8" if {"i8", "u8"} & set(ops) else accepted,
-            "compute_op_precisions": ",".join(f"{k}:{v}" for k, v in sorted(ops.items())),
+            "precision": self._precision,
+            "executed": executed(ran),
+            "compute_ops": format_counts(ran),
             "openvino": self._version,
         }
+        if self._threads:
+            info["threads"] = str(self._threads)
+        return info
 
 
 def _gpu_probe() -> str | None:

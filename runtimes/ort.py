@@ -1,19 +1,25 @@
 """ONNX Runtime: CPU, CUDA and TensorRT execution providers, every precision.
 
 Each precision runs its own file (`model.fp16.onnx`, `model.int8-qdq.onnx`);
+the precision each compute op really runs in is read from the graph ONNX
+Runtime optimized for the provider (`runtimes.precision`);
 the GPU providers need the `onnxruntime-gpu` build (never installed beside
 the CPU `onnxruntime`: both provide the same module).
 """
 
 from __future__ import annotations
 
+import tempfile
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from harness.environment import compute_threads
 from harness.errors import HarnessError
 from runtimes.base import RuntimeSpec, register
+from runtimes.precision import executed, format_counts, onnx_compute_precisions
 
 if TYPE_CHECKING:
     from exporters.artifacts import ModelArtifacts
@@ -23,16 +29,25 @@ GPU_HINT = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
 
 class OrtSession:
     def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        import onnx
         import onnxruntime as ort
 
         path = artifacts.onnx_path(spec.precision)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(path), options, providers=list(providers))
-        except Exception as exc:
-            first = str(exc).splitlines()[0]
-            raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
+        options.intra_op_num_threads = self._threads = compute_threads()
+        options.inter_op_num_threads = 1
+        with tempfile.TemporaryDirectory(prefix="harness-ort-") as scratch:
+            optimized = Path(scratch) / "optimized.onnx"
+            options.optimized_model_filepath = str(optimized)
+            try:
+                self._session = ort.InferenceSession(str(path), options, providers=list(providers))
+            except Exception as exc:
+                first = str(exc).splitlines()[0]
+                raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
+            # The graph ONNX Runtime really runs (casts inserted around ops without kernels of the model's type); a
+            # provider that compiles its nodes (TensorRT) writes none, and the model's own types are what runs there.
+            self._compute_ops = onnx_compute_precisions(onnx.load(str(optimized if optimized.is_file() else path)))
         if self._session.get_providers()[0] != providers[0]:
             raise HarnessError(
                 f"ONNX Runtime fell back from {providers[0]} to {self._session.get_providers()[0]}", "check the CUDA/TensorRT install"
@@ -46,7 +61,14 @@ class OrtSession:
         return {name: np.asarray(o, dtype=np.float32) for name, o in zip(self._output_names, outs, strict=True)}
 
     def describe(self) -> dict[str, str]:
-        return {"providers": ",".join(self._session.get_providers()), "precision": self._precision, "onnxruntime": self._version}
+        return {
+            "providers": ",".join(self._session.get_providers()),
+            "precision": self._precision,
+            "executed": executed(self._compute_ops),
+            "compute_ops": format_counts(self._compute_ops),
+            "threads": str(self._threads),
+            "onnxruntime": self._version,
+        }
 
 
 def _provider_probe(provider: str) -> str | None:

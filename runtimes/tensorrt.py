@@ -14,6 +14,7 @@ import numpy as np
 
 from harness.errors import HarnessError, RuntimeUnavailable
 from runtimes.base import RuntimeSpec, register
+from runtimes.precision import executed, format_counts, onnx_compute_precisions
 
 if TYPE_CHECKING:
     from exporters.artifacts import ModelArtifacts
@@ -99,6 +100,8 @@ def default_device_memory() -> DeviceMemory:
 
 class TensorRTSession:
     def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, memory: DeviceMemory | None = None) -> None:
+        import onnx
+
         from exporters.tensorrt_engine import import_tensorrt
 
         trt = import_tensorrt()
@@ -123,6 +126,8 @@ class TensorRTSession:
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self._memory = memory or default_device_memory()
         self._precision = spec.precision
+        # Strongly typed networks (the only kind TensorRT 11 builds) run each layer in the type the ONNX gives it.
+        self._compute_ops = onnx_compute_precisions(onnx.load(str(artifacts.onnx_path(spec.precision))))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keep_alive = []
@@ -150,7 +155,13 @@ class TensorRTSession:
         return {name: self._memory.download(buffer).astype(np.float32) for name, buffer in outputs.items()}
 
     def describe(self) -> dict[str, str]:
-        return {"device": "cuda", "precision": self._precision, "tensorrt": str(self._trt.__version__)}
+        return {
+            "device": "cuda",
+            "precision": self._precision,
+            "executed": executed(self._compute_ops),
+            "compute_ops": format_counts(self._compute_ops),
+            "tensorrt": str(self._trt.__version__),
+        }
 
 
 def _cuda_probe() -> str | None:

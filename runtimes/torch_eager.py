@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from harness.environment import compute_threads
 from runtimes.base import RuntimeSpec, register
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ class TorchSession:
         if device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
+        else:
+            torch.set_num_threads(compute_threads())
         self._model = model
         self._output_names = artifacts.output_names
         self._precision = spec.precision
@@ -45,7 +48,8 @@ class TorchSession:
         return {name: o.float().cpu().numpy() for name, o in zip(self._output_names, outs, strict=True)}
 
     def describe(self) -> dict[str, str]:
-        info = {"device": self._device, "precision": self._precision, "torch": self._torch.__version__}
+        """Eager PyTorch runs every op in the dtype the model and input were cast to."""
+        info = {"device": self._device, "precision": self._precision, "executed": self._precision, "torch": self._torch.__version__}
         if self._device == "cuda":
             info["gpu"] = self._torch.cuda.get_device_name(0)
         else:

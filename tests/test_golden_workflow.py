@@ -74,7 +74,8 @@ def test_one_changed_weight_is_blamed_on_inference(recorded: GoldenStore, make_s
     assert result.code == 1
     assert attribution["first_changed_stage"] == "outputs"
     assert attribution["changed"]["tensor"] == 0 and attribution["changed"]["outputs"] == 100
-    assert attribution["message"].startswith("raw outputs differ for 100/100 samples: inference changed")
+    assert attribution["message"].startswith("raw outputs differ beyond the fp32 tolerance for 100/100 samples: inference changed")
+    assert attribution["message"].endswith("the golden's recorded environment is the same")  # so the model or runtime changed
     assert any("model.weights_sha256" in n for n in report["notes"])  # staleness names the new weights
 
 

@@ -40,7 +40,7 @@ def test_runtime_matches_torch(demo_report: RunReport, runtime: str) -> None:
 
 def test_openvino_runs_in_f32(demo_report: RunReport) -> None:
     result = next(r for r in demo_report.results if r.runtime == "ov-fp32")
-    assert result.session["precision"] == "f32"
+    assert result.session["precision"] == result.session["executed"] == "fp32"
 
 
 def test_report_records_versions_and_hardware(demo_report: RunReport) -> None:
