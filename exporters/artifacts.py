@@ -13,6 +13,7 @@ model alike; its precision variants derive from the rewritten file.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from functools import cached_property
@@ -40,6 +41,14 @@ from harness.suite import ExportSpec, Suite
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILENAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8-qdq.onnx"}
 INFO_FILE = "info.json"
+
+
+def folder_sha256(folder: Path) -> str:
+    """One hash over every file of a built artifact (an IR's .xml and .bin, an engine), by name."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 class ModelArtifacts:
@@ -135,7 +144,7 @@ class ModelArtifacts:
         built = []
 
         def build_with_info(out: Path) -> None:
-            info = build(out)
+            info = build(out) | {"files_sha256": folder_sha256(out.parent)}  # e.g. an int8 file calibrated on another CPU
             (out.parent / INFO_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
             built.append(out)
 
