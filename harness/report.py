@@ -18,7 +18,7 @@ from rich.table import Table
 from harness.compare import Comparison
 from harness.measured import Determinism
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def render_table(console: Console, title: str, headers: tuple[str, ...], rows: list[list[str]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import ArtifactCache, cache_key
+from harness.pipeline import SuiteRun
+from harness.suite import Suite
 
 
 def test_key_depends_on_every_field() -> None:
@@ -68,3 +71,16 @@ def test_doctor_names_every_runtime(harness_cli: Callable[..., object]) -> None:
     for name in ("torch-fp32", "ort-int8", "ov-fp16", "trt-int8", "torch-cuda-fp16", "ort-trt-fp16"):
         assert name in result.out
     assert "onnxruntime:" in result.out and "cpu:" in result.out
+
+
+def test_provenance_hashes_every_file_of_an_artifact(demo_suite: Suite, cache: ArtifactCache) -> None:
+    """An IR's .xml and .bin both count: a re-calibrated int8 file or other weights change the hash."""
+    artifacts = SuiteRun(demo_suite, cache, limit=8).artifacts
+    xml = artifacts.openvino_ir("fp32")
+    expected = hashlib.sha256()
+    for name in ("model.bin", "model.xml"):
+        expected.update(f"{name}:{hashlib.sha256((xml.parent / name).read_bytes()).hexdigest()}\n".encode())
+    assert artifacts.provenance["openvino:fp32"]["files_sha256"] == expected.hexdigest()
+    onnx_file = artifacts.onnx_path("fp32")
+    single = f"{onnx_file.name}:{hashlib.sha256(onnx_file.read_bytes()).hexdigest()}\n".encode()
+    assert artifacts.provenance["onnx:fp32"]["files_sha256"] == hashlib.sha256(single).hexdigest()

@@ -45,7 +45,7 @@ def test_openvino_runs_in_f32(demo_report: RunReport) -> None:
 
 def test_report_records_versions_and_hardware(demo_report: RunReport) -> None:
     data = demo_report.describe()
-    assert data["schema_version"] == "1.1"
+    assert data["schema_version"] == "1.2"
     assert {"torch", "onnxruntime", "openvino", "numpy"} <= set(data["environment"]["libraries"])
     assert data["environment"]["cpu"]
     assert data["model"]["weights_sha256"] and data["dataset"]["sha256"]
