@@ -210,6 +210,8 @@ def doctor() -> None:
     env = environment()
     console.print(f"platform: {env['platform']}")
     console.print(f"cpu: {env['cpu']}")
+    console.print(f"isa: {', '.join(env['isa']) or 'none of the tracked features'}")
+    console.print(f"threads: {env['threads']} (of {env['cpus']} CPUs; set HARNESS_THREADS to change)")
     console.print(f"gpu: {escape(gpu_summary())}")
     for name, version in env["libraries"].items():
         console.print(f"{name}: {version}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import ArtifactCache, cache_key
+from harness.environment import environment
 from harness.pipeline import SuiteRun
 from harness.suite import Suite
 
@@ -71,6 +72,8 @@ def test_doctor_names_every_runtime(harness_cli: Callable[..., object]) -> None:
     for name in ("torch-fp32", "ort-int8", "ov-fp16", "trt-int8", "torch-cuda-fp16", "ort-trt-fp16"):
         assert name in result.out
     assert "onnxruntime:" in result.out and "cpu:" in result.out
+    env = environment()
+    assert f"isa: {', '.join(env['isa']) or 'none of the tracked features'}" in result.out and f"threads: {env['threads']} (of {env['cpus']} CPUs" in result.out
 
 
 def test_provenance_hashes_every_file_of_an_artifact(demo_suite: Suite, cache: ArtifactCache) -> None:
