@@ -73,7 +73,8 @@ def test_doctor_names_every_runtime(harness_cli: Callable[..., object]) -> None:
         assert name in result.out
     assert "onnxruntime:" in result.out and "cpu:" in result.out
     env = environment()
-    assert f"isa: {', '.join(env['isa']) or 'none of the tracked features'}" in result.out and f"threads: {env['threads']} (of {env['cpus']} CPUs" in result.out
+    assert f"isa: {', '.join(env['isa']) or 'none of the tracked features'}" in result.out
+    assert f"threads: {env['threads']} (of {env['cpus']} CPUs" in result.out
 
 
 def test_provenance_hashes_every_file_of_an_artifact(demo_suite: Suite, cache: ArtifactCache) -> None:
