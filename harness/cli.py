@@ -1,4 +1,4 @@
-"""`harness` command line: list, export, run, merge, report, matrix, golden diff|update, cache, doctor.
+"""`harness` command line: list, export, run, merge, report, matrix, golden diff|update, cache, schema, doctor.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 (one line on stderr naming the file or value and the fix).
@@ -40,6 +40,7 @@ from harness.publish import publish
 from harness.report import RunReport, render_table, write_report_files
 from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
 from harness.resizers import RESIZERS
+from harness.schema import suite_json_schema
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
 from runtimes import RUNTIMES
 
@@ -202,6 +203,12 @@ def cache_clear(cache_dir: Path | None) -> None:
     """Delete every cached artifact."""
     store = _cache(cache_dir)
     console.print(f"removed {store.clear()} artifacts from {store.root}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of suite files (for editors and CI linting of suite .toml files)."""
+    click.echo(json.dumps(suite_json_schema(), indent=1))
 
 
 @cli.command()

@@ -20,11 +20,12 @@ from exporters.cache import ArtifactCache
 from exporters.rewrites import get_variant
 from harness.compare import Comparison, compare, judge
 from harness.dataset import Dataset, load_dataset
-from harness.environment import environment, environment_changes, isa_changes
+from harness.environment import environment
 from harness.errors import HarnessError
 from harness.feed import InputSet, batch_layout, build_inputs, padded_batch
-from harness.golden import Golden, GoldenStore, metadata_changes
+from harness.golden import Golden, GoldenStore
 from harness.measured import Inference, RunOutputs, determinism
+from harness.provenance import executed_precision, numeric_changes, staleness
 from harness.report import RunReport, RuntimeResult
 from harness.stack import StackSpec
 from harness.stages import Tolerated, attribute
@@ -35,7 +36,6 @@ from runtimes import RuntimeSpec, get_runtime
 from runtimes.precision import judged_precision, parse_counts, precision_note
 
 Tracker = Callable[[str, int], Callable[[], None]]
-STALENESS_KEYS = ("model", "dataset", "stack", "artifacts", "batch_size")  # and the environment, by `staleness`
 
 
 def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
@@ -178,8 +178,8 @@ def judged_profile(suite: Suite, inference: Inference, golden: Golden | None = N
     (against a golden, also the one the golden executed: fp16 now against a bf16 golden differs at bf16's scale)."""
     requested = get_runtime(inference.runtime).precision
     executed = [inference.session.get("executed", requested)]
-    if golden is not None and _executed(golden.metadata):
-        executed.append(str(_executed(golden.metadata)))
+    if golden is not None and executed_precision(golden.metadata):
+        executed.append(str(executed_precision(golden.metadata)))
     profile = judged_precision(requested, "+".join(executed))
     return profile, suite.tolerance_for(profile)
 
@@ -268,47 +268,3 @@ def run_suite(
     run.shard(*shard)
     measured = run.measure(order, batch_size, repeat, requested=runtimes)
     return judge_run(suite, measured, golden_store, goldens), measured
-
-
-def _executed(metadata: dict[str, Any]) -> str | None:
-    return metadata.get("session", {}).get("executed")
-
-
-UNRECORDED = (("isa", "ISA features"), ("threads", "threads"), ("batch_size", "batch size"))
-
-
-def numeric_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between a golden's metadata and this run's that can move numbers: libraries, CPU, ISA
-    features, threads, GPU, batch size, executed precision (keys the golden did not record are skipped)."""
-    lines = environment_changes(recorded.get("environment", {}), now.get("environment", {}))
-    gained, lost = isa_changes(recorded.get("environment", {}), now.get("environment", {}))
-    if gained or lost:
-        lines.append("ISA " + " ".join([f"+{f}" for f in gained] + [f"-{f}" for f in lost]))
-    recorded_keys = set(recorded) | set(recorded.get("environment", {}))
-    unrecorded = [label for key, label in UNRECORDED if key not in recorded_keys]
-    if unrecorded:
-        lines.append(f"{', '.join(unrecorded)} not recorded in the golden")
-    if "batch_size" in recorded and recorded["batch_size"] != now.get("batch_size"):
-        lines.append(f"batch size: {recorded['batch_size']} -> {now.get('batch_size')}")
-    if _executed(recorded) and _executed(recorded) != _executed(now):
-        lines.append(f"executed precision: {_executed(recorded)} -> {_executed(now)}")
-    return lines
-
-
-def staleness(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """How a golden's provenance differs from this run's, as phrases after 'golden of X recorded ...'
-    ('with environment.libraries.onnxruntime: 1.17, now 1.18', 'without AVX512-VNNI, now with it');
-    never a failure by itself."""
-    old = {k: recorded.get(k, {}) for k in STALENESS_KEYS if k in recorded}
-    new = {k: now.get(k, {}) for k in STALENESS_KEYS if k in recorded}
-    lines = metadata_changes(old, new)
-    lines += [f"environment.{line}" for line in environment_changes(recorded.get("environment", {}), now.get("environment", {}))]
-    phrases = [f"with {line.replace(' -> ', ', now ')}" for line in lines]
-    gained, lost = isa_changes(recorded.get("environment", {}), now.get("environment", {}))
-    if gained:
-        phrases.append(f"without {', '.join(gained)}, now with {'it' if len(gained) == 1 else 'them'}")
-    if lost:
-        phrases.append(f"with {', '.join(lost)}, now without {'it' if len(lost) == 1 else 'them'}")
-    if _executed(recorded) and _executed(recorded) != _executed(now):
-        phrases.append(f"executing {_executed(recorded)}, now {_executed(now)}")
-    return phrases

@@ -59,30 +59,15 @@ class StackSpec:
         return None
 
 
-def parse_stack(name: str, table: dict[str, Any], origin: str, base: StackSpec | None = None) -> StackSpec:
-    """Validate a suite's stack table (keys override `base`); `origin` names the file for error messages."""
-    known = set(StackSpec.__dataclass_fields__) - {"name"}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise HarnessError(f"{origin}: stack '{name}' has unknown keys {unknown}", f"allowed: {sorted(known)}")
-    values = dict(table)
-    for key in ("mean", "std"):
-        if key in values:
-            if len(values[key]) != 3:
-                raise HarnessError(f"{origin}: stack '{name}' {key} needs 3 values, got {values[key]!r}")
-            values[key] = tuple(float(v) for v in values[key])
-    spec = replace(base or StackSpec(), name=name, **values)
-    for value, registry, what in (
-        (spec.decoder, DECODERS, "decoder"),
-        (spec.resize, RESIZERS, "resize"),
-        (spec.colour, COLOUR_PATHS, "colour"),
-        (spec.layout, LAYOUTS, "layout"),
-        (spec.resize_mode, RESIZE_MODES, "resize_mode"),
-        (spec.order, ORDERS, "order"),
-        (spec.rounding, ROUNDINGS, "rounding"),
-    ):
-        if value not in registry:
-            raise HarnessError(f"{origin}: stack '{name}' has unknown {what} '{value}'", f"choose one of {sorted(registry)}")
+def stack_from(name: str, keys: dict[str, Any], origin: str, base: StackSpec | None = None) -> StackSpec:
+    """A stack from the keys a suite set (typed by `harness.schema`) over `base`, with the checks that
+    need several keys: the crop must fit in the resized image."""
+    spec = replace(base or StackSpec(), name=name, **keys)
+    if spec.crop and spec.crop > spec.resize_size:
+        raise HarnessError(
+            f"{origin}: stack '{name}' crops {spec.crop} px out of an image resized to {spec.resize_size} px",
+            "set crop <= resize_size (crop = 0: no crop)",
+        )
     return spec
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.stack import StackSpec, parse_stack
-from harness.tasks import POSTPROCESS_KEYS
-from harness.tolerance import Tolerance, parse_profiles
+from harness.schema import validate_suite
+from harness.stack import StackSpec, stack_from
+from harness.tolerance import Tolerance, merge_profiles
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,7 +22,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "suites"
-TOP_LEVEL_KEYS = {"name", "task", "description", "model", "data", "stack", "stacks", "postprocess", "export", "tolerance", "golden", "run"}
 
 
 @dataclass(frozen=True)
@@ -101,84 +100,40 @@ def resolve_suite_path(name_or_path: str) -> Path:
     return bundled
 
 
-def _table(data: dict[str, Any], key: str, origin: str, required: bool = True) -> dict[str, Any]:
-    value = data.get(key, None if required else {})
-    if not isinstance(value, dict):
-        raise HarnessError(f"{origin}: missing or invalid [{key}] table", "see harness/suites/demo.toml for the format")
-    return value
-
-
-def _require(table: dict[str, Any], key: str, section: str, origin: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in table:
-        raise HarnessError(f"{origin}: [{section}] needs '{key}'", "see harness/suites/demo.toml for the format")
-    value = table[key]
-    if not isinstance(value, kind):
-        raise HarnessError(f"{origin}: [{section}] {key} has the wrong type ({type(value).__name__})")
-    return value
-
-
 def load_suite(name_or_path: str) -> Suite:
-    """Read and validate a suite; every problem is one HarnessError line."""
+    """Read and validate a suite (`harness.schema`); every problem is one HarnessError line."""
     path = resolve_suite_path(name_or_path).resolve()
     origin = str(path)
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise HarnessError(f"{origin}: malformed suite file: {exc}", "fix the TOML syntax") from exc
-    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise HarnessError(f"{origin}: unknown top-level keys {unknown}", f"allowed: {sorted(TOP_LEVEL_KEYS)}")
+    spec = validate_suite(data, origin)
     base = path.parent
-    task = data.get("task", "classification")
-    if task not in POSTPROCESS_KEYS:
-        raise HarnessError(f"{origin}: unknown task '{task}'", f"choose one of {list(POSTPROCESS_KEYS)}")
-
-    model = _table(data, "model", origin)
-    outputs = _require(model, "output_names", "model", origin, list)
-    model_spec = ModelSpec(
-        builder=_require(model, "builder", "model", origin, str),
-        weights=base / _require(model, "weights", "model", origin, str),
-        kwargs=dict(model.get("kwargs", {})),
-        input_name=model.get("input_name", "input"),
-        output_names=tuple(str(o) for o in outputs),
-    )
-    data_table = _table(data, "data", origin)
-    export = _table(data, "export", origin, required=False)
-    run = _table(data, "run", origin, required=False)
-    golden = _table(data, "golden", origin, required=False)
-    try:
-        export_spec = ExportSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in export.items()})
-    except TypeError as exc:
-        raise HarnessError(f"{origin}: invalid [export] table: {exc}", f"allowed keys: {sorted(ExportSpec.__dataclass_fields__)}") from exc
-    if len(export_spec.trt_batch) != 3 or not 1 <= export_spec.trt_batch[0] <= export_spec.trt_batch[1] <= export_spec.trt_batch[2]:
-        raise HarnessError(f"{origin}: [export] trt_batch must be [min, opt, max] with 1 <= min <= opt <= max")
-    reference_stack = parse_stack("reference", _table(data, "stack", origin), origin)
-    stacks = {}
-    for stack_name, table in _table(data, "stacks", origin, required=False).items():
-        if not isinstance(table, dict) or stack_name == reference_stack.name:
-            raise HarnessError(f"{origin}: [stacks.{stack_name}] must be a table with a name other than 'reference'")
-        stacks[stack_name] = parse_stack(stack_name, table, origin, base=reference_stack)
-    postprocess = _table(data, "postprocess", origin, required=False)
-    allowed = POSTPROCESS_KEYS[task]
-    for key, value in postprocess.items():
-        if key not in allowed or not isinstance(value, allowed[key]) or isinstance(value, bool):
-            raise HarnessError(f"{origin}: [postprocess] {key} = {value!r} is not allowed", f"{task} takes {sorted(allowed)} (integers)")
+    reference_stack = stack_from("reference", spec.stack.given(), origin)
+    stacks = {name: stack_from(name, table.given(), origin, base=reference_stack) for name, table in spec.stacks.items()}
     return Suite(
-        name=data.get("name", path.stem),
+        name=spec.name or path.stem,
         path=path,
-        task=task,
-        model=model_spec,
-        manifest=base / _require(data_table, "manifest", "data", origin, str),
-        split=data_table.get("split", "eval"),
-        calibration_split=data_table.get("calibration_split"),
+        task=spec.task,
+        model=ModelSpec(
+            builder=spec.model.builder,
+            weights=base / spec.model.weights,
+            kwargs=dict(spec.model.kwargs),
+            input_name=spec.model.input_name,
+            output_names=tuple(spec.model.output_names),
+        ),
+        manifest=base / spec.data.manifest,
+        split=spec.data.split,
+        calibration_split=spec.data.calibration_split,
         stack=reference_stack,
         stacks=stacks,
-        postprocess=dict(postprocess),
-        export=export_spec,
-        tolerances=parse_profiles(_table(data, "tolerance", origin, required=False), origin),
-        golden_dir=(base / golden.get("dir", f"golden/{path.stem}")).resolve(),
-        reference_runtime=run.get("reference", "torch-fp32"),
-        default_runtimes=tuple(run.get("runtimes", ["torch-fp32", "ort-fp32"])),
-        batch_size=int(run.get("batch_size", 32)),
-        description=data.get("description", ""),
+        postprocess=dict(spec.postprocess),
+        export=ExportSpec(**spec.export.given()),
+        tolerances=merge_profiles({precision: table.given() for precision, table in spec.tolerance.items()}),
+        golden_dir=(base / (spec.golden.dir or f"golden/{path.stem}")).resolve(),
+        reference_runtime=spec.run.reference,
+        default_runtimes=tuple(spec.run.runtimes),
+        batch_size=spec.run.batch_size,
+        description=spec.description,
     )

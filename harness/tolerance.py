@@ -6,10 +6,8 @@ Profiles are keyed by precision (`fp32`, `fp16`, `int8`, ...): a runtime named
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
-
-from harness.errors import HarnessError
 
 
 @dataclass(frozen=True)
@@ -42,18 +40,9 @@ DEFAULT_PROFILES: dict[str, Tolerance] = {
 }
 
 
-def parse_profiles(table: dict[str, Any], origin: str) -> dict[str, Tolerance]:
-    """Merge a suite's `[tolerance.<precision>]` tables over the defaults."""
+def merge_profiles(overrides: dict[str, dict[str, Any]]) -> dict[str, Tolerance]:
+    """A suite's `[tolerance.<precision>]` tables (validated by `harness.schema`) over the defaults."""
     profiles = dict(DEFAULT_PROFILES)
-    allowed = {f.name: f.type for f in fields(Tolerance)}
-    for precision, overrides in table.items():
-        if not isinstance(overrides, dict):
-            raise HarnessError(f"{origin}: [tolerance.{precision}] must be a table", "e.g. [tolerance.fp32] max_abs = 1e-3")
-        unknown = sorted(set(overrides) - set(allowed))
-        if unknown:
-            raise HarnessError(f"{origin}: [tolerance.{precision}] has unknown keys {unknown}", f"allowed: {sorted(allowed)}")
-        for key, value in overrides.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise HarnessError(f"{origin}: [tolerance.{precision}] {key} must be a number, got {value!r}")
-        profiles[precision] = replace(profiles.get(precision, Tolerance()), **overrides)
+    for precision, keys in overrides.items():
+        profiles[precision] = replace(profiles.get(precision, Tolerance()), **keys)
     return profiles

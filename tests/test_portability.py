@@ -22,7 +22,8 @@ from exporters.onnx_export import export_onnx
 from harness.environment import NUMERIC_ISA, compute_threads, environment, isa_features
 from harness.errors import HarnessError
 from harness.feed import batch_layout, padded_batch
-from harness.pipeline import SuiteRun, numeric_changes, staleness
+from harness.pipeline import SuiteRun
+from harness.provenance import numeric_changes, staleness
 from harness.stages import Tolerated, attribute
 from harness.suite import Suite
 from runtimes import get_runtime

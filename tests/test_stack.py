@@ -10,9 +10,8 @@ from PIL import Image
 
 from harness.dataset import load_dataset, read_sample
 from harness.decoders import DECODERS, DecodeError
-from harness.errors import HarnessError
 from harness.resizers import RESIZERS
-from harness.stack import StackSpec, decode_and_preprocess, parse_stack
+from harness.stack import StackSpec, decode_and_preprocess
 from harness.suite import Suite
 
 
@@ -72,17 +71,3 @@ def test_decoder_rejects_garbage() -> None:
     truncated = _jpeg(np.zeros((64, 64, 3), dtype=np.uint8) + 128)[:200]
     with pytest.raises(DecodeError):
         DECODERS["pillow"](truncated, True)
-
-
-@pytest.mark.parametrize(
-    ("table", "message"),
-    [
-        ({"decoder": "libfoo"}, "unknown decoder 'libfoo'"),
-        ({"resize": "magic"}, "unknown resize"),
-        ({"mean": [1, 2]}, "needs 3 values"),
-        ({"bogus": 1}, "unknown keys"),
-    ],
-)
-def test_stack_table_errors_name_the_problem(table: dict[str, object], message: str) -> None:
-    with pytest.raises(HarnessError, match=message):
-        parse_stack("s", table, "suite.toml")
