@@ -453,8 +453,16 @@ def golden_update(
 
 
 def main() -> None:
+    """Exit 0 / 1 (a check failed) / 2 (usage or input error, one line) / 130 (interrupted, one line)."""
     try:
-        cli(prog_name="harness")
+        code = cli.main(prog_name="harness", standalone_mode=False)
     except HarnessError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted (reports, goldens and cached artifacts are written whole or not at all)", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

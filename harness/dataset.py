@@ -51,19 +51,28 @@ def load_dataset(manifest: Path, split: str) -> Dataset:
         data = json.loads(raw)
         classes = tuple(str(c) for c in data["classes"])
         entries = data["splits"][split]
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HarnessError(f"{manifest}: not valid JSON: {exc}", "fix or regenerate the manifest") from exc
     except KeyError as exc:
         raise HarnessError(f"{manifest}: missing key {exc}", "a manifest needs 'classes' and 'splits' with the requested split") from exc
+    except TypeError as exc:
+        raise HarnessError(f"{manifest}: malformed manifest ({exc})", "'classes' is a list of names, 'splits' maps names to lists") from exc
+    if not isinstance(entries, list):
+        raise HarnessError(f"{manifest}: split '{split}' is not a list of entries", "each split is a list of {file, label, sha256?}")
+    root = manifest.parent.resolve()
     samples = []
     for index, entry in enumerate(entries):
         try:
-            rel, label = str(entry["file"]), int(entry["label"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HarnessError(f"{manifest}: bad entry {entry!r}", "each entry needs 'file' and an integer 'label'") from exc
+            rel, label, sha256 = entry["file"], entry["label"], entry.get("sha256")
+            if not isinstance(rel, str) or isinstance(label, bool) or not isinstance(label, int) or not isinstance(sha256, str | None):
+                raise TypeError
+        except (KeyError, TypeError) as exc:
+            raise HarnessError(
+                f"{manifest}: bad entry {entry!r}"[:300], "entries need a string 'file', an integer 'label', an optional string 'sha256'"
+            ) from exc
         if not 0 <= label < len(classes):
             raise HarnessError(f"{manifest}: {rel} has label {label} outside 0..{len(classes) - 1}")
-        samples.append(Sample(id=rel, path=manifest.parent / rel, label=label, sha256=entry.get("sha256"), index=index))
+        samples.append(Sample(id=rel, path=confined(root, rel, manifest), label=label, sha256=sha256, index=index))
     if not samples:
         raise HarnessError(f"{manifest}: split '{split}' is empty")
     return Dataset(
@@ -73,6 +82,21 @@ def load_dataset(manifest: Path, split: str) -> Dataset:
         split=split,
         samples=tuple(samples),
     )
+
+
+def confined(root: Path, rel: str, manifest: Path) -> Path:
+    """`root / rel`, refused when it is absolute or leaves the dataset folder (`..`, or a symlink pointing out)."""
+    path = root / rel
+    try:
+        inside = not Path(rel).is_absolute() and path.resolve().is_relative_to(root)
+    except (OSError, ValueError):  # a NUL byte, a symlink loop
+        inside = False
+    if not inside:
+        raise HarnessError(
+            f"{manifest}: entry '{rel}' points outside the dataset folder {root}",
+            "manifest paths must be relative and stay inside the manifest's folder",
+        )
+    return path
 
 
 def read_sample(sample: Sample) -> bytes:

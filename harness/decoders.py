@@ -30,6 +30,8 @@ class Decoder(Protocol):
 DECODERS: dict[str, Decoder] = {}
 # Decoders that need hardware or an optional library: name -> probe giving the reason it cannot run, or None.
 DECODER_PROBES: dict[str, Callable[[], str | None]] = {}
+# Decoders that read only some formats (Pillow's format names); the others read whatever Pillow identifies.
+DECODER_FORMATS: dict[str, frozenset[str]] = {}
 EXIF_ORIENTATION = 0x0112
 
 
@@ -37,11 +39,15 @@ class DecodeError(ValueError):
     """The bytes are not a decodable image; the caller adds the file name."""
 
 
-def register_decoder(name: str, probe: Callable[[], str | None] | None = None) -> Callable[[Decoder], Decoder]:
+def register_decoder(
+    name: str, probe: Callable[[], str | None] | None = None, formats: frozenset[str] | None = None
+) -> Callable[[Decoder], Decoder]:
     def add(fn: Decoder) -> Decoder:
         DECODERS[name] = fn
         if probe:
             DECODER_PROBES[name] = probe
+        if formats:
+            DECODER_FORMATS[name] = formats
         return fn
 
     return add
@@ -143,8 +149,9 @@ def _decode_simplejpeg(data: bytes, exif: bool, min_side: int = 0, fast: bool = 
     return upright(pixels, data, exif)
 
 
-register_decoder("simplejpeg")(partial(_decode_simplejpeg, fast=False))
-register_decoder("simplejpeg-fast")(partial(_decode_simplejpeg, fast=True))
+JPEG_ONLY = frozenset({"JPEG", "MPO"})
+register_decoder("simplejpeg", formats=JPEG_ONLY)(partial(_decode_simplejpeg, fast=False))
+register_decoder("simplejpeg-fast", formats=JPEG_ONLY)(partial(_decode_simplejpeg, fast=True))
 
 
 def _cuda_missing() -> str | None:
@@ -153,7 +160,7 @@ def _cuda_missing() -> str | None:
     return None if torch.cuda.is_available() else "nvjpeg needs a CUDA device (PyTorch sees none)"
 
 
-@register_decoder("nvjpeg", probe=_cuda_missing)
+@register_decoder("nvjpeg", probe=_cuda_missing, formats=JPEG_ONLY)
 def decode_nvjpeg(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
     """nvJPEG on the GPU through torchvision.io.decode_jpeg(device='cuda')."""
     import torch

@@ -11,9 +11,16 @@ class HarnessError(Exception):
     """Bad input or environment: a corrupt file, an unknown name, a missing runtime."""
 
     def __init__(self, what: str, fix: str | None = None) -> None:
-        self.what = what
+        self.what = " ".join(what.split())  # always one line, whatever a wrapped library message held
         self.fix = fix
-        super().__init__(f"{what} ({fix})" if fix else what)
+        super().__init__(f"{self.what} ({fix})" if fix else self.what)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first meaningful line of a third-party error message (torch's unpickling errors run to 8 lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RuntimeUnavailable(HarnessError):

@@ -12,14 +12,16 @@ name the first stage that changed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from harness.dataset import Sample, read_sample
-from harness.decoders import DecodeError, decoder_unavailable
+from harness.decoders import DECODER_FORMATS, DecodeError, decoder_unavailable
 from harness.errors import HarnessError
+from harness.intake import IntakePolicy, check, conversion, convert, read_header
 from harness.stack import StackSpec, decode, preprocess
 from harness.stages import digest
 
@@ -30,6 +32,15 @@ class Decoded:
 
     pixels: list[np.ndarray]
     stages: dict[str, tuple[str, ...]]  # "encoded", "decoded"
+    intake: dict[str, int] = field(default_factory=dict)  # samples converted by an intake rule, per rule
+
+
+class DecoderNotApplicable(HarnessError):
+    """The stack's decoder cannot read the format of some samples (a PNG for a JPEG-only decoder)."""
+
+    def __init__(self, what: str, fix: str | None = None, image_format: str = "") -> None:
+        super().__init__(what, fix)
+        self.format = image_format
 
 
 @dataclass(frozen=True)
@@ -42,14 +53,30 @@ class InputSet:
     stack: StackSpec
     stages: dict[str, tuple[str, ...]]  # per-sample hashes: "encoded", "decoded", "tensor"
     positions: np.ndarray  # each sample's index in its split: where it sits on the batch grid
+    intake: dict[str, int] = field(default_factory=dict)  # samples converted by an intake rule, per rule
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def decode_sample(sample: Sample, stack: StackSpec, data: bytes | None = None) -> np.ndarray:
+def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakePolicy) -> tuple[np.ndarray, str | None]:
+    """RGB uint8 pixels of one sample through the intake policy (`harness.intake`), and the rule applied if any."""
     try:
-        return decode(read_sample(sample) if data is None else data, stack)
+        header = read_header(data)
+        refused = check(header, policy)
+        if refused:
+            raise HarnessError(f"{sample.path}: image refused: {refused}", "shrink or remove the file, or raise [data] max_pixels")
+        kind = conversion(header)
+        if kind:
+            return convert(data, kind, stack.exif), kind
+        formats = DECODER_FORMATS.get(stack.decoder)
+        if formats and header.format not in formats:
+            raise DecoderNotApplicable(
+                f"{sample.path}: decoder '{stack.decoder}' cannot read {header.format} images (it reads {', '.join(sorted(formats))})",
+                "choose a decoder that reads every format of the dataset",
+                header.format,
+            )
+        return decode(data, stack), None
     except DecodeError as exc:
         raise HarnessError(
             f"{sample.path}: cannot decode image with '{stack.decoder}': {exc}",
@@ -57,24 +84,44 @@ def decode_sample(sample: Sample, stack: StackSpec, data: bytes | None = None) -
         ) from exc
 
 
+DEFAULT_POLICY = IntakePolicy()
+
+
 def decode_key(stack: StackSpec) -> tuple[str, bool, int]:
     """Stacks with the same key decode every image to the same pixels (min side matters for DCT-domain scaling only)."""
     return (stack.decoder, stack.exif, stack.resize_size if stack.decoder == "pillow-draft" else 0)
 
 
-def decode_all(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> Decoded:
-    """Decoded pixels of every sample with the stack's decoder settings."""
+def decode_all(
+    samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
+) -> Decoded:
+    """Decoded pixels of every sample with the stack's decoder settings, through the intake policy."""
     reason = decoder_unavailable(stack.decoder)
     if reason:
         raise HarnessError(f"stack '{stack.name}': decoder '{stack.decoder}' cannot run here: {reason}", "choose another decoder")
-    pixels, encoded = [], []
+    pixels, encoded, intake = [], [], Counter[str]()
+    unreadable: list[DecoderNotApplicable] = []
     for sample in samples:
         data = read_sample(sample)
         encoded.append(digest(data))
-        pixels.append(decode_sample(sample, stack, data))
+        try:
+            image, kind = decode_sample(sample, stack, data, policy)
+        except DecoderNotApplicable as exc:
+            unreadable.append(exc)  # counted over the whole split, then reported once
+            continue
+        pixels.append(image)
+        if kind:
+            intake[kind] += 1
         if advance:
             advance()
-    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)})
+    if unreadable:
+        formats = Counter(exc.format for exc in unreadable)
+        raise DecoderNotApplicable(
+            f"decoder '{stack.decoder}' cannot read {len(unreadable)}/{len(samples)} samples "
+            f"({', '.join(f'{f} {n}' for f, n in sorted(formats.items()))}; first: {unreadable[0].what.split(': ')[0]})",
+            unreadable[0].fix,
+        )
+    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)}, dict(intake))
 
 
 def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) -> InputSet:
@@ -92,12 +139,15 @@ def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) 
         stack=stack,
         stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},
         positions=np.array([s.index for s in samples], dtype=np.int64),
+        intake=decoded.intake,
     )
 
 
-def build_inputs(samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None) -> InputSet:
+def build_inputs(
+    samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
+) -> InputSet:
     """Decode and pre-process every sample."""
-    return tensors_from(samples, decode_all(samples, stack, advance), stack)
+    return tensors_from(samples, decode_all(samples, stack, advance, policy), stack)
 
 
 def batch_slices(count: int, batch_size: int) -> Iterator[slice]:

@@ -27,7 +27,7 @@ from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
 from harness.colour import COLOUR_PATHS
 from harness.compare import Comparison, compare
 from harness.decoders import DECODERS, decoder_unavailable
-from harness.feed import Decoded, InputSet, decode_all, decode_key, tensors_from
+from harness.feed import Decoded, DecoderNotApplicable, InputSet, decode_all, decode_key, tensors_from
 from harness.measured import Inference
 from harness.pipeline import SuiteRun
 from harness.report import SCHEMA_VERSION, markdown_table, write_report_files
@@ -295,7 +295,9 @@ class MatrixRunner:
 
     def decode(self, stack: StackSpec) -> Decoded:
         self.decodes += len(self.run.samples)
-        return decode_all(self.run.samples, stack, self.run.track(f"decode with {stack.decoder}", len(self.run.samples)))
+        return decode_all(
+            self.run.samples, stack, self.run.track(f"decode with {stack.decoder}", len(self.run.samples)), self.run.suite.intake
+        )
 
     def infer(self, inputs: InputSet, runtime: str, model: str | None) -> Inference:
         key = (_stack_key(inputs.stack), model or "", runtime)
@@ -365,7 +367,11 @@ def run_matrix(
     worst_decoder: MatrixRow | None = None
     decoded: dict[str, tuple[str, ...]] = {}  # decoder setting -> per-image hash of its pixels
     for key, members in groups.items():
-        pixels = kept[ref_key] if key == ref_key else runner.decode(members[0].stack_for(reference))
+        try:
+            pixels = kept[ref_key] if key == ref_key else runner.decode(members[0].stack_for(reference))
+        except DecoderNotApplicable as exc:  # e.g. a JPEG-only decoder on a dataset with PNGs: skip, say why
+            notes += [f"{v.axis}:{v.name} not applicable: {exc.what}" for v in members]
+            continue
         decoded[_decode_label(key)] = pixels.stages["decoded"]
         for variant in members:
             stack = variant.stack_for(reference)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -77,6 +78,7 @@ class RunOutputs:
     requested: tuple[str, ...] = ()  # the runtimes asked for (judged against their goldens); the reference may be extra
     shard: tuple[int, int] = (1, 1)
     determinism: dict[str, Determinism] = field(default_factory=dict)
+    intake: dict[str, int] = field(default_factory=dict)  # samples converted by an image intake rule, per rule
 
     def metadata(self, runtime: str) -> dict[str, Any]:
         """What one runtime's numbers were measured with: the run's context, the artifacts it consumed, its session."""
@@ -92,6 +94,7 @@ class RunOutputs:
             "context": self.context,
             "shard": list(self.shard),
             "requested": list(self.requested),
+            "intake": self.intake,
             "runtimes": {},
         }
         for name, inf in self.inferences.items():
@@ -134,6 +137,7 @@ class RunOutputs:
             requested=tuple(meta["requested"]),
             shard=(int(meta["shard"][0]), int(meta["shard"][1])),
             determinism=det,
+            intake={str(k): int(v) for k, v in meta.get("intake", {}).items()},
         )
 
 
@@ -175,6 +179,7 @@ def merge(parts: list[RunOutputs]) -> RunOutputs:
         context=first.context,
         requested=first.requested,
         shard=(1, 1),
+        intake=dict(sum((Counter(p.intake) for p in parts), Counter())),
         determinism={
             name: Determinism(
                 d.repeats,

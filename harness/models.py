@@ -9,13 +9,15 @@ executing code: safetensors, or a state dict through `torch.load(weights_only=Tr
 from __future__ import annotations
 
 import importlib
+import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 ModelBuilder = Callable[..., nn.Module]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
@@ -95,9 +97,18 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's protocol warnings on files it then refuses anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HarnessError(
+            f"cannot read weights {path}: it pickles objects other than tensors (code, classes); refused, nothing was executed",
+            "save a plain state dict (torch.save(model.state_dict())) or safetensors from a trusted environment",
+        ) from exc
     except Exception as exc:
-        raise HarnessError(f"cannot read weights {path}: {exc}", "re-export the weights as safetensors or a plain state dict") from exc
+        raise HarnessError(
+            f"cannot read weights {path}: {first_line(exc)}", "re-export the weights as safetensors or a plain state dict"
+        ) from exc
 
 
 def build_model(builder: str, weights: Path, kwargs: dict[str, object]) -> nn.Module:

@@ -101,7 +101,7 @@ class SuiteRun:
         """The samples through the suite's stack, decoded on first use."""
         if self._inputs is None:
             track = self.track(f"decode + {self.stack.name} stack", len(self.samples))
-            self._inputs = build_inputs(self.samples, self.stack, track)
+            self._inputs = build_inputs(self.samples, self.stack, track, self.suite.intake)
         return self._inputs
 
     def set_inputs(self, inputs: InputSet) -> None:
@@ -116,7 +116,7 @@ class SuiteRun:
         if not self.suite.calibration_split:
             raise HarnessError(f"{self.suite.path}: no [data] calibration_split", "int8 variants need calibration data")
         samples = load_dataset(self.suite.manifest, self.suite.calibration_split).samples
-        return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)))
+        return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)), self.suite.intake)
 
     def infer(self, runtime: str, batch_size: int, inputs: InputSet | None = None, variant: str | None = None) -> Inference:
         """Outputs of `runtime` on `inputs` (default: the suite's stack) with the model or one of its variants."""
@@ -159,6 +159,7 @@ class SuiteRun:
             ids=self.inputs.ids,
             labels=self.inputs.labels,
             stages=self.inputs.stages,
+            intake=self.inputs.intake,
             inferences=inferences,
             context=self.context() | {"artifacts": dict(self.artifacts.provenance), "batch_size": batch_size},
             requested=tuple(requested if requested is not None else runtimes),
@@ -234,6 +235,10 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
                 stale.setdefault(phrase, []).append(name)
         results.append(result)
     notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
+    if measured.intake:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(measured.intake.items()))
+        count = sum(measured.intake.values())
+        notes.append(f"image intake converted {count}/{len(measured.ids)} samples ({kinds}): see README, Image intake")
     return RunReport(
         suite=suite.name,
         task=suite.task,

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from harness.colour import COLOUR_PATHS
 from harness.decoders import DECODERS
 from harness.errors import HarnessError
+from harness.intake import IntakePolicy
 from harness.resizers import RESIZERS
 from harness.stack import LAYOUTS, ORDERS, RESIZE_MODES, ROUNDINGS
 from harness.tasks import POSTPROCESS_KEYS
@@ -102,6 +103,8 @@ class DataTable(Table):
     manifest: str = Field(description="JSON manifest, relative to the suite file")
     split: str = "eval"
     calibration_split: str | None = None
+    max_pixels: Annotated[int, Field(ge=1, description="larger images are refused, for every decoder")] = IntakePolicy.max_pixels
+    min_side: Annotated[int, Field(ge=1, description="images with a shorter side are refused")] = IntakePolicy.min_side
 
 
 class StackTable(Table):

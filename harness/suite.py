@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.intake import IntakePolicy
 from harness.schema import validate_suite
 from harness.stack import StackSpec, stack_from
 from harness.tolerance import Tolerance, merge_profiles
@@ -56,6 +57,7 @@ class Suite:
     manifest: Path
     split: str
     calibration_split: str | None
+    intake: IntakePolicy
     stack: StackSpec
     stacks: dict[str, StackSpec]  # named alternatives, each overriding keys of the reference stack
     postprocess: dict[str, Any]  # task flags, e.g. classification label_offset
@@ -126,6 +128,7 @@ def load_suite(name_or_path: str) -> Suite:
         manifest=base / spec.data.manifest,
         split=spec.data.split,
         calibration_split=spec.data.calibration_split,
+        intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
         stack=reference_stack,
         stacks=stacks,
         postprocess=dict(spec.postprocess),
