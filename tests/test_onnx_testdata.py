@@ -110,3 +110,27 @@ def test_no_expected_outputs_and_one_runtime_is_a_usage_error(model: Path, tmp_p
     _write_pb(tmp_path / "data" / "test_data_set_0", "input", inputs)
     result = harness_cli("run", "--onnx", model, "--inputs", tmp_path / "data")
     assert result.code == 2 and "a second --runtime" in result.err
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, harness_cli: Callable[..., object]) -> None:
+    """A weight whose external-data location climbs out of the model's folder is never read."""
+    weight = numpy_helper.from_array(W, "W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "../../etc/hostname"
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "escape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    _write_pb(tmp_path / "data", "input", {"x": RNG.standard_normal((2, 6)).astype(np.float32)})
+    result = harness_cli(
+        "run", "--onnx", tmp_path / "m.onnx", "--inputs", tmp_path / "data", "--runtime", "ort-fp32", "--runtime", "ov-fp32"
+    )
+    assert result.code == 2 and "points outside the directory" in result.err and "Traceback" not in result.err
+    assert len([line for line in result.err.splitlines() if line.strip()]) == 1
