@@ -4,7 +4,9 @@ that point at the bundled demo model and data."""
 
 from __future__ import annotations
 
+import struct
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +93,13 @@ def make_suite(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A small PNG file whose header declares width x height (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")

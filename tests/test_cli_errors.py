@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.suite import BUNDLED_DIR
+from tests.conftest import png_header_only
 
 DEMO_DATA = BUNDLED_DIR / "demo" / "data"
 
@@ -45,8 +46,10 @@ def _truncated_jpeg() -> bytes:
         ("truncated.jpg", _truncated_jpeg(), False, "{root}/eval/truncated.jpg: cannot decode image with 'pillow'"),
         ("notes.jpg", b"these are my notes, not a picture\n", False, "{root}/eval/notes.jpg: cannot decode image"),
         ("replaced.jpg", _truncated_jpeg(), True, "{root}/eval/replaced.jpg: sha256 differs from the manifest"),
+        ("bomb.png", png_header_only(20000, 20000), False, "{root}/eval/bomb.png: image refused: 20000x20000 = 400,000,000 pixels"),
+        ("../../../../etc/passwd", None, False, "entry 'eval/../../../../etc/passwd' points outside the dataset folder"),
     ],
-    ids=["missing-file", "truncated-jpeg", "non-image", "sha-mismatch"],
+    ids=["missing-file", "truncated-jpeg", "non-image", "sha-mismatch", "decompression-bomb", "path-escape"],
 )
 def test_bad_images(
     tmp_path: Path,

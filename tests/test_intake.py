@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from harness.feed import DecoderNotApplicable, decode_all
 from harness.intake import IntakePolicy
 from harness.stack import StackSpec
 from harness.suite import BUNDLED_DIR
-from tests.conftest import CliResult
+from tests.conftest import CliResult, png_header_only
 
 DEMO_DATA = BUNDLED_DIR / "demo" / "data"
 DECODER_NAMES = [d for d in DECODERS if not decoder_unavailable(d)]
@@ -36,16 +34,6 @@ def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A small PNG file whose header declares width x height (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 def _dataset(tmp_path: Path, files: dict[str, bytes]) -> Path:
@@ -103,7 +91,7 @@ def test_sixteen_bit_maps_full_range_to_full_range(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("decoder", DECODER_NAMES)
 def test_oversized_and_degenerate_images_are_refused_by_every_decoder(tmp_path: Path, decoder: str) -> None:
-    bomb = _png_header_only(20000, 20000)
+    bomb = png_header_only(20000, 20000)
     assert len(bomb) < 200  # what matters is the header: nothing is allocated before the check
     with pytest.raises(HarnessError, match=r"bomb.png: image refused: 20000x20000 = 400,000,000 pixels is over the limit of 89,478,485"):
         _decode(tmp_path / "a", "bomb.png", bomb, decoder)
@@ -191,3 +179,16 @@ def test_matrix_on_mixed_png_and_jpeg_skips_the_decoders_that_cannot_read_png(
     decoders = {r["variant"] for r in data["rows"] if r["axis"] == "decoder"}
     assert "opencv" in decoders and "pyav" in decoders and "simplejpeg" not in decoders
     assert any(r["axis"] == "combined" for r in data["rows"])  # the matrix finished
+
+
+def test_the_report_counts_converted_samples(
+    make_suite: Callable[..., Path], harness_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    demo = json.loads((DEMO_DATA / "manifest.json").read_text())
+    files = {Path(e["file"]).name: (DEMO_DATA / e["file"]).read_bytes() for e in demo["splits"]["eval"][:4]}
+    files |= {"gray16.png": CASES["gray16.png"][0], "rgba.png": CASES["rgba.png"][0]}
+    suite = make_suite(manifest=_dataset(tmp_path, files))
+    result = harness_cli("run", "--suite", suite, "--runtime", "ort-fp32", "--no-golden", "--report-dir", tmp_path / "r")
+    assert result.code == 0, result.err
+    notes = json.loads((tmp_path / "r" / "report.json").read_text())["notes"]
+    assert "image intake converted 2/6 samples (16-bit 1, alpha 1): see README, Image intake" in notes
