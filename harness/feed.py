@@ -22,7 +22,7 @@ from harness.dataset import Sample, read_sample
 from harness.decoders import DECODER_FORMATS, DecodeError, decoder_unavailable
 from harness.errors import HarnessError
 from harness.intake import IntakePolicy, check, conversion, convert, read_header
-from harness.stack import StackSpec, decode, preprocess
+from harness.stack import Geometry, StackSpec, decode, prepare
 from harness.stages import digest
 
 
@@ -53,6 +53,7 @@ class InputSet:
     stack: StackSpec
     stages: dict[str, tuple[str, ...]]  # per-sample hashes: "encoded", "decoded", "tensor"
     positions: np.ndarray  # each sample's index in its split: where it sits on the batch grid
+    geometry: tuple[Geometry, ...] = ()  # per sample: source pixels -> tensor pixels (boxes map back through it)
     intake: dict[str, int] = field(default_factory=dict)  # samples converted by an intake rule, per rule
 
     def __len__(self) -> int:
@@ -126,11 +127,13 @@ def decode_all(
 
 def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) -> InputSet:
     """Pre-process decoded pixels through the rest of the stack; all tensors must share one shape."""
-    tensors = [preprocess(p, stack) for p in decoded.pixels]
+    prepared = [prepare(p, stack) for p in decoded.pixels]
+    tensors = [p.tensor for p in prepared]
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:
         raise HarnessError(
-            f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}", "add a crop or use resize_mode = 'direct'"
+            f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}",
+            "add a crop or use resize_mode = 'direct', 'letterbox' or 'keep-ratio'",
         )
     return InputSet(
         ids=tuple(s.id for s in samples),
@@ -139,6 +142,7 @@ def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) 
         stack=stack,
         stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},
         positions=np.array([s.index for s in samples], dtype=np.int64),
+        geometry=tuple(p.geometry for p in prepared),
         intake=decoded.intake,
     )
 

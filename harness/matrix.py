@@ -32,7 +32,7 @@ from harness.measured import Inference
 from harness.pipeline import SuiteRun
 from harness.report import SCHEMA_VERSION, markdown_table, write_report_files
 from harness.resizers import RESIZERS
-from harness.stack import StackSpec
+from harness.stack import PADDED_MODES, StackSpec
 from harness.suite import Suite
 from runtimes import get_runtime
 
@@ -69,6 +69,10 @@ def _order_axis(suite: Suite) -> list[Variant]:
             continue
         other = second if getattr(ref, key) == first else first
         variants.append(Variant("order", f"{key}={other}", ((key, other),)))
+    if ref.resize_mode not in PADDED_MODES and ref.input_hw and ref.input_hw[0] == ref.input_hw[1]:
+        # A YOLO-style service: the whole image, ratio kept, padded to the model's input size.
+        side = ref.input_hw[0]
+        variants.append(Variant("order", "resize_mode=letterbox", (("resize_mode", "letterbox"), ("resize_size", side), ("crop", 0))))
     return variants
 
 
@@ -428,7 +432,8 @@ def _combined_rows(
     """The combined worst case on every matrix runtime, and once more on the worst precision runtime."""
     suite = runner.run.suite
     stack = replace(combined.stack_for(suite.stack), name="combined")
-    inputs = tensors_from(runner.run.samples, kept[decode_key(stack)], stack)
+    key = decode_key(stack)  # the worst decoder's pixels, unless the combined stack decodes differently (draft + another size)
+    inputs = tensors_from(runner.run.samples, kept[key] if key in kept else runner.decode(stack), stack)
     targets = [(combined, r, baselines[r]) for r in runtimes]
     if precision_rows:
         worst_runtime = max(precision_rows, key=lambda r: r.severity).comparison.runtime

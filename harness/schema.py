@@ -122,6 +122,8 @@ class StackTable(Table):
     mean: Triple | None = None
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = None
     layout: Layout | None = None
+    max_size: Annotated[int, Field(ge=1, description="keep-ratio: longer-side limit and canvas size")] | None = None
+    pad_value: Annotated[int, Field(ge=0, le=255, description="letterbox / keep-ratio padding, before normalisation")] | None = None
 
 
 class ExportTable(Table):

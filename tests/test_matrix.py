@@ -10,7 +10,7 @@ import pytest
 
 from exporters.cache import ArtifactCache
 from harness.decoders import DECODERS, decoder_unavailable
-from harness.matrix import MatrixReport, run_matrix
+from harness.matrix import AXES, MatrixReport, run_matrix
 from harness.pipeline import SuiteRun
 from harness.suite import Suite
 from tests.conftest import CliResult
@@ -85,3 +85,21 @@ def test_matrix_cli_writes_json_markdown_and_plot(harness_cli: Callable[..., Cli
 def test_matrix_rejects_an_unknown_axis(harness_cli: Callable[..., CliResult]) -> None:
     result = harness_cli("matrix", "--suite", "demo", "--axes", "decoder,weather")
     assert result.code == 2 and "unknown matrix axis weather" in result.err
+
+
+def test_order_axis_has_a_letterbox_variant_at_the_model_input_size(demo_suite: Suite) -> None:
+    variants = {v.name: dict(v.overrides) for v in AXES["order"](demo_suite)}
+    assert variants["resize_mode=letterbox"] == {"resize_mode": "letterbox", "resize_size": 64, "crop": 0}
+    stack = next(v for v in AXES["order"](demo_suite) if v.name == "resize_mode=letterbox").stack_for(demo_suite.stack)
+    assert stack.input_hw == demo_suite.stack.input_hw
+
+
+def test_combined_row_decodes_again_when_draft_meets_another_size(demo_suite: Suite, cache: ArtifactCache) -> None:
+    """pillow-draft's pixels depend on the size the stack needs; the letterbox variant needs another one."""
+    run = SuiteRun(demo_suite, cache, limit=8)
+    keep = {"decoder:pillow-draft", "order:resize_mode=letterbox"}
+    skip = {f"{v.axis}:{v.name}" for axis in ("decoder", "order") for v in AXES[axis](demo_suite)} - keep
+    report = run_matrix(demo_suite, ["decoder", "order"], ["torch-fp32"], run, 8, skip)
+    combined = next(r for r in report.rows if r.axis == "combined")
+    assert combined.variant == "pillow-draft + resize_mode=letterbox"
+    assert report.decodes == 8 * 3  # reference, draft at the reference size, draft at the letterbox size
