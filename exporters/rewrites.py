@@ -10,6 +10,7 @@ validated against what PyTorch computes with that setting.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +20,7 @@ from typing import Any
 import onnx
 from onnx import helper
 from torch import nn
+from torch.nn import functional
 
 from harness.errors import HarnessError
 
@@ -33,6 +35,8 @@ class ModelVariant:
     description: str
     rewrite_node: Callable[[onnx.NodeProto], bool]  # changes one ONNX node in place; True when it did
     patch_module: Callable[[nn.Module], bool]  # changes one PyTorch module in place; True when it did
+    # functional calls the twin reroutes: F.interpolate with this mode -> these keyword values
+    interpolate: tuple[str, dict[str, Any]] | None = None
 
 
 MODEL_VARIANTS: dict[str, ModelVariant] = {}
@@ -67,7 +71,8 @@ def _set_module(kind: type, when: dict[str, Any], values: dict[str, Any], module
 
 # name, description, (ONNX op, attributes required, attributes set), (PyTorch module, attributes required, attributes set).
 # A required ONNX attribute is (value, the ONNX default when the attribute is absent).
-_ATTRIBUTE_VARIANTS: list[tuple[str, str, tuple[str, dict[str, Any], dict[str, Any]], tuple[type, dict[str, Any], dict[str, Any]]]] = [
+# Upsample variants also reroute functional F.interpolate calls of that mode (most detectors' FPN uses them).
+_ATTRIBUTE_VARIANTS: list[tuple[Any, ...]] = [
     (
         "maxpool-ceil",
         "MaxPool with ceil_mode=1 on a floor-mode model (output sizes round up)",
@@ -85,6 +90,7 @@ _ATTRIBUTE_VARIANTS: list[tuple[str, str, tuple[str, dict[str, Any], dict[str, A
         "nearest Resize/Upsample run as bilinear (half-pixel centres, PyTorch align_corners=False)",
         ("Resize", {"mode": ("nearest", "nearest")}, {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}),
         (nn.Upsample, {"mode": "nearest"}, {"mode": "bilinear", "align_corners": False}),
+        ("nearest", {"mode": "bilinear", "align_corners": False}),
     ),
     (
         "upsample-nearest",
@@ -95,10 +101,15 @@ _ATTRIBUTE_VARIANTS: list[tuple[str, str, tuple[str, dict[str, Any], dict[str, A
             {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
         ),
         (nn.Upsample, {"mode": "bilinear"}, {"mode": "nearest", "align_corners": None}),
+        ("bilinear", {"mode": "nearest", "align_corners": None}),
     ),
 ]
-for _name, _description, _onnx, _torch in _ATTRIBUTE_VARIANTS:
-    register_variant(ModelVariant(_name, _description, partial(_set_attributes, *_onnx), partial(_set_module, *_torch)))
+for _name, _description, _onnx, _torch, *_functional in _ATTRIBUTE_VARIANTS:
+    register_variant(
+        ModelVariant(
+            _name, _description, partial(_set_attributes, *_onnx), partial(_set_module, *_torch), _functional[0] if _functional else None
+        )
+    )
 
 
 def get_variant(name: str) -> ModelVariant:
@@ -136,5 +147,44 @@ def rewrite_onnx(source: Path, out: Path, variant: ModelVariant) -> dict[str, ob
 
 
 def patch_torch(model: nn.Module, variant: ModelVariant) -> list[str]:
-    """Apply the variant to `model`'s modules in place; returns the names of the modules changed."""
-    return [name for name, module in model.named_modules() if variant.patch_module(module)]
+    """Apply the variant to `model` in place: its modules, and (for upsample variants) the functional
+    `F.interpolate` calls of its forward methods, rerouted while `model` runs.  Returns what changed."""
+    changed = [name for name, module in model.named_modules() if variant.patch_module(module)]
+    if variant.interpolate:
+        calls = [name or type(model).__name__ for name, module in model.named_modules() if _calls_interpolate(type(module))]
+        if calls:
+            _reroute_interpolate(model, *variant.interpolate)
+            changed += [f"{name}.forward: F.interpolate(mode='{variant.interpolate[0]}')" for name in calls]
+    return changed
+
+
+def _calls_interpolate(kind: type) -> bool:
+    try:
+        return "interpolate(" in inspect.getsource(kind.forward)
+    except (OSError, TypeError):  # built-in or source-less modules
+        return False
+
+
+def _reroute_interpolate(model: nn.Module, mode: str, values: dict[str, Any]) -> None:
+    """Hooks that swap `F.interpolate` for a rerouting wrapper while `model` runs (hooks survive deepcopy and .to())."""
+    saved: list[Callable[..., Any]] = []
+
+    def before(_module: nn.Module, _args: Any) -> None:
+        original = functional.interpolate
+        saved.append(original)
+
+        def interpolate(*args: Any, **options: Any) -> Any:
+            if len(args) > 3:  # mode (and what follows it) given positionally
+                names = ("mode", "align_corners", "recompute_scale_factor", "antialias")[: len(args) - 3]
+                args, options = args[:3], dict(zip(names, args[3:], strict=True)) | options
+            if options.get("mode", "nearest") == mode:
+                options |= values
+            return original(*args, **options)
+
+        functional.interpolate = interpolate
+
+    def after(_module: nn.Module, _args: Any, _output: Any) -> None:
+        functional.interpolate = saved.pop()
+
+    model.register_forward_pre_hook(before)
+    model.register_forward_hook(after, always_call=True)

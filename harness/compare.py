@@ -1,36 +1,27 @@
 """Comparison of one runtime's outputs with a baseline's, judged by a tolerance.
 
-Numeric error per output (max/mean abs, max relative, relative L2, cosine per
-sample), and on the task's scores: KL divergence of the softmax, top-1 and
-top-5 agreement, flips (negative flips: right before, wrong now; positive
-flips: the reverse, as in the regression-free model update literature),
-per-class accuracy deltas and the metric delta.  Each judged check is one
-PASS/FAIL line.
+Task-neutral numeric error per output (max/mean abs, max relative, relative
+L2, cosine per sample) here; the task plugin (`harness.tasks`) adds how far
+the predictions agree: agreement, flips (negative flips: right before, wrong
+now; positive flips: the reverse, as in the regression-free model update
+literature), per-class deltas, the metric delta and task details (top-5 and
+KL for classification; matched IoU, missing and extra boxes for detection).
+Each judged check is one PASS/FAIL line.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from harness.stages import Attribution
-from harness.tasks import Task
+from harness.tasks import ClassDelta, Observed, Task
 from harness.tolerance import Tolerance
 
 REL_FLOOR = 1e-6
 WORST_SAMPLES = 5
-
-
-class Observed(Protocol):
-    """Raw outputs and predictions of one side (an inference or a golden)."""
-
-    @property
-    def outputs(self) -> dict[str, np.ndarray]: ...
-
-    @property
-    def predictions(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -58,18 +49,6 @@ class Check:
         return {"name": self.name, "value": self.value, "limit": self.limit, "op": self.op, "passed": self.passed}
 
 
-@dataclass(frozen=True)
-class ClassDelta:
-    label: int
-    samples: int
-    accuracy: float
-    baseline_accuracy: float
-
-    @property
-    def delta(self) -> float:
-        return self.accuracy - self.baseline_accuracy
-
-
 @dataclass
 class Comparison:
     """One runtime against one baseline (`reference:<runtime>` or `golden`)."""
@@ -78,10 +57,7 @@ class Comparison:
     against: str
     samples: int
     outputs: dict[str, OutputStats]
-    top1_agreement: float
-    top5_agreement: float | None
-    kl_mean: float
-    kl_max: float
+    top1_agreement: float  # the task's agreement: top-1 for classification, unchanged images for detection
     flips: list[str]
     negative_flips: list[str]
     positive_flips: list[str]
@@ -89,6 +65,7 @@ class Comparison:
     worst_samples: list[tuple[str, float]]  # (id, max abs error), largest first
     metric: float
     metric_baseline: float
+    details: dict[str, float | None] = field(default_factory=dict)  # task-specific (top5_agreement, kl_mean, mean_iou, ...)
     sample_max_abs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # worst over outputs, per sample
     sample_min_cosine: np.ndarray = field(default_factory=lambda: np.ones(0))
     checks: list[Check] = field(default_factory=list)
@@ -139,9 +116,7 @@ class Comparison:
             "samples": self.samples,
             "outputs": {k: asdict(v) for k, v in self.outputs.items()},
             "top1_agreement": self.top1_agreement,
-            "top5_agreement": self.top5_agreement,
-            "kl_mean": self.kl_mean,
-            "kl_max": self.kl_max,
+            **self.details,
             "flips": self.flips,
             "negative_flips": self.negative_flips,
             "positive_flips": self.positive_flips,
@@ -195,73 +170,34 @@ def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tup
     return stats, diff.max(axis=1, initial=0.0), cosine
 
 
-def softmax_kl(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """KL(baseline softmax || candidate softmax) per sample, in nats."""
-
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        shifted = x - x.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-    log_p, log_q = log_softmax(baseline), log_softmax(candidate)
-    return np.maximum((np.exp(log_p) * (log_p - log_q)).sum(axis=1), 0.0)
-
-
-def _top5_agreement(candidate: np.ndarray, baseline: np.ndarray) -> float | None:
-    """Mean overlap of the two top-5 sets (1.0: same five classes, in any order)."""
-    if candidate.ndim != 2 or candidate.shape[1] <= 5:
-        return None
-    top_c, top_b = np.argsort(-candidate, axis=1)[:, :5], np.argsort(-baseline, axis=1)[:, :5]
-    overlap = [len(set(c) & set(b)) / 5 for c, b in zip(top_c.tolist(), top_b.tolist(), strict=True)]
-    return float(np.mean(overlap)) if overlap else 1.0
-
-
-def per_class(predictions: np.ndarray, baseline_predictions: np.ndarray, labels: np.ndarray) -> list[ClassDelta]:
-    rows = []
-    for label in np.unique(labels):
-        mask = labels == label
-        rows.append(
-            ClassDelta(
-                int(label), int(mask.sum()), float(np.mean(predictions[mask] == label)), float(np.mean(baseline_predictions[mask] == label))
-            )
-        )
-    return rows
-
-
 def compare(
     runtime: str,
     against: str,
     ids: tuple[str, ...],
-    labels: np.ndarray,
+    targets: np.ndarray,
     candidate: Observed,
     baseline: Observed,
     task: Task,
 ) -> Comparison:
-    """Candidate against baseline on the same samples; the task names the score output and computes the metric."""
-    pred, base_pred = candidate.predictions, baseline.predictions
-    same = pred == base_pred
-    right, base_right = pred == labels, base_pred == labels
-    cand_scores, base_scores = candidate.outputs[task.output_name], baseline.outputs[task.output_name]
-    kl = softmax_kl(cand_scores, base_scores) if cand_scores.ndim == 2 else np.zeros(len(ids))
+    """Candidate against baseline on the same samples: output statistics here, agreement from the task."""
     measured = {name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs}
     errors = np.sum([sample_errors for _, sample_errors, _ in measured.values()], axis=0)
     worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
+    agreement = task.agree(ids, targets, candidate, baseline)
     return Comparison(
         runtime=runtime,
         against=against,
         samples=len(ids),
         outputs={name: stats for name, (stats, _, _) in measured.items()},
-        top1_agreement=float(np.mean(same)) if len(same) else 1.0,
-        top5_agreement=_top5_agreement(cand_scores, base_scores),
-        kl_mean=float(kl.mean()) if len(kl) else 0.0,
-        kl_max=float(kl.max(initial=0.0)),
-        flips=[ids[i] for i in np.flatnonzero(~same)],
-        negative_flips=[ids[i] for i in np.flatnonzero(base_right & ~right)],
-        positive_flips=[ids[i] for i in np.flatnonzero(~base_right & right)],
-        per_class=per_class(pred, base_pred, labels),
+        top1_agreement=agreement.agreement,
+        flips=agreement.flips,
+        negative_flips=agreement.negative_flips,
+        positive_flips=agreement.positive_flips,
+        per_class=agreement.per_class,
         worst_samples=[(ids[i], float(errors[i])) for i in worst],
-        metric=task.metric(pred, labels),
-        metric_baseline=task.metric(base_pred, labels),
+        metric=agreement.metric,
+        metric_baseline=agreement.metric_baseline,
+        details=agreement.details,
         sample_max_abs=np.max([e for _, e, _ in measured.values()], axis=0),
         sample_min_cosine=np.min([c for _, _, c in measured.values()], axis=0),
     )
@@ -278,4 +214,7 @@ def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
         Check("negative_flip_rate", comparison.negative_flip_rate, tolerance.max_negative_flip_rate, "<="),
         Check("metric_delta", abs(comparison.metric_delta), tolerance.max_metric_delta, "<="),
     ]
+    matched_iou = comparison.details.get("mean_matched_iou")
+    if matched_iou is not None:  # detection
+        comparison.checks.append(Check("mean_matched_iou", matched_iou, tolerance.min_mean_matched_iou, ">="))
     return comparison

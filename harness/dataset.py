@@ -8,21 +8,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from harness.errors import HarnessError
+
+TargetParser = Callable[[dict[str, Any], int], np.ndarray]
+
+
+def class_label(entry: dict[str, Any], classes: int) -> np.ndarray:
+    """A classification entry's target: its integer `label`."""
+    label = entry.get("label")
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise ValueError("needs an integer 'label'")
+    if not 0 <= label < classes:
+        raise ValueError(f"has label {label} outside 0..{classes - 1}")
+    return np.array(label, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled file of a split; `id` is its manifest path, `index` its position in the split."""
+    """One annotated file of a split; `id` is its manifest path, `index` its position in the split, `target` what the
+    task parsed from its entry (a class label, a padded box list)."""
 
     id: str
     path: Path
-    label: int
+    target: np.ndarray
     sha256: str | None
     index: int = 0
+
+    @property
+    def label(self) -> int:
+        """The class label of a classification sample."""
+        return int(self.target)
 
 
 @dataclass(frozen=True)
@@ -42,8 +64,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_dataset(manifest: Path, split: str) -> Dataset:
-    """Read one split of a manifest; every problem names the manifest or the file."""
+def load_dataset(manifest: Path, split: str, target: TargetParser = class_label) -> Dataset:
+    """Read one split of a manifest; each entry's target is parsed by the task (`target`); every problem names
+    the manifest or the file."""
     if not manifest.is_file():
         raise HarnessError(f"dataset manifest not found: {manifest}", "fix [data] manifest in the suite")
     raw = manifest.read_bytes()
@@ -63,16 +86,18 @@ def load_dataset(manifest: Path, split: str) -> Dataset:
     samples = []
     for index, entry in enumerate(entries):
         try:
-            rel, label, sha256 = entry["file"], entry["label"], entry.get("sha256")
-            if not isinstance(rel, str) or isinstance(label, bool) or not isinstance(label, int) or not isinstance(sha256, str | None):
+            rel, sha256 = entry["file"], entry.get("sha256")
+            if not isinstance(rel, str) or not isinstance(sha256, str | None):
                 raise TypeError
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise HarnessError(
-                f"{manifest}: bad entry {entry!r}"[:300], "entries need a string 'file', an integer 'label', an optional string 'sha256'"
+                f"{manifest}: bad entry {entry!r}"[:300], "entries need a string 'file' and an optional string 'sha256'"
             ) from exc
-        if not 0 <= label < len(classes):
-            raise HarnessError(f"{manifest}: {rel} has label {label} outside 0..{len(classes) - 1}")
-        samples.append(Sample(id=rel, path=confined(root, rel, manifest), label=label, sha256=sha256, index=index))
+        try:
+            parsed = target(entry, len(classes))
+        except ValueError as exc:
+            raise HarnessError(f"{manifest}: {rel} {exc}", "fix the entry's annotation in the manifest") from exc
+        samples.append(Sample(id=rel, path=confined(root, rel, manifest), target=parsed, sha256=sha256, index=index))
     if not samples:
         raise HarnessError(f"{manifest}: split '{split}' is empty")
     return Dataset(

@@ -137,7 +137,7 @@ def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) 
         )
     return InputSet(
         ids=tuple(s.id for s in samples),
-        labels=np.array([s.label for s in samples], dtype=np.int64),
+        labels=np.stack([s.target for s in samples]) if samples else np.zeros(0, dtype=np.int64),
         tensors=np.stack(tensors),
         stack=stack,
         stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},

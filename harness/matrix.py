@@ -34,6 +34,7 @@ from harness.report import SCHEMA_VERSION, markdown_table, write_report_files
 from harness.resizers import RESIZERS
 from harness.stack import PADDED_MODES, StackSpec
 from harness.suite import Suite
+from harness.tasks import TASKS, make_task
 from runtimes import get_runtime
 
 
@@ -47,6 +48,7 @@ class Variant:
     model: str | None = None
     runtime: str | None = None  # precision axis: run on this runtime instead of the matrix runtimes
     stack: StackSpec | None = None  # suite axis: a whole named stack
+    postprocess: tuple[tuple[str, Any], ...] = ()  # post-processing axis: task flags changed (no new inference)
 
     def stack_for(self, reference: StackSpec) -> StackSpec:
         if self.stack is not None:
@@ -62,18 +64,37 @@ def _decoder_axis(suite: Suite) -> list[Variant]:
 
 def _order_axis(suite: Suite) -> list[Variant]:
     ref = suite.stack
-    flips = {"order": ("resize-crop", "crop-resize"), "resize_mode": ("shorter", "direct"), "rounding": ("uint8", "float")}
+    flips = {"order": ("resize-crop", "crop-resize"), "rounding": ("uint8", "float")}
+    if ref.resize_mode not in PADDED_MODES:
+        flips["resize_mode"] = ("shorter", "direct")
     variants = []
     for key, (first, second) in flips.items():
         if key == "order" and not ref.crop:
             continue
         other = second if getattr(ref, key) == first else first
         variants.append(Variant("order", f"{key}={other}", ((key, other),)))
-    if ref.resize_mode not in PADDED_MODES and ref.input_hw and ref.input_hw[0] == ref.input_hw[1]:
-        # A YOLO-style service: the whole image, ratio kept, padded to the model's input size.
-        side = ref.input_hw[0]
+    side = ref.input_hw[0] if ref.input_hw and ref.input_hw[0] == ref.input_hw[1] else None
+    if side is None:
+        return variants
+    # The same square input, filled the other ways deployments fill it: letterbox (YOLO-style services), keep-ratio
+    # (FPN detectors), stretch.
+    if ref.resize_mode != "letterbox":
         variants.append(Variant("order", "resize_mode=letterbox", (("resize_mode", "letterbox"), ("resize_size", side), ("crop", 0))))
+    if ref.resize_mode == "letterbox":
+        short = round(side * 0.8)
+        variants.append(
+            Variant("order", "resize_mode=keep-ratio", (("resize_mode", "keep-ratio"), ("resize_size", short), ("max_size", side)))
+        )
+    if ref.resize_mode in PADDED_MODES:
+        variants.append(Variant("order", "resize_mode=direct", (("resize_mode", "direct"), ("resize_size", side), ("crop", 0))))
     return variants
+
+
+def _postprocess_axis(suite: Suite) -> list[Variant]:
+    """The task's post-processing variants (box decoding, NMS, thresholds): outputs re-used, predictions recomputed."""
+    return [
+        Variant("postprocess", name, postprocess=tuple(flags.items())) for name, flags in TASKS[suite.task].postprocess_variants.items()
+    ]
 
 
 def _registry_axis(axis: str, key: str, registry: dict[str, Any]) -> Callable[[Suite], list[Variant]]:
@@ -88,9 +109,12 @@ AXES: dict[str, Callable[[Suite], list[Variant]]] = {
     "model": lambda suite: [Variant("model", name, model=name) for name in MODEL_VARIANTS],
     "precision": lambda suite: [Variant("precision", r, runtime=r) for r in suite.default_runtimes if r != suite.reference_runtime],
     "suite": lambda suite: [Variant("suite", name, stack=stack) for name, stack in suite.stacks.items()],
+    "postprocess": _postprocess_axis,
 }
-DEFAULT_AXES = ("decoder", "resize", "colour", "order", "model", "precision", "suite")
-COMBINED_AXES = ("decoder", "resize", "colour", "order", "model")  # the suite axis holds whole stacks, not one change
+DEFAULT_AXES = ("decoder", "resize", "colour", "order", "model", "postprocess", "precision", "suite")
+COMBINED_AXES = ("decoder", "resize", "colour", "order", "model", "postprocess")  # the suite axis holds whole stacks
+# Configuration bugs, not deployment choices: shown on their own rows, left out of the combined worst case.
+CATASTROPHIC = {("colour", "bgr")}
 
 
 @dataclass
@@ -311,6 +335,10 @@ class MatrixRunner:
 
     def row(self, variant: Variant, inputs: InputSet, runtime: str, baseline: Inference) -> MatrixRow:
         got = self.infer(inputs, runtime, variant.model)
+        if variant.postprocess:
+            suite = self.run.suite
+            task = make_task(suite.task, suite.model.output_names, suite.postprocess | dict(variant.postprocess))
+            got = replace(got, predictions=task.predictions(got.outputs, inputs.geometry))
         comp = compare(runtime, f"reference:{baseline.runtime}", inputs.ids, inputs.labels, got, baseline, self.run.task)
         return MatrixRow(variant.axis, variant.name, comp)
 
@@ -335,10 +363,13 @@ def collect_variants(suite: Suite, axes: list[str], skip: set[str]) -> tuple[lis
 def combine(worst: dict[str, Variant]) -> Variant:
     """The reference with the worst choice of each axis applied together."""
     overrides: dict[str, Any] = {}
+    postprocess: dict[str, Any] = {}
     for variant in worst.values():
         overrides |= dict(variant.overrides)
+        postprocess |= dict(variant.postprocess)
     model = worst["model"].model if "model" in worst else None
-    return Variant("combined", " + ".join(v.name for v in worst.values()) or "reference", tuple(overrides.items()), model=model)
+    name = " + ".join(v.name for v in worst.values()) or "reference"
+    return Variant("combined", name, tuple(overrides.items()), model=model, postprocess=tuple(postprocess.items()))
 
 
 def run_matrix(
@@ -398,9 +429,12 @@ def run_matrix(
 
     worst: dict[str, Variant] = {}
     for axis in COMBINED_AXES:
-        axis_rows = [r for r in rows if r.axis == axis]
+        axis_rows = [r for r in rows if r.axis == axis and (axis, r.variant) not in CATASTROPHIC]
         if axis in axes and axis_rows:
             worst[axis] = _variant_named(variants, max(axis_rows, key=lambda r: r.severity))
+    left_out = sorted({f"{r.axis}:{r.variant}" for r in rows if (r.axis, r.variant) in CATASTROPHIC})
+    if left_out:
+        notes.append(f"the combined rows leave out configuration bugs ({', '.join(left_out)}): see their own rows")
     if worst:
         rows += _combined_rows(combine(worst), runner, kept, baselines, runtimes, [r for r in rows if r.axis == "precision"], notes)
     order = [*AXES, "combined", "combined+precision"]

@@ -77,6 +77,57 @@ def build_demo_resnet(num_classes: int = 12) -> nn.Module:
     return DemoResNet(num_classes=num_classes)
 
 
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DemoDetector(nn.Module):
+    """Small anchor-free detector with a feature pyramid (strides 8, 16, 32).
+
+    The top-down path upsamples with the functional `F.interpolate(mode="nearest")`, as most real
+    detectors do.  Per location of every level it predicts class logits and four log-distances to the
+    box edges (left, top, right, bottom, in units of the level's stride); `harness.tasks.detection`
+    decodes them (exp, times the stride, around the location's centre) and runs NMS.  Outputs:
+    `scores` (N, locations, classes) logits and `boxes` (N, locations, 4) log-distances.
+    """
+
+    STRIDES = (8, 16, 32)
+
+    def __init__(self, num_classes: int = 6, width: int = 48) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 16, 2), conv_bn(16, 24, 2))  # stride 4
+        self.c3 = nn.Sequential(conv_bn(24, 48, 2), conv_bn(48, 48))  # stride 8
+        self.c4 = nn.Sequential(conv_bn(48, 72, 2), conv_bn(72, 72))  # stride 16
+        self.c5 = nn.Sequential(conv_bn(72, 96, 2), conv_bn(96, 96))  # stride 32
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in (48, 72, 96))
+        self.smooth = nn.ModuleList(nn.Conv2d(width, width, 3, 1, 1) for _ in range(3))
+        self.tower = nn.Sequential(
+            nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True)
+        )
+        self.cls = nn.Conv2d(width, num_classes, 3, 1, 1)
+        self.reg = nn.Conv2d(width, 4, 3, 1, 1)
+        nn.init.constant_(self.cls.bias, -4.0)  # prior of 2% foreground: focal-loss training starts stable
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c3 = self.c3(self.stem(x))
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        p5 = self.lateral[2](c5)
+        p4 = self.lateral[1](c4) + nn.functional.interpolate(p5, scale_factor=2.0, mode="nearest")
+        p3 = self.lateral[0](c3) + nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest")
+        scores, boxes = [], []
+        for level, feature in enumerate((p3, p4, p5)):
+            t = self.tower(self.smooth[level](feature))
+            scores.append(self.cls(t).flatten(2).transpose(1, 2))
+            boxes.append(self.reg(t).flatten(2).transpose(1, 2))
+        return torch.cat(scores, 1), torch.cat(boxes, 1)
+
+
+@register_model("demo-detector")
+def build_demo_detector(num_classes: int = 6) -> nn.Module:
+    return DemoDetector(num_classes=num_classes)
+
+
 def resolve_builder(name: str) -> ModelBuilder:
     if name in MODEL_BUILDERS:
         return MODEL_BUILDERS[name]

@@ -75,9 +75,9 @@ class SuiteRun:
         self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack
         self.shard_of = (1, 1)
         self.track = track
-        self.dataset: Dataset = load_dataset(suite.manifest, suite.split)
-        self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.task: Task = make_task(suite.task, suite.model.output_names, suite.postprocess)
+        self.dataset: Dataset = load_dataset(suite.manifest, suite.split, self.task.target)
+        self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.cache = cache
         self._inputs: InputSet | None = None
         self._variants: dict[str, ModelArtifacts] = {}
@@ -115,7 +115,7 @@ class SuiteRun:
         """The calibration split through the reference stack (INT8 quantization data)."""
         if not self.suite.calibration_split:
             raise HarnessError(f"{self.suite.path}: no [data] calibration_split", "int8 variants need calibration data")
-        samples = load_dataset(self.suite.manifest, self.suite.calibration_split).samples
+        samples = load_dataset(self.suite.manifest, self.suite.calibration_split, self.task.target).samples
         return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)), self.suite.intake)
 
     def infer(self, runtime: str, batch_size: int, inputs: InputSet | None = None, variant: str | None = None) -> Inference:
@@ -126,7 +126,7 @@ class SuiteRun:
         advance = self.track(f"infer {runtime}", len(np.unique(inputs.positions // batch_size)))
         outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
         used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
-        predictions = self.task.predictions(outputs)
+        predictions = self.task.predictions(outputs, inputs.geometry)
         return Inference(runtime, outputs, predictions, seconds, session, used)
 
     def context(self) -> dict[str, Any]:

@@ -179,9 +179,7 @@ class RunReport:
                 )
                 lines.append(f"- {result.runtime}: {d.repeats} repeats {verdict}")
             for comp in result.comparisons:
-                parts = [f"KL mean {comp.kl_mean:.2e} max {comp.kl_max:.2e}"]
-                if comp.top5_agreement is not None:
-                    parts.append(f"top-5 agreement {comp.top5_agreement:.4f}")
+                parts = [f"{key.replace('_', ' ')} {value:.4g}" for key, value in comp.details.items() if value is not None]
                 parts.append(f"negative flip rate {comp.negative_flip_rate:.4f}, positive {comp.positive_flip_rate:.4f}")
                 worst_class = comp.worst_class
                 if worst_class and worst_class.delta < 0:

@@ -155,6 +155,7 @@ class ToleranceTable(Table):
     max_flips: Annotated[int, Field(ge=0)] | None = None
     max_metric_delta: Number | None = None
     max_negative_flip_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_mean_matched_iou: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class GoldenTable(Table):

@@ -20,6 +20,7 @@ class Tolerance:
     max_flips: int = 0
     max_metric_delta: float = 0.0
     max_negative_flip_rate: float = 0.0  # share of samples right before and wrong now
+    min_mean_matched_iou: float = 0.0  # detection: mean IoU of the detections matched across the two sides
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from harness.compare import compare, judge, softmax_kl
+from harness.compare import compare, judge
 from harness.tasks import ClassificationTask
+from harness.tasks.classification import softmax_kl
 from harness.tolerance import DEFAULT_PROFILES
 
-TASK = ClassificationTask(output_name="logits")
+TASK = ClassificationTask(output_names=("logits",))
 
 
 @dataclass
@@ -55,8 +56,8 @@ def test_numeric_statistics_by_hand() -> None:
     stats = comp.outputs["logits"]
     assert stats.max_abs == pytest.approx(0.3, rel=1e-5) and stats.max_rel_l2 == pytest.approx(0.06, rel=1e-5)
     assert comp.worst_samples[0] == ("a", pytest.approx(0.3, rel=1e-5))
-    assert comp.top5_agreement == 1.0  # 6 classes, same top-5 set
-    assert comp.kl_max > 0 and comp.kl_mean == pytest.approx(comp.kl_max / 2)
+    assert comp.details["top5_agreement"] == 1.0  # 6 classes, same top-5 set
+    assert comp.details["kl_max"] > 0 and comp.details["kl_mean"] == pytest.approx(comp.details["kl_max"] / 2)
 
 
 def test_kl_matches_its_definition() -> None:

@@ -1,0 +1,17 @@
+"""Tasks as registered plugins (`harness.tasks.base`): classification and detection."""
+
+from harness.tasks import classification, detection  # noqa: F401  (registration)
+from harness.tasks.base import POSTPROCESS_KEYS, TASKS, Agreement, ClassDelta, Observed, Task, make_task, register_task
+from harness.tasks.classification import ClassificationTask
+
+__all__ = [
+    "POSTPROCESS_KEYS",
+    "TASKS",
+    "Agreement",
+    "ClassDelta",
+    "ClassificationTask",
+    "Observed",
+    "Task",
+    "make_task",
+    "register_task",
+]

@@ -1,0 +1,91 @@
+"""What every task plugin owns, and the registry.
+
+A task turns raw outputs (and each tensor's geometry) into predictions, scores them against the
+targets (the task metric), and says how far one side's predictions agree with another's: the
+generalised flip (classification: another top-1; detection: an image whose matched detections
+changed), with negative flips (right before, wrong now) and positive flips, and per-class deltas.
+Predictions and targets are numpy arrays with one row per sample (ragged box lists are padded with
+NaN rows), so goldens, shards and stage hashes treat every task alike.  Adding a task is one module
+that calls `register_task`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from harness.stack import Geometry
+
+
+class Observed(Protocol):
+    """Raw outputs and predictions of one side (an inference or a golden)."""
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def predictions(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ClassDelta:
+    """One class's score (accuracy, AP) on the candidate and on the baseline."""
+
+    label: int
+    samples: int
+    accuracy: float
+    baseline_accuracy: float
+
+    @property
+    def delta(self) -> float:
+        return self.accuracy - self.baseline_accuracy
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a candidate's predictions agree with a baseline's on the same samples."""
+
+    agreement: float  # share of samples whose prediction is unchanged
+    flips: list[str]
+    negative_flips: list[str]  # right before, wrong now
+    positive_flips: list[str]
+    per_class: list[ClassDelta]
+    metric: float
+    metric_baseline: float
+    details: dict[str, float | None] = field(default_factory=dict)  # task-specific: top-5, KL, matched IoU, ...
+
+
+class Task(Protocol):
+    name: ClassVar[str]
+    metric_name: str
+    postprocess_keys: ClassVar[dict[str, type]]  # the [postprocess] flags it takes, with their types
+    postprocess_variants: ClassVar[dict[str, dict[str, Any]]]  # deployment differences in post-processing, for the matrix
+
+    def target(self, entry: dict[str, Any], classes: int) -> np.ndarray:
+        """One manifest entry's target, a fixed-shape array (a split's targets stack); ValueError names what is wrong."""
+        ...
+
+    def predictions(self, outputs: dict[str, np.ndarray], geometry: Sequence[Geometry]) -> np.ndarray: ...
+
+    def metric(self, predictions: np.ndarray, targets: np.ndarray) -> float: ...
+
+    def agree(self, ids: Sequence[str], targets: np.ndarray, candidate: Observed, baseline: Observed) -> Agreement: ...
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+POSTPROCESS_KEYS: dict[str, dict[str, type]] = {}
+
+
+def register_task(factory: type) -> type:
+    TASKS[factory.name] = factory
+    POSTPROCESS_KEYS[factory.name] = factory.postprocess_keys
+    return factory
+
+
+def make_task(task: str, output_names: tuple[str, ...], postprocess: dict[str, Any] | None = None) -> Task:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task}")
+    return TASKS[task](output_names, **(postprocess or {}))
