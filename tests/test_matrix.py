@@ -10,7 +10,7 @@ import pytest
 
 from exporters.cache import ArtifactCache
 from harness.decoders import DECODERS, decoder_unavailable
-from harness.matrix import AXES, MatrixReport, run_matrix
+from harness.matrix import AXES, CATASTROPHIC, MatrixReport, run_matrix
 from harness.pipeline import SuiteRun
 from harness.suite import Suite
 from tests.conftest import CliResult
@@ -29,14 +29,15 @@ def test_every_axis_and_the_combined_row_are_present(report: MatrixReport) -> No
     assert axes == {"decoder", "colour", "order", "model", "suite", "combined"}
     combined = [row for row in report.rows if row.axis == "combined"]
     assert {row.comparison.runtime for row in combined} == {"torch-fp32", "ort-fp32"}
-    assert "maxpool-ceil" in combined[0].variant and "bgr" in combined[0].variant
+    assert "maxpool-ceil" in combined[0].variant and "bgr" not in combined[0].variant  # a configuration bug, not a choice
+    assert any(n.startswith("the combined rows leave out configuration bugs (colour:bgr)") for n in report.notes)
 
 
 def test_combined_is_at_least_as_bad_as_each_single_axis(report: MatrixReport) -> None:
     for runtime in ("torch-fp32", "ort-fp32"):
         rows = [r for r in report.rows if r.comparison.runtime == runtime]
         combined = next(r for r in rows if r.axis == "combined")
-        singles = [r for r in rows if r.axis in ("decoder", "colour", "order", "model")]
+        singles = [r for r in rows if r.axis in ("decoder", "colour", "order", "model") and (r.axis, r.variant) not in CATASTROPHIC]
         assert combined.comparison.metric_delta <= min(r.comparison.metric_delta for r in singles)
         assert len(combined.comparison.flips) >= max(len(r.comparison.flips) for r in singles)
 
