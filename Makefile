@@ -16,6 +16,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/harness run --suite demo --report-dir reports/demo
+	$(BIN)/harness run --suite detect --report-dir reports/detect
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -148,21 +148,25 @@ def rewrite_onnx(source: Path, out: Path, variant: ModelVariant) -> dict[str, ob
 
 def patch_torch(model: nn.Module, variant: ModelVariant) -> list[str]:
     """Apply the variant to `model` in place: its modules, and (for upsample variants) the functional
-    `F.interpolate` calls of its forward methods, rerouted while `model` runs.  Returns what changed."""
+    `F.interpolate` calls with that literal mode in its forward methods, rerouted while `model` runs.
+    Returns what changed."""
     changed = [name for name, module in model.named_modules() if variant.patch_module(module)]
     if variant.interpolate:
-        calls = [name or type(model).__name__ for name, module in model.named_modules() if _calls_interpolate(type(module))]
+        mode = variant.interpolate[0]
+        calls = [name or type(model).__name__ for name, module in model.named_modules() if _calls_interpolate(type(module), mode)]
         if calls:
             _reroute_interpolate(model, *variant.interpolate)
             changed += [f"{name}.forward: F.interpolate(mode='{variant.interpolate[0]}')" for name in calls]
     return changed
 
 
-def _calls_interpolate(kind: type) -> bool:
+def _calls_interpolate(kind: type, mode: str) -> bool:
+    """Does `kind.forward` call F.interpolate with this literal mode?"""
     try:
-        return "interpolate(" in inspect.getsource(kind.forward)
+        source = inspect.getsource(kind.forward)
     except (OSError, TypeError):  # built-in or source-less modules
         return False
+    return "interpolate(" in source and (f'mode="{mode}"' in source or f"mode='{mode}'" in source)
 
 
 def _reroute_interpolate(model: nn.Module, mode: str, values: dict[str, Any]) -> None:

@@ -10,11 +10,12 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from harness.compare import per_sample_max_abs
 from harness.measured import RunOutputs
 from harness.report import RunReport
+from harness.tasks.detection import FLIP_SCORE
 
 THUMBNAILS = 12
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}
@@ -75,15 +76,35 @@ def _class_deltas(report: RunReport) -> str:
     return _png(fig)
 
 
-def _thumbnail(path: Path) -> str:
+BOX_COLOURS = {"truth": (0, 200, 0), "baseline": (40, 90, 255), "runtime": (255, 40, 40)}
+
+
+def _thumbnail(path: Path, boxes: dict[str, np.ndarray] | None = None) -> str:
+    """A small JPEG of the sample; detection samples get their box sets drawn (truth green, baseline blue, runtime red)."""
     try:
         with Image.open(path) as image:
-            image.thumbnail((96, 96))
+            image = image.convert("RGB")
+            side = 160 if boxes else 96
+            scale = min(side / image.width, side / image.height, 1.0)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+            draw = ImageDraw.Draw(image)
+            for kind, rows in (boxes or {}).items():
+                for row in rows:
+                    draw.rectangle([float(v) * scale for v in row[:4]], outline=BOX_COLOURS[kind])
             buf = io.BytesIO()
-            image.convert("RGB").save(buf, format="JPEG", quality=80)
+            image.save(buf, format="JPEG", quality=85)
     except OSError:
         return "(unreadable)"
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _rows(padded: np.ndarray) -> np.ndarray:
+    return padded[~np.isnan(padded[:, 0])]
+
+
+def _confident(detections: np.ndarray) -> np.ndarray:
+    rows = _rows(detections)
+    return rows[rows[:, 4] >= FLIP_SCORE]
 
 
 def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
@@ -95,10 +116,18 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
             if not comp.flips:
                 continue
             figures = []
+            baseline = measured.inferences.get(comp.against.removeprefix("reference:"))
             for sample_id in comp.flips[:THUMBNAILS]:
                 i = index[sample_id]
-                caption = f"{html.escape(sample_id)}<br>label {measured.labels[i]}, now {predictions[i]}"
-                figures.append(f"<figure>{_thumbnail(image_root / sample_id)}<figcaption>{caption}</figcaption></figure>")
+                if predictions.ndim == 1:  # one label per sample
+                    caption, boxes = f"label {measured.labels[i]}, now {predictions[i]}", None
+                else:  # box lists: draw them
+                    boxes = {"truth": _rows(measured.labels[i]), "runtime": _confident(predictions[i])}
+                    if baseline is not None:
+                        boxes["baseline"] = _confident(baseline.predictions[i])
+                    caption = f"{len(boxes['truth'])} objects, {len(boxes['runtime'])} detections"
+                image = _thumbnail(image_root / sample_id, boxes)
+                figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")
             more = f" (first {THUMBNAILS} of {len(comp.flips)})" if len(comp.flips) > THUMBNAILS else ""
             parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(comp.against)}{more}</h3>" + "".join(figures))
     return "".join(parts) or "<p>no flipped samples</p>"

@@ -193,3 +193,16 @@ def test_detection_matrix_on_a_subset(detect_suite: Suite, cache: ArtifactCache)
     assert ("model", "upsample-linear") in variants  # the FPN's functional nearest interpolate, patched and rewritten
     combined = next(r for r in report.rows if r.axis == "combined")
     assert combined.comparison.metric_delta <= 0 and "upsample-linear" in combined.variant
+
+
+def test_html_report_draws_the_box_sets_of_flipped_images(harness_cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    harness_cli("run", "--suite", "detect", "--runtime", "ort-int8", "--limit", "40", "--no-golden", "--report-dir", tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    flips = [len(c["flips"]) for r in report["results"] for c in r["comparisons"]]  # how many depends on this CPU's int8 kernels
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == sum(min(n, 12) for n in flips)
+    assert page.count(" detections</figcaption>") == sum(min(n, 12) for n in flips)
+
+
+def test_upsample_variant_of_another_mode_is_not_applicable() -> None:
+    assert patch_torch(copy.deepcopy(Pyramid()), MODEL_VARIANTS["upsample-nearest"]) == []  # Pyramid only upsamples nearest
