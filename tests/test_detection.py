@@ -98,12 +98,27 @@ def _detect(**flags: object) -> np.ndarray:
         ({"nms_iou": 0.7}, [(8, 8, 40, 40, 0.9, 0), (16, 8, 48, 40, 0.8, 0), (4, 4, 38, 38, 0.7, 1)]),
         ({"class_agnostic": True}, [(8, 8, 40, 40, 0.9, 0)]),  # the class-1 box overlaps the best one too much
         ({"nms": "opencv"}, [(8, 8, 40, 40, 0.9, 0), (4, 4, 38, 38, 0.7, 1)]),
+        ({"nms": "onnx-ort"}, [(8, 8, 40, 40, 0.9, 0), (4, 4, 38, 38, 0.7, 1)]),
+        ({"nms": "onnx-openvino"}, [(8, 8, 40, 40, 0.9, 0), (4, 4, 38, 38, 0.7, 1)]),
+        ({"nms": "onnx-ort", "class_agnostic": True}, [(8, 8, 40, 40, 0.9, 0)]),
         ({"score_threshold": 0.75}, [(8, 8, 40, 40, 0.9, 0)]),
         ({"max_detections": 1}, [(8, 8, 40, 40, 0.9, 0)]),
         ({"pre_nms_top_k": 1}, [(8, 8, 40, 40, 0.9, 0)]),
         ({"plus_one": True}, [(8, 8, 42, 42, 0.9, 0), (4, 4, 40, 40, 0.7, 1)]),  # +1 tensor px = +2 source px
     ],
-    ids=["reference", "nms-iou-0.7", "class-agnostic", "opencv-nms", "score-threshold", "max-detections", "top-k", "plus-one"],
+    ids=[
+        "reference",
+        "nms-iou-0.7",
+        "class-agnostic",
+        "opencv-nms",
+        "onnx-nms-ort",
+        "onnx-nms-openvino",
+        "onnx-nms-ort-class-agnostic",
+        "score-threshold",
+        "max-detections",
+        "top-k",
+        "plus-one",
+    ],
 )
 def test_post_processing_variants_on_constructed_outputs(flags: dict[str, object], expected: list[tuple[float, ...]]) -> None:
     np.testing.assert_allclose(_detect(**flags), np.array(expected), atol=1e-4)

@@ -6,7 +6,9 @@ location's centre, keeps scores over `score_threshold`, the `pre_nms_top_k` best
 class (torchvision `batched_nms`) or across classes, keeps `max_detections`, and maps the boxes back
 to source pixels through each tensor's geometry.  Deployment differences are flags: `clamp` (bound
 the log-distances before `exp`), `plus_one` (the legacy `x2 - x1 + 1` width), `round_boxes`
-(integer pixels), `class_agnostic`, `nms` (`torchvision` or `opencv`: `cv2.dnn.NMSBoxes`).
+(integer pixels), `class_agnostic`, `nms` (`torchvision`; `opencv`: `cv2.dnn.NMSBoxes`; `onnx-ort` and
+`onnx-openvino`: ONNX `NonMaxSuppression` run by ONNX Runtime or OpenVINO, as a deployment with NMS
+in its graph runs it).
 
 Predictions are (N, max_detections, 6) arrays, x1 y1 x2 y2 score label, NaN-padded; targets are
 (N, MAX_OBJECTS, 5) arrays, x1 y1 x2 y2 label, NaN-padded.  Agreement is per image: detections with
@@ -17,8 +19,9 @@ a detection missing or extra is a flip, one that lost a true positive a negative
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,7 +35,7 @@ from harness.tasks.base import Agreement, ClassDelta, Observed, register_task
 MAX_OBJECTS = 128
 FLIP_SCORE = 0.3
 MATCH_IOU = 0.5
-NMS_CHOICES = ("torchvision", "opencv")
+NMS_CHOICES = ("torchvision", "opencv", "onnx-ort", "onnx-openvino")
 
 
 def _valid(rows: np.ndarray) -> np.ndarray:
@@ -86,6 +89,8 @@ class DetectionTask:
         "integer-boxes": {"round_boxes": True},
         "class-agnostic-nms": {"class_agnostic": True},
         "opencv-nms": {"nms": "opencv"},
+        "onnx-nms-ort": {"nms": "onnx-ort"},
+        "onnx-nms-openvino": {"nms": "onnx-openvino"},
         "nms-iou-0.3": {"nms_iou": 0.3},
         "nms-iou-0.7": {"nms_iou": 0.7},
         "pre-nms-top-50": {"pre_nms_top_k": 50},
@@ -159,6 +164,10 @@ class DetectionTask:
         candidates = boxes[location]
         if self.nms == "opencv":
             keep = self._nms_opencv(candidates, confidence, label)
+        elif self.nms.startswith("onnx-"):
+            keep = onnx_nms(
+                self.nms.removeprefix("onnx-"), candidates, confidence, np.zeros_like(label) if self.class_agnostic else label, self.nms_iou
+            )
         else:
             import torch
             from torchvision.ops import batched_nms, nms
@@ -231,6 +240,56 @@ class DetectionTask:
                 **{f"{k}_delta": float(mine[k] - theirs[k]) for k in ("AP50", "AP75", "APs", "APm", "APl")},
             },
         )
+
+
+@functools.cache
+def _onnx_nms_session(backend: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """ONNX `NonMaxSuppression` (opset 13) as a small graph, compiled once by ONNX Runtime or OpenVINO: NMS run the
+    way a deployment that puts it in the graph runs it."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_per_class", "iou", "threshold"], ["selected"], center_point_box=0)],
+        "nms",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, "k", 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, "c", "k"]),
+            helper.make_tensor_value_info("max_per_class", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("iou", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("threshold", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, ["s", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if backend == "ort":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return lambda feeds: session.run(None, feeds)[0]
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(io.BytesIO(model.SerializeToString())), "CPU")
+    return lambda feeds: np.asarray(compiled(feeds)[compiled.outputs[0]])
+
+
+def onnx_nms(backend: str, boxes: np.ndarray, confidence: np.ndarray, label: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Per-class NMS by ONNX `NonMaxSuppression` in `backend` ("ort" or "openvino"): kept candidate indices, best first."""
+    if not len(boxes):
+        return np.zeros(0, dtype=np.int64)
+    classes = int(label.max()) + 1
+    scores = np.zeros((1, classes, len(boxes)), dtype=np.float32)
+    scores[0, label, np.arange(len(boxes))] = confidence  # each candidate scores in its own class only
+    feeds = {
+        "boxes": boxes[None].astype(np.float32),
+        "scores": scores,
+        "max_per_class": np.array([len(boxes)], dtype=np.int64),
+        "iou": np.array([iou_threshold], dtype=np.float32),
+        "threshold": np.array([0.0], dtype=np.float32),
+    }
+    kept = np.unique(_onnx_nms_session(backend)(feeds)[:, 2])
+    return kept[np.argsort(-confidence[kept], kind="stable")]
 
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
