@@ -11,7 +11,7 @@ that calls `register_task`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -75,7 +75,7 @@ class Task(Protocol):
     def agree(self, ids: Sequence[str], targets: np.ndarray, candidate: Observed, baseline: Observed) -> Agreement: ...
 
 
-TASKS: dict[str, Callable[..., Task]] = {}
+TASKS: dict[str, type] = {}  # task name -> its class (a `Task`)
 POSTPROCESS_KEYS: dict[str, dict[str, type]] = {}
 
 
