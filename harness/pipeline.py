@@ -227,7 +227,8 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
             assert golden_store is not None
             golden = goldens[name]
             comparison = compare_to_golden(measured, inference, golden, task, golden_store.update_hint(name), suite)
-            comparison = judge(comparison, judged_profile(suite, inference, golden)[1])
+            assert comparison.attribution is not None
+            comparison = judge(comparison, suite.tolerance_for(comparison.attribution.profile))  # the profile attribution used
             result.comparisons.append(comparison)
             if comparison.attribution and (not comparison.passed or comparison.attribution.noise):
                 notes.append(f"{name} vs golden: {comparison.attribution.message()}")
