@@ -1,5 +1,5 @@
 """`python -m harness` = the `harness` command."""
 
-from harness.cli import main
+from harness.entry import main
 
 main()

@@ -26,6 +26,7 @@ from exporters.cache import ArtifactCache, default_cache_dir
 from exporters.rewrites import MODEL_VARIANTS
 from harness.colour import COLOUR_PATHS
 from harness.decoders import DECODERS, decoder_unavailable
+from harness.entry import INTERRUPTED
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
@@ -463,6 +464,6 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted (reports, goldens and cached artifacts are written whole or not at all)", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import DEFAULT_CACHE_ENV, ArtifactCache
+from harness.entry import INTERRUPTED
 from harness.golden import GoldenStore
 from harness.suite import BUNDLED_DIR
 
@@ -116,7 +117,7 @@ def test_two_runs_share_one_cache_and_one_golden_folder(make_suite: Callable[...
 @pytest.mark.parametrize("command", ["run", "matrix"])
 def test_sigint_is_one_line_and_exit_130(cache_dir: Path, tmp_path: Path, command: str) -> None:
     args = ["--suite", "demo", "--runtime", "ort-fp32", "--report-dir", tmp_path]
-    extra = ["--repeat", "50", "--no-golden"] if command == "run" else ["--axes", "resize"]
+    extra = ["--repeat", "50", "--no-golden"] if command == "run" else ["--axes", "decoder,resize,colour,order"]
     process = _harness(command, *args, *extra, cache=cache_dir)
     time.sleep(6)
     assert process.poll() is None, "finished before the interrupt: make the workload longer"
@@ -126,3 +127,13 @@ def test_sigint_is_one_line_and_exit_130(cache_dir: Path, tmp_path: Path, comman
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["error: interrupted (reports, goldens and cached artifacts are written whole or not at all)"]
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "matrix.json").exists()
+
+
+def test_sigint_while_the_libraries_import_is_one_line_too(cache_dir: Path) -> None:
+    process = _harness("list", cache=cache_dir)
+    time.sleep(0.5)  # inside `import torch` & co.
+    process.send_signal(signal.SIGINT)
+    code, _out, err = _finish(process)
+    if code == 0:
+        pytest.skip("the imports finished within 0.5 s on this machine")
+    assert code == 130 and [line for line in err.splitlines() if line.strip()] == [INTERRUPTED]
