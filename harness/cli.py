@@ -453,11 +453,25 @@ def golden_update(
     console.print(f"wrote {len(changes)} golden(s) under {store.root}")
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def main() -> None:
     """Exit 0 / 1 (a check failed) / 2 (usage or input error, one line) / 130 (interrupted, one line)."""
     try:
         code = cli.main(prog_name="harness", standalone_mode=False)
     except HarnessError as exc:
+        if _caused_by_interrupt(exc):  # a library wrapped the Ctrl-C (torch.onnx.export does): not an input error
+            click.echo(INTERRUPTED, err=True)
+            sys.exit(130)
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except click.ClickException as exc:

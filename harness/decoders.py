@@ -134,6 +134,8 @@ def decode_pyav(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
         with av.open(io.BytesIO(data)) as container:
             frame = next(container.decode(video=0))
             pixels = frame.to_ndarray(format="rgb24")
+    except av.error.ExitError as exc:  # FFmpeg's interrupt callback saw a pending Ctrl-C: not a bad file
+        raise KeyboardInterrupt from exc
     except (av.FFmpegError, StopIteration, ValueError) as exc:
         raise DecodeError(f"FFmpeg could not decode the bytes ({exc})") from exc
     return upright(pixels, data, exif)

@@ -37,10 +37,17 @@ def _small_dataset(tmp_path: Path, count: int = 40) -> Path:
     return root / "manifest.json"
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default.  A CI job started in the background inherits SIGINT ignored, and
+    Python then never turns it into KeyboardInterrupt; a user's terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _harness(*args: str | Path, cache: Path) -> subprocess.Popen[str]:
     env = os.environ | {DEFAULT_CACHE_ENV: str(cache), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "harness", *map(str, args)]
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
     )
 
 
@@ -123,7 +130,7 @@ def test_sigint_is_one_line_and_exit_130(cache_dir: Path, tmp_path: Path, comman
     assert process.poll() is None, "finished before the interrupt: make the workload longer"
     process.send_signal(signal.SIGINT)
     code, _out, err = _finish(process)
-    assert code == 130
+    assert code == 130, f"exit {code}: {err}"
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["error: interrupted (reports, goldens and cached artifacts are written whole or not at all)"]
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "matrix.json").exists()
