@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from harness.compare import per_sample_max_abs
 from harness.measured import RunOutputs
 from harness.report import RunReport
-from harness.tasks.detection import FLIP_SCORE
+from harness.tasks.detection import confident, valid_rows
 
 THUMBNAILS = 12
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}
@@ -98,15 +98,6 @@ def _thumbnail(path: Path, boxes: dict[str, np.ndarray] | None = None) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _rows(padded: np.ndarray) -> np.ndarray:
-    return padded[~np.isnan(padded[:, 0])]
-
-
-def _confident(detections: np.ndarray) -> np.ndarray:
-    rows = _rows(detections)
-    return rows[rows[:, 4] >= FLIP_SCORE]
-
-
 def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
     index = {sample_id: i for i, sample_id in enumerate(measured.ids)}
     parts = []
@@ -122,9 +113,9 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
                 if predictions.ndim == 1:  # one label per sample
                     caption, boxes = f"label {measured.labels[i]}, now {predictions[i]}", None
                 else:  # box lists: draw them
-                    boxes = {"truth": _rows(measured.labels[i]), "runtime": _confident(predictions[i])}
+                    boxes = {"truth": valid_rows(measured.labels[i]), "runtime": confident(predictions[i])}
                     if baseline is not None:
-                        boxes["baseline"] = _confident(baseline.predictions[i])
+                        boxes["baseline"] = confident(baseline.predictions[i])
                     caption = f"{len(boxes['truth'])} objects, {len(boxes['runtime'])} detections"
                 image = _thumbnail(image_root / sample_id, boxes)
                 figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from harness.decoders import DecodeError, upright
+from harness.errors import first_line
 
 Image.MAX_IMAGE_PIXELS = None  # sizes are checked here, by the policy, for every decoder alike
 
@@ -61,7 +62,7 @@ def read_header(data: bytes) -> Header:
     try:
         image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        raise DecodeError(first_line(exc)) from exc
     rawmode = image.tile[0][3] if image.tile and isinstance(image.tile[0][3], str) else ""
     return Header(
         format=image.format or "unknown",
@@ -114,5 +115,5 @@ def convert(data: bytes, kind: str, exif: bool) -> np.ndarray:
             image = ImageOps.exif_transpose(image)
         rgb = image.convert("RGBA").convert("RGB") if kind == "alpha" else image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        raise DecodeError(first_line(exc)) from exc
     return np.asarray(rgb)

@@ -96,16 +96,18 @@ class Geometry:
         """Followed by a crop (negative shift) or padding (positive shift) of `tensor_hw` result."""
         return replace(self, tensor_hw=tensor_hw, offset=(self.offset[0] + top, self.offset[1] + left))
 
+    def _xyxy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Scale and offset laid out like a box row: x1, y1, x2, y2."""
+        return np.array([self.scale[1], self.scale[0]] * 2), np.array([self.offset[1], self.offset[0]] * 2)
+
     def to_tensor(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) boxes x1, y1, x2, y2 in source pixels -> tensor pixels."""
-        scale = np.array([self.scale[1], self.scale[0]] * 2)
-        offset = np.array([self.offset[1], self.offset[0]] * 2)
+        scale, offset = self._xyxy()
         return np.asarray(boxes, dtype=np.float64) * scale + offset
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) boxes in tensor pixels -> source pixels, clipped to the source image."""
-        scale = np.array([self.scale[1], self.scale[0]] * 2)
-        offset = np.array([self.offset[1], self.offset[0]] * 2)
+        scale, offset = self._xyxy()
         source = (np.asarray(boxes, dtype=np.float64) - offset) / scale
         height, width = self.source_hw
         return np.clip(source, 0, [width, height, width, height])

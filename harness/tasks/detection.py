@@ -38,8 +38,15 @@ MATCH_IOU = 0.5
 NMS_CHOICES = ("torchvision", "opencv", "onnx-ort", "onnx-openvino")
 
 
-def _valid(rows: np.ndarray) -> np.ndarray:
+def valid_rows(rows: np.ndarray) -> np.ndarray:
+    """The real rows of one sample's NaN-padded box list."""
     return rows[~np.isnan(rows[:, 0])]
+
+
+def confident(detections: np.ndarray) -> np.ndarray:
+    """One image's detections (padded or not) with a score of at least FLIP_SCORE: the ones agreement counts."""
+    rows = valid_rows(detections)
+    return rows[rows[:, 4] >= FLIP_SCORE]
 
 
 def _match(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int, float]]:
@@ -62,8 +69,8 @@ def _match(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int, float]]:
 
 def _found(detections: np.ndarray, truth: np.ndarray) -> set[int]:
     """Indices of the ground-truth boxes a confident detection finds."""
-    confident = detections[detections[:, 4] >= FLIP_SCORE]
-    return {j for _, j, _ in _match(np.c_[confident[:, :4], confident[:, 5]], truth)}
+    found = confident(detections)
+    return {j for _, j, _ in _match(np.c_[found[:, :4], found[:, 5]], truth)}
 
 
 @register_task
@@ -206,8 +213,8 @@ class DetectionTask:
         flips, negative, positive, ious, score_deltas = [], [], [], [], []
         missing = extra = 0
         for i, sample_id in enumerate(ids):
-            cand, base, truth = _valid(candidate.predictions[i]), _valid(baseline.predictions[i]), _valid(targets[i])
-            cand_confident, base_confident = cand[cand[:, 4] >= FLIP_SCORE], base[base[:, 4] >= FLIP_SCORE]
+            cand, base, truth = candidate.predictions[i], baseline.predictions[i], valid_rows(targets[i])
+            cand_confident, base_confident = confident(cand), confident(base)
             matches = _match(np.c_[cand_confident[:, :4], cand_confident[:, 5]], np.c_[base_confident[:, :4], base_confident[:, 5]])
             ious += [m[2] for m in matches]
             score_deltas += [abs(cand_confident[a, 4] - base_confident[b, 4]) for a, b, _ in matches]
@@ -301,7 +308,7 @@ def coco_ground_truth(targets: np.ndarray) -> dict[str, Any]:
     labels = set()
     for i, rows in enumerate(targets):
         images.append({"id": i + 1})
-        for x1, y1, x2, y2, label in _valid(rows):
+        for x1, y1, x2, y2, label in valid_rows(rows):
             labels.add(int(label))
             w, h = float(x2 - x1), float(y2 - y1)
             annotations.append(
@@ -320,7 +327,7 @@ def coco_detections(predictions: np.ndarray) -> list[dict[str, Any]]:
             "score": float(s),
         }
         for i, rows in enumerate(predictions)
-        for x1, y1, x2, y2, s, label in _valid(rows)
+        for x1, y1, x2, y2, s, label in valid_rows(rows)
     ]
 
 
