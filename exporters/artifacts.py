@@ -8,6 +8,13 @@ the files: `model.fp32.onnx`, `model.fp16.onnx`, `model.int8-qdq.onnx`, and
 every backend consumes the same file for a precision.  A model variant
 (`exporters.rewrites`) rewrites the FP32 ONNX once and patches the PyTorch
 model alike; its precision variants derive from the rewritten file.
+
+An artifact is a recipe, a chain of steps each cached under the hash of its
+input file and its own settings (so under the hash of the whole chain):
+`export-onnx -> [rewrite] -> fp16 | int8 -> [keep-fp32 layers] -> [mark tensors]
+-> [openvino-ir | tensorrt-engine]`. `derive(keep_fp32=..., mark=...)` gives
+the same model with other steps: "the int8 model with these 6 intermediate
+tensors exposed" is an ordinary cached artifact on every backend.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 
 from exporters.cache import ArtifactCache
 from exporters.fp16 import convert_fp16
+from exporters.graph import keep_float, layer_nodes, mark_outputs
 from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
 from exporters.onnx_export import OutputParity, check_parity, export_onnx
 from exporters.openvino_ir import convert_ir
@@ -72,12 +80,41 @@ class ModelArtifacts:
         self._calibration_inputs = calibration_inputs
         self.variant = variant
         self.export = suite.export if suite else ExportSpec()
+        # recipe steps after the precision conversion (`derive` changes them)
+        self.keep_fp32: dict[str, tuple[str, ...]] = {"fp16": self.export.fp16_keep_fp32, "int8": self.export.int8_keep_fp32}
+        self.mark: tuple[str, ...] = ()
         self.log: list[str] = []
         self.parity: list[OutputParity] = []
         self.provenance: dict[str, dict[str, Any]] = {}
         self.accessed: list[str] = []  # labels requested since the caller last cleared it
         self._built: dict[tuple[str, str], Path] = {}
         self._file_sha256: dict[Path, str] = {}
+
+    def derive(self, keep_fp32: dict[str, tuple[str, ...]] | None = None, mark: tuple[str, ...] | None = None) -> ModelArtifacts:
+        """The same model with other recipe steps: layers kept in FP32 (per precision), tensors exposed as outputs.
+        The PyTorch model and the FP32 export are shared; every derived file is cached under its own chain."""
+        derived = copy.copy(self)  # cached properties (torch model, fp32 export) live in __dict__ and are shared
+        derived.keep_fp32 = dict(self.keep_fp32) | (keep_fp32 or {})
+        derived.mark = self.mark if mark is None else tuple(mark)
+        derived.log, derived.provenance, derived.accessed = [], {}, []
+        return derived
+
+    def recipe(self, precision: str, target: str = "onnx") -> list[str]:
+        """The chain of steps that makes this precision's artifact for `target`, in words."""
+        steps = ["onnx-fp32" if self.suite is None else f"export-onnx({self.suite.model.builder}, opset {self.export.opset})"]
+        if self.variant:
+            steps.append(f"rewrite({self.variant.name})")
+        if precision == "fp16":
+            steps.append("fp16")
+        elif precision == "int8":
+            steps.append(f"int8({self.export.int8_calibration}{', per-channel' if self.export.int8_per_channel else ''})")
+        if self.keep_fp32.get(precision):
+            steps.append(f"keep-fp32({', '.join(self.keep_fp32[precision])})")
+        if self.mark:
+            steps.append(f"mark({len(self.mark)} tensors)")
+        if target != "onnx":
+            steps.append(target)
+        return steps
 
     # -- identity -----------------------------------------------------------------
 
@@ -155,6 +192,26 @@ class ModelArtifacts:
         return path
 
     def onnx_path(self, precision: str) -> Path:
+        """This precision's ONNX file after every recipe step (kept layers, exposed tensors)."""
+        path = self._precision_onnx(precision)
+        if not self.mark:
+            return path
+        fields = {"artifact": f"onnx-{precision}-marked", "source_sha256": self._sha256(path), "mark": list(self.mark)}
+        return self._cached(f"onnx:{precision}+mark", fields, path.name, lambda out: mark_outputs(path, out, self.mark))
+
+    def marked_outputs(self, precision: str) -> dict[str, str]:
+        """Exposed tensor -> the graph output that carries it (after its DequantizeLinear in a Q/DQ model)."""
+        self.onnx_path(precision)
+        return dict(self.provenance[f"onnx:{precision}+mark"]["marked"]) if self.mark else {}
+
+    def graph_outputs(self, precision: str) -> tuple[str, ...]:
+        """Output names of this precision's ONNX file: the model's, then any exposed tensors."""
+        return tuple(o.name for o in onnx.load(str(self.onnx_path(precision)), load_external_data=False).graph.output)
+
+    def _kept_nodes(self, precision: str) -> list[str]:
+        return layer_nodes(onnx.load(str(self.onnx_path("fp32")), load_external_data=False), self.keep_fp32[precision])
+
+    def _precision_onnx(self, precision: str) -> Path:
         if precision == "fp32":
             if self._onnx_file and not self.variant:
                 return self._onnx_file
@@ -162,16 +219,19 @@ class ModelArtifacts:
             return self._variant_onnx if self.variant else self.export_fp32()
         if precision not in PRECISIONS:
             raise HarnessError(f"no ONNX variant for precision '{precision}'", f"precisions: {', '.join(PRECISIONS)}")
-        source = self.onnx_path("fp32")
+        source = self._precision_onnx("fp32")
         fields: dict[str, Any] = {
             "artifact": f"onnx-{precision}",
             "source_sha256": self._sha256(source),
             "onnxruntime": onnxruntime.__version__,
         }
         if precision == "fp16":
+            nodes = self._kept_nodes("fp16") if self.keep_fp32["fp16"] else []
             fields["op_block_list"] = list(self.export.fp16_op_block_list)
+            if nodes:
+                fields["keep_fp32"] = list(self.keep_fp32["fp16"])
             return self._cached(
-                "onnx:fp16", fields, ONNX_FILENAMES["fp16"], lambda out: convert_fp16(source, out, self.export.fp16_op_block_list)
+                "onnx:fp16", fields, ONNX_FILENAMES["fp16"], lambda out: convert_fp16(source, out, self.export.fp16_op_block_list, nodes)
             )
         calibration = self.calibration_inputs()
         fields |= {
@@ -180,11 +240,21 @@ class ModelArtifacts:
             "calibration": calibration_hash(calibration),
         }
         reader = CalibrationReader(calibration, self.input_names[0])
-        return self._cached(
+        quantized = self._cached(
             "onnx:int8",
             fields,
             ONNX_FILENAMES["int8"],
             lambda out: quantize_int8(source, out, reader, self.export.int8_calibration, self.export.int8_per_channel),
+        )
+        if not self.keep_fp32["int8"]:
+            return quantized
+        nodes = self._kept_nodes("int8")
+        fields = {"artifact": "onnx-int8-keep", "source_sha256": self._sha256(quantized), "keep_fp32": list(self.keep_fp32["int8"])}
+        return self._cached(
+            "onnx:int8+keep",
+            fields,
+            ONNX_FILENAMES["int8"],
+            lambda out: keep_float(quantized, source, out, nodes) | {"keep_fp32": list(self.keep_fp32["int8"])},
         )
 
     @cached_property

@@ -11,12 +11,14 @@ import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 
-def convert_fp16(source: Path, out: Path, op_block_list: tuple[str, ...]) -> dict[str, Any]:
-    """Write the FP16 model; returns provenance (block list, nodes kept in FP32, casts added)."""
+def convert_fp16(source: Path, out: Path, op_block_list: tuple[str, ...], node_block_list: list[str] | None = None) -> dict[str, Any]:
+    """Write the FP16 model (the nodes of `node_block_list` stay FP32: kept layers); returns provenance
+    (block list, nodes kept in FP32, casts added)."""
     model = onnx.load(str(source))
     blocked = sorted(set(op_block_list) | set(DEFAULT_OP_BLOCK_LIST))
-    kept = [node.name or node.op_type for node in model.graph.node if node.op_type in blocked]
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+    nodes = set(node_block_list or ())
+    kept = [node.name or node.op_type for node in model.graph.node if node.op_type in blocked or node.name in nodes]
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked, node_block_list=sorted(nodes))
     _sort_topologically(converted.graph)  # the converter appends its input casts after their consumers
     onnx.checker.check_model(converted)
     onnx.save_model(converted, str(out))

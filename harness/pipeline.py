@@ -52,17 +52,20 @@ def run_session(
     input_name = artifacts.input_names[0]
     outputs: dict[str, np.ndarray] = {}
     seconds = 0.0
-    for rows, slots in batch_layout(inputs.positions, batch_size):
-        feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
-        start = time.perf_counter()
-        out = session.run(feed)
-        seconds += time.perf_counter() - start
-        for name, value in out.items():
-            if name not in outputs:
-                outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
-            outputs[name][rows] = value[slots]
-        advance()
-    return outputs, seconds, session.describe()
+    try:
+        for rows, slots in batch_layout(inputs.positions, batch_size):
+            feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
+            start = time.perf_counter()
+            out = session.run(feed)
+            seconds += time.perf_counter() - start
+            for name, value in out.items():
+                if name not in outputs:
+                    outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
+                outputs[name][rows] = value[slots]
+            advance()
+        return outputs, seconds, session.describe()
+    finally:
+        session.close()
 
 
 class SuiteRun:

@@ -131,6 +131,8 @@ class ExportTable(Table):
     atol: Annotated[float, Field(gt=0)] = 1e-4
     parity_samples: Annotated[int, Field(ge=1)] = 32
     fp16_op_block_list: list[str] = []
+    fp16_keep_fp32: Annotated[list[str], Field(description="layers (PyTorch module names) kept in FP32 in the FP16 model")] = []
+    int8_keep_fp32: Annotated[list[str], Field(description="layers kept in float in the Q/DQ INT8 model")] = []
     int8_calibration: Calibration = "minmax"
     int8_per_channel: bool = True
     trt_workspace_mb: Annotated[int, Field(ge=1)] = 1024

@@ -42,6 +42,8 @@ class ExportSpec:
     atol: float = 1e-4
     parity_samples: int = 32
     fp16_op_block_list: tuple[str, ...] = ()
+    fp16_keep_fp32: tuple[str, ...] = ()  # layers (PyTorch module names) kept in FP32 in the FP16 model
+    int8_keep_fp32: tuple[str, ...] = ()  # layers kept in float in the Q/DQ model (`harness export --keep-fp32 auto` finds them)
     int8_calibration: str = "minmax"
     int8_per_channel: bool = True
     trt_workspace_mb: int = 1024

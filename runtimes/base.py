@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -20,6 +20,14 @@ from harness.errors import HarnessError, RuntimeUnavailable
 
 if TYPE_CHECKING:
     from exporters.artifacts import ModelArtifacts
+
+
+class TensorInfo(NamedTuple):
+    """One input or output of a loaded model: its name, shape (None where dynamic or unknown) and dtype."""
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    dtype: str
 
 
 class Session(Protocol):
@@ -30,6 +38,19 @@ class Session(Protocol):
     def describe(self) -> dict[str, str]:
         """What actually executes: device, effective precision, provider."""
         ...
+
+    def inputs(self) -> list[TensorInfo]: ...
+
+    def outputs(self) -> list[TensorInfo]: ...
+
+    def close(self) -> None:
+        """Release the model and its memory (device buffers, compiled graphs); the session is unusable after."""
+        ...
+
+
+def dims(shape: object) -> tuple[int | None, ...]:
+    """A backend's shape (ints, symbolic names, -1 or '?') as ints with None for dynamic axes."""
+    return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.environment import compute_threads
 from harness.errors import HarnessError
-from runtimes.base import RuntimeSpec, register
+from runtimes.base import RuntimeSpec, TensorInfo, register
 from runtimes.precision import executed, format_counts, normalize
 
 if TYPE_CHECKING:
@@ -50,6 +50,21 @@ class OpenVinoSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._request.infer(feeds)
         return {name: np.array(result[port], dtype=np.float32) for name, port in self._outputs}
+
+    def inputs(self) -> list[TensorInfo]:
+        return [self._info(port) for port in self._compiled.inputs]
+
+    def outputs(self) -> list[TensorInfo]:
+        return [self._info(port) for _, port in self._outputs]
+
+    @staticmethod
+    def _info(port: object) -> TensorInfo:
+        shape = port.get_partial_shape()  # type: ignore[attr-defined]
+        axes = tuple(d.get_length() if d.is_static else None for d in shape) if shape.rank.is_static else None
+        return TensorInfo(port.get_any_name(), axes, port.get_element_type().get_type_name())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        del self._request, self._compiled, self._outputs
 
     def compute_op_precisions(self) -> dict[str, int]:
         """Compute-heavy ops of the compiled graph counted by their runtime precision (fp32, fp16, bf16, int8)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from harness.environment import compute_threads
 from harness.errors import HarnessError
-from runtimes.base import RuntimeSpec, register
+from runtimes.base import RuntimeSpec, TensorInfo, dims, register
 from runtimes.precision import executed, format_counts, onnx_compute_precisions
 
 if TYPE_CHECKING:
@@ -59,6 +59,15 @@ class OrtSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._session.run(self._output_names, feeds)
         return {name: np.asarray(o, dtype=np.float32) for name, o in zip(self._output_names, outs, strict=True)}
+
+    def inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(i.name, dims(i.shape), i.type) for i in self._session.get_inputs()]
+
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(o.name, dims(o.shape), o.type) for o in self._session.get_outputs()]
+
+    def close(self) -> None:
+        del self._session
 
     def describe(self) -> dict[str, str]:
         return {

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from harness.errors import HarnessError, RuntimeUnavailable
-from runtimes.base import RuntimeSpec, register
+from runtimes.base import RuntimeSpec, TensorInfo, register
 from runtimes.precision import executed, format_counts, onnx_compute_precisions
 
 if TYPE_CHECKING:
@@ -117,10 +117,11 @@ class TensorRTSession:
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if sorted(self._inputs) != sorted(artifacts.input_names) or sorted(self._outputs) != sorted(artifacts.output_names):
+        expected_outputs = artifacts.graph_outputs(spec.precision)  # the model's, and tensors a recipe exposed
+        if sorted(self._inputs) != sorted(artifacts.input_names) or sorted(self._outputs) != sorted(expected_outputs):
             raise HarnessError(
                 f"engine {path} has inputs {self._inputs} and outputs {self._outputs}, the suite expects "
-                f"{list(artifacts.input_names)} and {list(artifacts.output_names)}",
+                f"{list(artifacts.input_names)} and {list(expected_outputs)}",
                 "run `harness cache clear` and rebuild",
             )
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
@@ -153,6 +154,15 @@ class TensorRTSession:
             raise HarnessError("TensorRT execute_async_v3 failed", "see the TensorRT log above")
         self._memory.synchronize()
         return {name: self._memory.download(buffer).astype(np.float32) for name, buffer in outputs.items()}
+
+    def inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(name, None, str(self._dtypes[name])) for name in self._inputs]
+
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(name, None, str(self._dtypes[name])) for name in self._outputs]
+
+    def close(self) -> None:
+        del self._context, self._engine
 
     def describe(self) -> dict[str, str]:
         return {

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.environment import compute_threads
-from runtimes.base import RuntimeSpec, register
+from runtimes.base import RuntimeSpec, TensorInfo, register
 
 if TYPE_CHECKING:
     from exporters.artifacts import ModelArtifacts
@@ -36,6 +36,7 @@ class TorchSession:
         else:
             torch.set_num_threads(compute_threads())
         self._model = model
+        self._input_names = artifacts.input_names
         self._output_names = artifacts.output_names
         self._precision = spec.precision
 
@@ -46,6 +47,16 @@ class TorchSession:
             out = self._model(*inputs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return {name: o.float().cpu().numpy() for name, o in zip(self._output_names, outs, strict=True)}
+
+    def inputs(self) -> list[TensorInfo]:
+        """Eager PyTorch takes any shape; inputs arrive as float32 and are cast to the session's dtype."""
+        return [TensorInfo(name, None, "float32") for name in self._input_names]
+
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(name, None, "float32") for name in self._output_names]
+
+    def close(self) -> None:
+        del self._model
 
     def describe(self) -> dict[str, str]:
         """Eager PyTorch runs every op in the dtype the model and input were cast to."""

@@ -86,13 +86,13 @@ def test_runner_checks_engine_io_against_the_suite(fake_trt: tuple, demo_run: Su
     build_engine(demo_run.artifacts.onnx_path("fp32"), engine, EngineOptions("images", (1, 8, 16), 64), tmp_path / "t.cache")
     stub = types.SimpleNamespace(
         input_names=("images",),
-        output_names=("scores",),
+        graph_outputs=lambda precision: ("scores",),
         tensorrt_engine=lambda precision: engine,
         onnx_path=demo_run.artifacts.onnx_path,
     )
     with pytest.raises(HarnessError, match=r"engine .* has inputs \['images'\] and outputs \['logits'\]"):
         TensorRTSession(stub, RUNTIMES["trt-fp32"])  # type: ignore[arg-type]
-    stub.output_names = ("logits",)
+    stub.graph_outputs = lambda precision: ("logits",)
     session = TensorRTSession(stub, RUNTIMES["trt-fp32"])  # type: ignore[arg-type]
     assert session.describe()["executed"] == "fp32" and session.describe()["compute_ops"] == "fp32:13"  # strongly typed: the ONNX's types
     with pytest.raises(HarnessError, match="outside the engine's optimization profile"):
