@@ -34,7 +34,7 @@ import torch
 
 from exporters.cache import ArtifactCache
 from exporters.fp16 import convert_fp16
-from exporters.graph import keep_float, layer_nodes, mark_outputs
+from exporters.graph import SURGERY_VERSION, keep_float, layer_nodes, mark_outputs
 from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
 from exporters.onnx_export import OutputParity, check_parity, export_onnx
 from exporters.openvino_ir import convert_ir
@@ -81,13 +81,13 @@ class ModelArtifacts:
         self.variant = variant
         self.export = suite.export if suite else ExportSpec()
         # recipe steps after the precision conversion (`derive` changes them)
-        self.keep_fp32: dict[str, tuple[str, ...]] = {"fp16": self.export.fp16_keep_fp32, "int8": self.export.int8_keep_fp32}
+        self.keep_fp32: dict[str, tuple[str, ...]] = {p: self.export.keep_for(p) for p in ("fp16", "int8")}
         self.mark: tuple[str, ...] = ()
         self.log: list[str] = []
         self.parity: list[OutputParity] = []
         self.provenance: dict[str, dict[str, Any]] = {}
         self.accessed: list[str] = []  # labels requested since the caller last cleared it
-        self._built: dict[tuple[str, str], Path] = {}
+        self._built: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}  # shared with derived artifacts
         self._file_sha256: dict[Path, str] = {}
 
     def derive(self, keep_fp32: dict[str, tuple[str, ...]] | None = None, mark: tuple[str, ...] | None = None) -> ModelArtifacts:
@@ -96,7 +96,7 @@ class ModelArtifacts:
         derived = copy.copy(self)  # cached properties (torch model, fp32 export) live in __dict__ and are shared
         derived.keep_fp32 = dict(self.keep_fp32) | (keep_fp32 or {})
         derived.mark = self.mark if mark is None else tuple(mark)
-        derived.log, derived.provenance, derived.accessed = [], {}, []
+        derived.log, derived.provenance, derived.accessed = [], dict(self.provenance), []
         return derived
 
     def recipe(self, precision: str, target: str = "onnx") -> list[str]:
@@ -177,7 +177,8 @@ class ModelArtifacts:
         key = (label, json.dumps(fields, sort_keys=True, default=str))
         self.accessed.append(label)
         if key in self._built:
-            return self._built[key]
+            path, self.provenance[label] = self._built[key]
+            return path
         built = []
 
         def build_with_info(out: Path) -> None:
@@ -188,7 +189,7 @@ class ModelArtifacts:
         path = self.cache.get_or_build(label.split(":")[0], fields, filename, build_with_info)
         self.log.append(f"{'built' if built else 'cached'} {label}: {path}")
         self.provenance[label] = json.loads((path.parent / INFO_FILE).read_text())
-        self._built[key] = path
+        self._built[key] = (path, self.provenance[label])
         return path
 
     def onnx_path(self, precision: str) -> Path:
@@ -197,6 +198,7 @@ class ModelArtifacts:
         if not self.mark:
             return path
         fields = {"artifact": f"onnx-{precision}-marked", "source_sha256": self._sha256(path), "mark": list(self.mark)}
+        fields["surgery"] = SURGERY_VERSION
         return self._cached(f"onnx:{precision}+mark", fields, path.name, lambda out: mark_outputs(path, out, self.mark))
 
     def marked_outputs(self, precision: str) -> dict[str, str]:
@@ -249,7 +251,8 @@ class ModelArtifacts:
         if not self.keep_fp32["int8"]:
             return quantized
         nodes = self._kept_nodes("int8")
-        fields = {"artifact": "onnx-int8-keep", "source_sha256": self._sha256(quantized), "keep_fp32": list(self.keep_fp32["int8"])}
+        keep = list(self.keep_fp32["int8"])
+        fields = {"artifact": "onnx-int8-keep", "source_sha256": self._sha256(quantized), "keep_fp32": keep, "surgery": SURGERY_VERSION}
         return self._cached(
             "onnx:int8+keep",
             fields,

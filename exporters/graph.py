@@ -21,6 +21,7 @@ DATA_MOVEMENT_OPS = frozenset(
     {"Constant", "ConstantOfShape", "Shape", "Size", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "CastLike",
      "Transpose", "Gather", "Slice", "Concat", "Split", "Expand", "Range", "QuantizeLinear", "DequantizeLinear"}
 )  # fmt: skip
+SURGERY_VERSION = 2  # part of the cache key of every file made here: bump when a rule below changes
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 CLASS_KEY = "pkg.torch.onnx.class_hierarchy"
 
@@ -97,9 +98,7 @@ def layer_nodes(model: onnx.ModelProto, layers: tuple[str, ...]) -> list[str]:
         known = ", ".join(dict.fromkeys(label for label in by_node.values()))
         raise HarnessError(f"no layer named {', '.join(unknown)} in the model", f"layers: {known}")
     return [
-        node
-        for node, label in by_node.items()
-        if any(label == layer or label.startswith((f"{layer}.", f"{layer}/")) for layer in layers)
+        node for node, label in by_node.items() if any(label == layer or label.startswith((f"{layer}.", f"{layer}/")) for layer in layers)
     ]
 
 
@@ -149,7 +148,8 @@ def mark_outputs(source: Path, out: Path, tensors: tuple[str, ...]) -> dict[str,
 def keep_float(qdq_source: Path, float_source: Path, out: Path, nodes: list[str]) -> dict[str, object]:
     """Run `nodes` of a Q/DQ model in float: their weights become the FP32 export's again and their outputs
     lose the Q/DQ pair after them (every consumer reads the float tensor). Their inputs stay as their
-    producers leave them, so keeping the layer whose activation range ruins INT8 is what fixes it."""
+    producers leave them (but the model's own inputs, which no layer produces, are read in float), so keeping
+    the layer whose activation range ruins INT8 is what fixes it."""
     model = onnx.load(str(qdq_source))
     reference = onnx.load(str(float_source))
     float_inputs = {node.name: list(node.input) for node in reference.graph.node}
@@ -159,15 +159,21 @@ def keep_float(qdq_source: Path, float_source: Path, out: Path, nodes: list[str]
     producers = {name: node for node in graph.node for name in node.output}
     consumers = _consumers(graph)
     graph_outputs = {o.name for o in graph.output}
+    graph_inputs = {i.name for i in graph.input}
     kept = set(nodes)
     absent = sorted(kept - {node.name for node in graph.node})
     if absent:
         raise ValueError(f"{qdq_source.name} has no node named {', '.join(absent)}")
+    kept |= _float_followers(graph, kept, producers)
     for node in graph.node:
         if node.name not in kept:
             continue
         for index, name in enumerate(node.input):
             producer = producers.get(name)
+            source = producers.get(producer.input[0]) if producer is not None and producer.op_type == "DequantizeLinear" else None
+            if source is not None and source.op_type == "QuantizeLinear" and source.input[0] in graph_inputs:
+                node.input[index] = source.input[0]  # the model's input, which no layer produces: read in float
+                continue
             is_weight = producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in initializers
             if is_weight and index < len(float_inputs.get(node.name, [])):
                 original = float_inputs[node.name][index]
@@ -192,6 +198,24 @@ def keep_float(qdq_source: Path, float_source: Path, out: Path, nodes: list[str]
     onnx.checker.check_model(model)
     onnx.save_model(model, str(out))
     return {"kept_float_nodes": sorted(kept)}
+
+
+def _float_followers(graph: onnx.GraphProto, kept: set[str], producers: dict[str, onnx.NodeProto]) -> set[str]:
+    """Data-movement nodes (Reshape, Flatten, ...) that only pass on kept nodes' outputs: they stay float too."""
+    followers: set[str] = set()
+    for node in graph.node:  # topological order
+        if node.op_type not in DATA_MOVEMENT_OPS or node.name in kept:
+            continue
+        sources = []
+        for name in node.input:
+            producer = producers.get(name)
+            while producer is not None and producer.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                producer = producers.get(producer.input[0])
+            if producer is not None:
+                sources.append(producer.name)
+        if sources and all(s in kept or s in followers for s in sources):
+            followers.add(node.name)
+    return followers
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

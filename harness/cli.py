@@ -1,4 +1,4 @@
-"""`harness` command line: list, export, run, merge, report, matrix, golden diff|update, cache, schema, doctor.
+"""`harness` command line: list, export, run, localize, merge, report, matrix, golden diff|update, cache, schema, doctor.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 usage or input error
 (one line on stderr naming the file or value and the fix).
@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from exporters.artifacts import PRECISIONS
+from exporters.artifacts import PRECISIONS, ModelArtifacts
 from exporters.cache import ArtifactCache, default_cache_dir
 from exporters.rewrites import MODEL_VARIANTS
 from harness.colour import COLOUR_PATHS
@@ -162,21 +162,125 @@ EXPORT_TARGETS = ("onnx", "openvino", "tensorrt")
 @suite_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--target", type=click.Choice(EXPORT_TARGETS), default="onnx", show_default=True)
+@click.option(
+    "--keep-fp32",
+    "keep_fp32",
+    metavar="auto|LAYER,...",
+    help="fp16/int8: keep these layers (PyTorch module names) in FP32, or 'auto': the most sensitive ones until the tolerance passes.",
+)
+@click.option(
+    "--runtime", "judge_runtime", metavar="NAME", help="With --keep-fp32 auto: the runtime that judges (default: ort-<precision>)."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="With --keep-fp32 auto: judge on the first N samples.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/fallback"), show_default=True)
 @cache_option
-def export(suite_name: str | None, precision: str, target: str, cache_dir: Path | None) -> None:
+def export(
+    suite_name: str | None,
+    precision: str,
+    target: str,
+    keep_fp32: str | None,
+    judge_runtime: str | None,
+    limit: int | None,
+    report_dir: Path,
+    cache_dir: Path | None,
+) -> None:
     """Export to ONNX (parity-checked against PyTorch), a precision variant, OpenVINO IR or a TensorRT engine."""
     suite = _require_suite(suite_name)
+    if keep_fp32 and precision == "fp32":
+        raise HarnessError("--keep-fp32 keeps layers of a reduced-precision model", "add --precision fp16 or --precision int8")
     with tracking() as track:
-        run = SuiteRun(suite, _cache(cache_dir), limit=suite.export.parity_samples, track=track)
-        builders = {"onnx": run.artifacts.onnx_path, "openvino": run.artifacts.openvino_ir, "tensorrt": run.artifacts.tensorrt_engine}
+        auto = keep_fp32 == "auto"
+        run = SuiteRun(suite, _cache(cache_dir), limit=limit if auto else suite.export.parity_samples, track=track)
+        artifacts = run.artifacts
+        if auto:
+            artifacts = _fallback(run, judge_runtime or f"ort-{precision}", report_dir)
+        elif keep_fp32:
+            artifacts = artifacts.derive(keep_fp32={precision: tuple(k.strip() for k in keep_fp32.split(",") if k.strip())})
+        builders = {"onnx": artifacts.onnx_path, "openvino": artifacts.openvino_ir, "tensorrt": artifacts.tensorrt_engine}
         start = time.perf_counter()
         path = builders[target](precision)
         seconds = time.perf_counter() - start
-    for line in run.artifacts.log:
+    for line in run.artifacts.log + artifacts.log:
         console.print(escape(line))
-    for label, info in run.artifacts.provenance.items():
+    for label, info in artifacts.provenance.items():
         console.print(f"{label}: " + escape(json.dumps(info, default=str)))
+    console.print(f"recipe: {escape(' -> '.join(artifacts.recipe(precision, target)))}")
     console.print(f"{target} {precision}: {path} ({seconds:.1f}s)")
+    kept = artifacts.keep_fp32.get(precision, ())
+    if keep_fp32 and kept != suite.export.keep_for(precision):
+        listed = ", ".join(f'"{k}"' for k in kept)
+        console.print(escape(f"to run and record goldens with it, set in [export] of {suite.path}: {precision}_keep_fp32 = [{listed}]"))
+
+
+def _fallback(run: SuiteRun, runtime: str, report_dir: Path) -> ModelArtifacts:
+    """`--keep-fp32 auto`: rank the layers, keep them one by one until the tolerance passes; print the trade."""
+    from harness.sensitivity import TRIAL_HEADERS, Trials, write_sensitivity
+
+    trials = Trials(run, runtime, run.suite.batch_size)
+    sensitivity = trials.sensitivity()
+    render_table(console, f"{runtime}: one layer kept in FP32 at a time ({sensitivity.samples} samples)", TRIAL_HEADERS, sensitivity.rows())
+    steps = [] if sensitivity.baseline.passed else trials.fallback(sensitivity.ranking())
+    if steps:
+        render_table(console, "fallback: layers kept in sensitivity order", TRIAL_HEADERS, [t.row(str(i + 1)) for i, t in enumerate(steps)])
+    for path in write_sensitivity(report_dir, run.suite.name, sensitivity, steps, None):
+        console.print(f"wrote {path}")
+    base = sensitivity.baseline
+    if base.passed:
+        console.print(f"{runtime} already passes with no layer kept in FP32: nothing to keep")
+        return run.artifacts
+    final = steps[-1]
+    if not final.passed:
+        raise HarnessError(
+            f"{runtime} still fails with every layer kept in FP32 ({', '.join(final.kept)})",
+            "the drift is not in one layer's precision: run `harness localize` and check the stack and the export",
+        )
+    console.print(
+        f"kept {len(final.kept)} layer(s) in FP32: {', '.join(final.kept)}; {run.task.metric_name} {base.comparison.metric:.4f} -> "
+        f"{final.comparison.metric:.4f} (reference {final.comparison.metric_baseline:.4f}), flips {len(base.comparison.flips)} -> "
+        f"{len(final.comparison.flips)}, weights {base.size_bytes / 1e6:.3f} -> {final.size_bytes / 1e6:.3f} MB"
+    )
+    return run.artifacts.derive(keep_fp32={trials.spec.precision: (*trials.base_keep, *final.kept)})
+
+
+@cli.command()
+@suite_option
+@click.option(
+    "--runtime", "runtime", default="ort-int8", show_default=True, metavar="NAME", help="fp16/int8 runtime whose layers are ranked."
+)
+@click.option("--noise/--no-noise", default=True, show_default=True, help="Also inject Gaussian noise at each layer's output (PyTorch).")
+@click.option("--levels", default="0.05,0.1,0.2", show_default=True, metavar="S,S", help="Noise levels (std relative to the output's).")
+@batch_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/sensitivity"), show_default=True)
+@cache_option
+def sensitivity(
+    suite_name: str | None,
+    runtime: str,
+    noise: bool,
+    levels: str,
+    batch_size: int | None,
+    limit: int | None,
+    report_dir: Path,
+    cache_dir: Path | None,
+) -> None:
+    """Per-layer sensitivity: one layer kept in FP32 at a time (ranked), and noise injected at each layer's output."""
+    from harness.sensitivity import TRIAL_HEADERS, Trials, noise_injection, write_sensitivity
+
+    suite = _require_suite(suite_name)
+    try:
+        noise_levels = tuple(float(v) for v in levels.split(",") if v.strip())
+    except ValueError as exc:
+        raise HarnessError(f"--levels {levels!r}: expected numbers separated by commas", "e.g. --levels 0.05,0.1,0.2") from exc
+    batch = batch_size or suite.batch_size
+    with tracking() as track:
+        run = SuiteRun(suite, _cache(cache_dir), limit, track)
+        ranked = Trials(run, runtime, batch).sensitivity()
+        injected = noise_injection(run, noise_levels, batch) if noise else None
+    render_table(console, f"{runtime}: one layer kept in FP32 at a time ({ranked.samples} samples)", TRIAL_HEADERS, ranked.rows())
+    if injected:
+        render_table(console, f"noise at each layer's output ({injected.metric_name})", injected.headers(), injected.rows())
+    for path in write_sensitivity(report_dir, suite.name, ranked, [], injected):
+        console.print(f"wrote {path}")
 
 
 @cli.group()
@@ -313,6 +417,44 @@ def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: 
     for path in publish(report_dir, report, measured, suite.manifest.parent):
         console.print(f"wrote {path}")
     ctx.exit(0 if report.passed else 1)
+
+
+@cli.command("localize")
+@suite_option
+@runtime_option
+@click.option("--against", default="ort-fp32", show_default=True, metavar="NAME", help="Reference runtime, on the FP32 graph.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Compare on the first K samples.")
+@click.option("--per-round", type=click.IntRange(min=1), default=6, show_default=True, help="Tensors exposed per session.")
+@batch_option
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/localize"), show_default=True)
+@cache_option
+def localize_cmd(
+    suite_name: str | None,
+    runtimes: tuple[str, ...],
+    against: str,
+    samples: int,
+    per_round: int,
+    batch_size: int | None,
+    report_dir: Path,
+    cache_dir: Path | None,
+) -> None:
+    """Which layer? The first intermediate tensor beyond the precision's tolerance, and the one adding the most error."""
+    from harness import localize
+
+    suite = _require_suite(suite_name)
+    if not runtimes:
+        raise HarnessError("no runtime to localize", "pass --runtime NAME, e.g. --runtime ort-int8")
+    with tracking() as track:
+        run = SuiteRun(suite, _cache(cache_dir), limit=samples, track=track)
+        results = localize.localize(run, _expand_runtimes(runtimes, ()), against, samples, per_round, batch_size or suite.batch_size)
+    for result in results:
+        render_table(console, result.summary(), localize.HEADERS, result.rows())
+        probed = f"{len(result.measured)}/{result.total_probes} tensors probed in {len(result.rounds)} rounds of <= {per_round}"
+        console.print(f"recipe: {escape(' -> '.join(result.recipe))}; {probed}")
+        for note in result.notes():
+            console.print(f"note: {escape(note)}")
+    for path in localize.write(results, run, report_dir):
+        console.print(f"wrote {path}")
 
 
 @cli.command()

@@ -121,11 +121,19 @@ class SuiteRun:
         samples = load_dataset(self.suite.manifest, self.suite.calibration_split, self.task.target).samples
         return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)), self.suite.intake)
 
-    def infer(self, runtime: str, batch_size: int, inputs: InputSet | None = None, variant: str | None = None) -> Inference:
-        """Outputs of `runtime` on `inputs` (default: the suite's stack) with the model or one of its variants."""
+    def infer(
+        self,
+        runtime: str,
+        batch_size: int,
+        inputs: InputSet | None = None,
+        variant: str | None = None,
+        artifacts: ModelArtifacts | None = None,
+    ) -> Inference:
+        """Outputs of `runtime` on `inputs` (default: the suite's stack) with the model, one of its variants, or
+        `artifacts` derived from them (other recipe steps)."""
         spec = get_runtime(runtime)
         inputs = inputs or self.inputs
-        artifacts = self.artifacts_for(variant)
+        artifacts = artifacts or self.artifacts_for(variant)
         advance = self.track(f"infer {runtime}", len(np.unique(inputs.positions // batch_size)))
         outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
         used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}

@@ -158,6 +158,7 @@ class ToleranceTable(Table):
     max_metric_delta: Number | None = None
     max_negative_flip_rate: Annotated[float, Field(ge=0, le=1)] | None = None
     min_mean_matched_iou: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_layer_rel_l2: Annotated[float, Field(gt=0)] | None = None
 
 
 class GoldenTable(Table):

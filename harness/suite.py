@@ -49,6 +49,9 @@ class ExportSpec:
     trt_workspace_mb: int = 1024
     trt_batch: tuple[int, int, int] = (1, 32, 64)
 
+    def keep_for(self, precision: str) -> tuple[str, ...]:
+        return {"fp16": self.fp16_keep_fp32, "int8": self.int8_keep_fp32}.get(precision, ())
+
 
 @dataclass(frozen=True)
 class Suite:

@@ -21,6 +21,7 @@ class Tolerance:
     max_metric_delta: float = 0.0
     max_negative_flip_rate: float = 0.0  # share of samples right before and wrong now
     min_mean_matched_iou: float = 0.0  # detection: mean IoU of the detections matched across the two sides
+    max_layer_rel_l2: float = 1e-4  # `harness localize`: an intermediate tensor's relative L2 error beyond this diverges
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -29,14 +30,32 @@ class Tolerance:
 DEFAULT_PROFILES: dict[str, Tolerance] = {
     "fp32": Tolerance(),
     "fp16": Tolerance(
-        max_abs=5e-2, min_cosine=0.9995, min_top1_agreement=0.99, max_flips=5, max_metric_delta=0.01, max_negative_flip_rate=0.01
+        max_abs=5e-2,
+        min_cosine=0.9995,
+        min_top1_agreement=0.99,
+        max_flips=5,
+        max_metric_delta=0.01,
+        max_negative_flip_rate=0.01,
+        max_layer_rel_l2=1e-2,
     ),
     "bf16": Tolerance(
-        max_abs=2e-1, min_cosine=0.998, min_top1_agreement=0.98, max_flips=10, max_metric_delta=0.02, max_negative_flip_rate=0.02
+        max_abs=2e-1,
+        min_cosine=0.998,
+        min_top1_agreement=0.98,
+        max_flips=10,
+        max_metric_delta=0.02,
+        max_negative_flip_rate=0.02,
+        max_layer_rel_l2=5e-2,
     ),
     # INT8 logits move a lot on individual samples; gate on what users feel: top-1, flips, negative flips.
     "int8": Tolerance(
-        max_abs=10.0, min_cosine=0.0, min_top1_agreement=0.98, max_flips=10, max_metric_delta=0.02, max_negative_flip_rate=0.02
+        max_abs=10.0,
+        min_cosine=0.0,
+        min_top1_agreement=0.98,
+        max_flips=10,
+        max_metric_delta=0.02,
+        max_negative_flip_rate=0.02,
+        max_layer_rel_l2=0.25,
     ),
 }
 

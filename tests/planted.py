@@ -1,0 +1,99 @@
+"""A small classifier with one planted bad layer, for `harness localize`, `sensitivity` and precision fallback.
+
+- fault "int8": layer `bad` (a 1x1 conv) copies its input and adds, in channel 0, a sparse input feature
+  multiplied by 600. The next conv ignores channel 0, so the FP32 model is unharmed; but the few spikes
+  set the per-tensor INT8 scale of `bad`'s output, and every other value of that tensor rounds to a few
+  levels. Keeping `bad` in float (its output unquantized) is the fix; keeping `conv3` is not.
+- fault "fp16": layer `bad` is an RMS normalisation of activations around 1,000, whose squares overflow
+  FP16 (65,504), so its output becomes 0 or NaN where FP16 really executes. Keeping `bad` in FP32 is the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+SPARSE_CHANNEL = 5
+# An untrained model's features differ little from image to image, so even a sound INT8 model flips a few
+# percent of its near-tied predictions: the planted suites allow that much, and no more.
+PLANTED_TOLERANCE = """[tolerance.int8]
+min_top1_agreement = 0.9
+max_flips = 50
+max_negative_flip_rate = 0.05
+max_metric_delta = 0.05
+min_cosine = 0.0
+"""
+
+
+class RmsNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.sqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-6)
+
+
+class Planted(nn.Module):
+    def __init__(self, fault: str = "int8", num_classes: int = 12) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 2, 1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 16, 3, 1, 1)
+        self.relu2 = nn.ReLU()
+        self.bad: nn.Module = nn.Conv2d(16, 16, 1) if fault == "int8" else RmsNorm()
+        self.conv3 = nn.Conv2d(16, 32, 3, 2, 1)
+        self.relu3 = nn.ReLU()
+        self.conv4 = nn.Conv2d(32, 32, 3, 1, 1)
+        self.relu4 = nn.ReLU()
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        x = self.relu4(self.conv4(self.relu3(self.conv3(self.bad(x)))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def planted_model(fault: str = "int8", num_classes: int = 12) -> nn.Module:
+    """The builder a suite names (`tests.planted:planted_model`)."""
+    return Planted(fault, num_classes)
+
+
+def planted_weights(fault: str, path: Path, images: np.ndarray) -> Path:
+    """Random weights (fixed seed) with the fault planted, as safetensors; the head is centred on the features
+    of `images` (pre-processed demo samples), so predictions vary from image to image."""
+    torch.manual_seed(0)
+    model = Planted(fault)
+    with torch.no_grad():
+        if fault == "int8":
+            model.conv2.bias[SPARSE_CHANNEL] -= 0.4  # channel 5 of relu2 is mostly 0: about 1 spot in 1,000 fires
+            eye = torch.eye(16).reshape(16, 16, 1, 1)
+            eye[0, 0] = 0
+            eye[0, SPARSE_CHANNEL] = 600.0  # the spikes
+            model.bad.weight.copy_(eye)
+            model.bad.bias.zero_()
+            model.conv3.weight[:, 0] = 0  # the FP32 model never reads them
+        else:
+            model.conv2.weight.mul_(1000.0)
+            model.conv2.bias.mul_(1000.0)
+        model.head.weight.mul_(100.0)  # logits that depend on the image: a damaged layer flips predictions
+        model.head.bias.zero_()
+        model.eval()
+        model.head.bias.copy_(-model(torch.from_numpy(images)).mean(0))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def planted_suite(make_suite, tmp_path: Path, fault: str, images: np.ndarray, extra: str = "") -> Path:
+    """A copy of the demo suite (its data and stack) running the planted model."""
+    weights = planted_weights(fault, tmp_path / f"planted-{fault}.safetensors", images)
+    return make_suite(
+        {
+            'builder = "demo-resnet"': 'builder = "tests.planted:planted_model"',
+            "kwargs = { num_classes = 12 }": f'kwargs = {{ num_classes = 12, fault = "{fault}" }}',
+            'weights = "': f'weights = "{weights}"\n# demo weights were: "',
+            "int8_per_channel = true": f"int8_per_channel = true\n{extra}",
+            "[tolerance.fp32]": PLANTED_TOLERANCE + "\n[tolerance.fp32]",
+        },
+        name=f"planted-{fault}.toml",
+    )
