@@ -85,10 +85,12 @@ class Localization:
         return [self.measured[i] for i in sorted(self.measured)]
 
     def growth(self) -> dict[int, float]:
-        """Error each probed tensor adds over the probed tensor before it (relative L2 difference)."""
-        added, previous = {}, 0.0
+        """Factor by which each probed tensor's relative L2 error exceeds that of the probed tensor before it (a
+        ratio, so a layer that rescales its output, e.g. centres the logits, is not taken for one adding error);
+        the first is measured against 1% of the tolerance."""
+        added, previous = {}, self.tolerance / 100
         for error in self.ordered():
-            added[error.probe.index] = error.rel_l2 - previous if error.finite else float("inf")
+            added[error.probe.index] = error.rel_l2 / max(previous, 1e-12) if error.finite else float("inf")
             previous = error.rel_l2 if error.finite else previous
         return added
 
@@ -141,7 +143,7 @@ class Localization:
                 mark = f"{mark}, adds most" if mark else "adds most"
             rows.append(
                 [str(p.index), p.layer, p.tensor, p.op, f"{error.max_abs:.3g}", f"{error.rel_l2:.3g}", f"{error.cosine:.6f}",
-                 f"{growth[p.index]:+.3g}", mark]
+                 f"x{growth[p.index]:.3g}", mark]
             )  # fmt: skip
         return rows
 
