@@ -197,8 +197,12 @@ class ModelArtifacts:
         path = self._precision_onnx(precision)
         if not self.mark:
             return path
-        fields = {"artifact": f"onnx-{precision}-marked", "source_sha256": self._sha256(path), "mark": list(self.mark)}
-        fields["surgery"] = SURGERY_VERSION
+        fields = {
+            "artifact": f"onnx-{precision}-marked",
+            "source_sha256": self._sha256(path),
+            "mark": list(self.mark),
+            "surgery": SURGERY_VERSION,
+        }
         return self._cached(f"onnx:{precision}+mark", fields, path.name, lambda out: mark_outputs(path, out, self.mark))
 
     def marked_outputs(self, precision: str) -> dict[str, str]:
@@ -257,7 +261,7 @@ class ModelArtifacts:
             "onnx:int8+keep",
             fields,
             ONNX_FILENAMES["int8"],
-            lambda out: keep_float(quantized, source, out, nodes) | {"keep_fp32": list(self.keep_fp32["int8"])},
+            lambda out: keep_float(quantized, source, out, nodes) | {"keep_fp32": keep},
         )
 
     @cached_property

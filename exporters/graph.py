@@ -16,6 +16,8 @@ from pathlib import Path
 import onnx
 from onnx import helper, numpy_helper
 
+from harness.errors import HarnessError
+
 # Ops that only move, reshape or re-type data: never a probe, never a layer of their own.
 DATA_MOVEMENT_OPS = frozenset(
     {"Constant", "ConstantOfShape", "Shape", "Size", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "CastLike",
@@ -86,20 +88,19 @@ def probes(model: onnx.ModelProto) -> list[Probe]:
     return found
 
 
+def _in_layer(label: str, layer: str) -> bool:
+    """Is a node labelled `label` part of `layer` (the module itself, a sub-module or a functional call in it)?"""
+    return label == layer or label.startswith((f"{layer}.", f"{layer}/"))
+
+
 def layer_nodes(model: onnx.ModelProto, layers: tuple[str, ...]) -> list[str]:
     """Names of the nodes of these layers (a layer also names its sub-modules: `stages.3` keeps the whole stage)."""
     by_node = node_layers(model)
-    unknown = [
-        layer for layer in layers if not any(label == layer or label.startswith((f"{layer}.", f"{layer}/")) for label in by_node.values())
-    ]
+    unknown = [layer for layer in layers if not any(_in_layer(label, layer) for label in by_node.values())]
     if unknown:
-        from harness.errors import HarnessError
-
-        known = ", ".join(dict.fromkeys(label for label in by_node.values()))
+        known = ", ".join(dict.fromkeys(by_node.values()))
         raise HarnessError(f"no layer named {', '.join(unknown)} in the model", f"layers: {known}")
-    return [
-        node for node, label in by_node.items() if any(label == layer or label.startswith((f"{layer}.", f"{layer}/")) for layer in layers)
-    ]
+    return [node for node, label in by_node.items() if any(_in_layer(label, layer) for layer in layers)]
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

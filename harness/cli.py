@@ -274,8 +274,9 @@ def sensitivity(
     batch = batch_size or suite.batch_size
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit, track)
-        ranked = Trials(run, runtime, batch).sensitivity()
-        injected = noise_injection(run, noise_levels, batch) if noise else None
+        trials = Trials(run, runtime, batch)
+        ranked = trials.sensitivity()
+        injected = noise_injection(run, noise_levels, batch, trials.reference) if noise else None
     render_table(console, f"{runtime}: one layer kept in FP32 at a time ({ranked.samples} samples)", TRIAL_HEADERS, ranked.rows())
     if injected:
         render_table(console, f"noise at each layer's output ({injected.metric_name})", injected.headers(), injected.rows())

@@ -148,7 +148,7 @@ class Localization:
         return rows
 
     def describe(self) -> dict[str, Any]:
-        first, worst = self.first_divergent, self.worst
+        first, worst, growth = self.first_divergent, self.worst, self.growth()
         return {
             "runtime": self.runtime,
             "against": self.against,
@@ -164,7 +164,7 @@ class Localization:
             "adds_most_error": worst.describe() if worst else None,
             "disturbance": self.disturbance,
             "notes": self.notes(),
-            "tensors": [e.describe() | {"growth": self.growth()[e.probe.index]} for e in self.ordered()],
+            "tensors": [e.describe() | {"growth": growth[e.probe.index]} for e in self.ordered()],
         }
 
 

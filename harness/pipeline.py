@@ -196,6 +196,14 @@ def judged_profile(suite: Suite, inference: Inference, golden: Golden | None = N
     return profile, suite.tolerance_for(profile)
 
 
+def compare_to_reference(
+    suite: Suite, ids: tuple[str, ...], labels: np.ndarray, inference: Inference, reference: Inference, task: Task
+) -> Comparison:
+    """A runtime against the reference runtime on the same samples, judged by the profile of its precision."""
+    comparison = compare(inference.runtime, f"reference:{reference.runtime}", ids, labels, inference, reference, task)
+    return judge(comparison, judged_profile(suite, inference)[1])
+
+
 def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden, task: Task, update_hint: str, suite: Suite) -> Comparison:
     """The run against the golden's recorded outputs and predictions, with stage attribution that tells
     numeric noise (within the judging profile) from a change, and names what differs in the environment."""
@@ -230,10 +238,8 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
         note = precision_note(name, requested, parse_counts(inference.session.get("compute_ops", "")))
         if note:
             notes.append(note)
-        _, tolerance = judged_profile(suite, inference)
         if name != reference:
-            against = compare(name, f"reference:{reference}", measured.ids, measured.labels, inference, ref, task)
-            result.comparisons.append(judge(against, tolerance))
+            result.comparisons.append(compare_to_reference(suite, measured.ids, measured.labels, inference, ref, task))
         if goldens and name in goldens:
             assert golden_store is not None
             golden = goldens[name]

@@ -21,11 +21,11 @@ from typing import Any
 import onnx
 
 from exporters.graph import DATA_MOVEMENT_OPS, initializer_bytes, node_layers
-from harness.compare import Comparison, compare, judge
+from harness.compare import Comparison, compare
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.measured import Inference
-from harness.pipeline import SuiteRun, judged_profile
+from harness.pipeline import SuiteRun, compare_to_reference
 from harness.report import markdown_table
 from runtimes import get_runtime
 
@@ -123,14 +123,9 @@ class Trials:
     def trial(self, kept: tuple[str, ...]) -> Trial:
         artifacts = self.run.artifacts.derive(keep_fp32={self.spec.precision: (*self.base_keep, *kept)})
         inference = self.run.infer(self.runtime, self.batch_size, artifacts=artifacts)
-        comparison = self.judged(inference)
-        return Trial(kept, comparison, initializer_bytes(artifacts.onnx_path(self.spec.precision)))
-
-    def judged(self, inference: Inference) -> Comparison:
         run = self.run
-        against = f"reference:{run.suite.reference_runtime}"
-        comparison = compare(inference.runtime, against, run.inputs.ids, run.inputs.labels, inference, self.reference, run.task)
-        return judge(comparison, judged_profile(run.suite, inference)[1])
+        comparison = compare_to_reference(run.suite, run.inputs.ids, run.inputs.labels, inference, self.reference, run.task)
+        return Trial(kept, comparison, initializer_bytes(artifacts.onnx_path(self.spec.precision)))
 
     def sensitivity(self) -> Sensitivity:
         baseline = self.trial(())
@@ -234,15 +229,14 @@ def _noise_at(module: Any, kind: str, level: float, seed: int) -> Iterator[None]
         handle.remove()
 
 
-def noise_injection(run: SuiteRun, levels: tuple[float, ...], batch_size: int) -> Noise:
+def noise_injection(run: SuiteRun, levels: tuple[float, ...], batch_size: int, reference: Inference) -> Noise:
     """Metric and agreement of the PyTorch model with noise at one module's output, for every module that
-    owns parameters (the layers `--keep-fp32` names), each kind and level."""
-    runtime = run.suite.reference_runtime
+    owns parameters (the layers `--keep-fp32` names), each kind and level; `reference`: the clean run."""
+    runtime = reference.runtime
     model = run.artifacts.torch_model()
     modules = dict(model.named_modules())
     fp32 = onnx.load(str(run.artifacts.onnx_path("fp32")), load_external_data=False)
     layers = [layer for layer in candidate_layers(fp32) if layer in modules and any(True for _ in modules[layer].parameters(recurse=False))]
-    reference = run.infer(runtime, batch_size)
     reference_metric = run.task.metric(reference.predictions, run.inputs.labels)
     metric: dict[str, dict[str, list[float]]] = {kind: {} for kind in NOISE_KINDS}
     agreement: dict[str, dict[str, list[float]]] = {kind: {} for kind in NOISE_KINDS}
