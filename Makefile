@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[openvino,dev]'
+	$(BIN)/python -m pip install -q -e '.[openvino,dev,ray]'
 	touch $@
 
 install: $(STAMP)
@@ -25,7 +25,7 @@ test: $(STAMP)
 # GPU runner set-up: TensorRT + pycuda, and onnxruntime-gpu *instead of* the CPU onnxruntime
 # (both ship the `onnxruntime` module; installed together, one overwrites the other's files).
 gpu: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[openvino,dev,gpu,trt]'
+	$(BIN)/python -m pip install -q -e '.[openvino,dev,ray,gpu,trt]'
 	$(BIN)/python -m pip uninstall -y -q onnxruntime
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps onnxruntime-gpu
 	$(BIN)/harness doctor

@@ -25,26 +25,21 @@ import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import onnx
-import onnxruntime
-import torch
+from typing import TYPE_CHECKING, Any
 
 from exporters.cache import ArtifactCache
-from exporters.fp16 import convert_fp16
-from exporters.graph import SURGERY_VERSION, keep_float, layer_nodes, mark_outputs
-from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
-from exporters.onnx_export import OutputParity, check_parity, export_onnx
-from exporters.openvino_ir import convert_ir
-from exporters.rewrites import ModelVariant, VariantNotApplicable, patch_torch, rewrite_onnx
 from harness import __version__
 from harness.dataset import sha256_file
 from harness.errors import HarnessError
-from harness.feed import InputSet
-from harness.models import build_model
 from harness.suite import ExportSpec, Suite
+
+if TYPE_CHECKING:  # the libraries behind each step are imported by the step that runs (`harness --help` imports none)
+    import numpy as np
+    import torch
+
+    from exporters.onnx_export import OutputParity
+    from exporters.rewrites import ModelVariant
+    from harness.feed import InputSet
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILENAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8-qdq.onnx"}
@@ -128,6 +123,8 @@ class ModelArtifacts:
     @cached_property
     def _onnx_io(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         assert self._onnx_file is not None
+        import onnx
+
         graph = onnx.load(str(self._onnx_file), load_external_data=False).graph
         initializers = {i.name for i in graph.initializer}
         return tuple(i.name for i in graph.input if i.name not in initializers), tuple(o.name for o in graph.output)
@@ -147,11 +144,15 @@ class ModelArtifacts:
         """The model as trained (what the FP32 ONNX is exported from)."""
         if self.suite is None:
             raise HarnessError("torch runtimes need the PyTorch model of a suite", "with --onnx use onnxruntime/openvino runtimes")
+        from harness.models import build_model
+
         model = self.suite.model
         return build_model(model.builder, model.weights, model.kwargs)
 
     @cached_property
     def _torch_variant(self) -> torch.nn.Module:
+        from exporters.rewrites import VariantNotApplicable, patch_torch
+
         assert self.variant is not None
         model = copy.deepcopy(self._torch)
         if not patch_torch(model, self.variant):
@@ -194,6 +195,8 @@ class ModelArtifacts:
 
     def onnx_path(self, precision: str) -> Path:
         """This precision's ONNX file after every recipe step (kept layers, exposed tensors)."""
+        from exporters.graph import SURGERY_VERSION, mark_outputs
+
         path = self._precision_onnx(precision)
         if not self.mark:
             return path
@@ -212,9 +215,15 @@ class ModelArtifacts:
 
     def graph_outputs(self, precision: str) -> tuple[str, ...]:
         """Output names of this precision's ONNX file: the model's, then any exposed tensors."""
+        import onnx
+
         return tuple(o.name for o in onnx.load(str(self.onnx_path(precision)), load_external_data=False).graph.output)
 
     def _kept_nodes(self, precision: str) -> list[str]:
+        import onnx
+
+        from exporters.graph import layer_nodes
+
         return layer_nodes(onnx.load(str(self.onnx_path("fp32")), load_external_data=False), self.keep_fp32[precision])
 
     def _precision_onnx(self, precision: str) -> Path:
@@ -225,6 +234,11 @@ class ModelArtifacts:
             return self._variant_onnx if self.variant else self.export_fp32()
         if precision not in PRECISIONS:
             raise HarnessError(f"no ONNX variant for precision '{precision}'", f"precisions: {', '.join(PRECISIONS)}")
+        import onnxruntime
+
+        from exporters.fp16 import convert_fp16
+        from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
+
         source = self._precision_onnx("fp32")
         fields: dict[str, Any] = {
             "artifact": f"onnx-{precision}",
@@ -254,6 +268,8 @@ class ModelArtifacts:
         )
         if not self.keep_fp32["int8"]:
             return quantized
+        from exporters.graph import SURGERY_VERSION, keep_float
+
         nodes = self._kept_nodes("int8")
         keep = list(self.keep_fp32["int8"])
         fields = {"artifact": "onnx-int8-keep", "source_sha256": self._sha256(quantized), "keep_fp32": keep, "surgery": SURGERY_VERSION}
@@ -267,6 +283,10 @@ class ModelArtifacts:
     @cached_property
     def _variant_onnx(self) -> Path:
         """The FP32 ONNX with the model variant applied, validated against the patched PyTorch model."""
+        import onnx
+
+        from exporters.rewrites import rewrite_onnx
+
         assert self.variant is not None
         variant, source = self.variant, self._onnx_file or self.export_fp32()
         fields = {"artifact": "onnx-fp32-variant", "variant": variant.name, "source_sha256": self._sha256(source), "onnx": onnx.__version__}
@@ -283,6 +303,8 @@ class ModelArtifacts:
     def openvino_ir(self, precision: str) -> Path:
         """IR xml: fp32/fp16 from the FP32 ONNX (fp16 = compressed weights), int8 from the Q/DQ ONNX."""
         import openvino as ov
+
+        from exporters.openvino_ir import convert_ir
 
         source = self.onnx_path("int8" if precision == "int8" else "fp32")
         compress = precision == "fp16"
@@ -310,6 +332,11 @@ class ModelArtifacts:
     @cached_property
     def _fp32_onnx(self) -> Path:
         """The cached fp32 ONNX file (exported when absent), parity-checked against PyTorch."""
+        import onnx
+        import torch
+
+        from exporters.onnx_export import export_onnx
+
         assert self.suite is not None
         suite = self.suite
         inputs = self._parity_inputs() if self._parity_inputs else None
@@ -339,6 +366,8 @@ class ModelArtifacts:
 
     def _check_parity(self, path: Path, what: str, model: torch.nn.Module | None = None) -> None:
         """`[✓]/[x]` per output of `path` against PyTorch (the variant-patched model unless `model` is given)."""
+        from exporters.onnx_export import check_parity
+
         assert self.suite is not None and self._parity_inputs is not None
         self.parity = check_parity(model or self.torch_model(), path, self._parity_inputs(), self.suite.model.input_name, self.export.atol)
         self.log.extend(f"{r.line()} [{what}]" for r in self.parity)

@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import onnx
-from onnx import helper
-from torch import nn
-from torch.nn import functional
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:  # onnx and torch are imported when a variant is applied, not when the registry is listed
+    import onnx
+    from torch import nn
 
 
 class VariantNotApplicable(HarnessError):
@@ -49,6 +48,8 @@ def register_variant(variant: ModelVariant) -> ModelVariant:
 
 def _set_attributes(op_type: str, when: dict[str, Any], values: dict[str, Any], node: onnx.NodeProto) -> bool:
     """Set `values` on `node` if it is an `op_type` whose attributes match `when` (ONNX defaults apply when absent)."""
+    from onnx import helper
+
     if node.op_type != op_type:
         return False
     current = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -61,15 +62,17 @@ def _set_attributes(op_type: str, when: dict[str, Any], values: dict[str, Any], 
     return True
 
 
-def _set_module(kind: type, when: dict[str, Any], values: dict[str, Any], module: nn.Module) -> bool:
-    if not isinstance(module, kind) or any(getattr(module, k) != v for k, v in when.items()):
+def _set_module(kind: str, when: dict[str, Any], values: dict[str, Any], module: nn.Module) -> bool:
+    from torch import nn
+
+    if not isinstance(module, getattr(nn, kind)) or any(getattr(module, k) != v for k, v in when.items()):
         return False
     for key, value in values.items():
         setattr(module, key, value)
     return True
 
 
-# name, description, (ONNX op, attributes required, attributes set), (PyTorch module, attributes required, attributes set).
+# name, description, (ONNX op, attributes required, attributes set), (torch.nn class name, attributes required, attributes set).
 # A required ONNX attribute is (value, the ONNX default when the attribute is absent).
 # Upsample variants also reroute functional F.interpolate calls of that mode (most detectors' FPN uses them).
 _ATTRIBUTE_VARIANTS: list[tuple[Any, ...]] = [
@@ -77,19 +80,19 @@ _ATTRIBUTE_VARIANTS: list[tuple[Any, ...]] = [
         "maxpool-ceil",
         "MaxPool with ceil_mode=1 on a floor-mode model (output sizes round up)",
         ("MaxPool", {"ceil_mode": (0, 0)}, {"ceil_mode": 1}),
-        (nn.MaxPool2d, {"ceil_mode": False}, {"ceil_mode": True}),
+        ("MaxPool2d", {"ceil_mode": False}, {"ceil_mode": True}),
     ),
     (
         "maxpool-floor",
         "MaxPool with ceil_mode=0 on a ceil-mode model",
         ("MaxPool", {"ceil_mode": (1, 0)}, {"ceil_mode": 0}),
-        (nn.MaxPool2d, {"ceil_mode": True}, {"ceil_mode": False}),
+        ("MaxPool2d", {"ceil_mode": True}, {"ceil_mode": False}),
     ),
     (
         "upsample-linear",
         "nearest Resize/Upsample run as bilinear (half-pixel centres, PyTorch align_corners=False)",
         ("Resize", {"mode": ("nearest", "nearest")}, {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}),
-        (nn.Upsample, {"mode": "nearest"}, {"mode": "bilinear", "align_corners": False}),
+        ("Upsample", {"mode": "nearest"}, {"mode": "bilinear", "align_corners": False}),
         ("nearest", {"mode": "bilinear", "align_corners": False}),
     ),
     (
@@ -100,7 +103,7 @@ _ATTRIBUTE_VARIANTS: list[tuple[Any, ...]] = [
             {"mode": ("linear", "nearest")},
             {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
         ),
-        (nn.Upsample, {"mode": "bilinear"}, {"mode": "nearest", "align_corners": None}),
+        ("Upsample", {"mode": "bilinear"}, {"mode": "nearest", "align_corners": None}),
         ("bilinear", {"mode": "nearest", "align_corners": None}),
     ),
 ]
@@ -120,6 +123,8 @@ def get_variant(name: str) -> ModelVariant:
 
 def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Nodes of the main graph, its subgraphs and local functions."""
+    import onnx
+
     graphs = [model.graph]
     for function in model.functions:
         yield from function.node
@@ -133,6 +138,8 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 
 def rewrite_onnx(source: Path, out: Path, variant: ModelVariant) -> dict[str, object]:
     """Write the rewritten model with re-inferred shapes; raises VariantNotApplicable when no node matches."""
+    import onnx
+
     model = onnx.load(str(source))
     changed = [node.name or node.op_type for node in _all_nodes(model) if variant.rewrite_node(node)]
     if not changed:
@@ -171,6 +178,8 @@ def _calls_interpolate(kind: type, mode: str) -> bool:
 
 def _reroute_interpolate(model: nn.Module, mode: str, values: dict[str, Any]) -> None:
     """Hooks that swap `F.interpolate` for a rerouting wrapper while `model` runs (hooks survive deepcopy and .to())."""
+    from torch.nn import functional
+
     saved: list[Callable[..., Any]] = []
 
     def before(_module: nn.Module, _args: Any) -> None:

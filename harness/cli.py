@@ -36,13 +36,14 @@ from harness.matrix import AXES, DEFAULT_AXES, run_matrix
 from harness.measured import RunOutputs
 from harness.measured import merge as merge_outputs
 from harness.onnx_testdata import run_test_data
-from harness.pipeline import SuiteRun, judge_run, run_suite, validate_runtimes
+from harness.pipeline import SuiteRun, judge_run, validate_runtimes
 from harness.publish import publish
 from harness.report import RunReport, render_table, write_report_files
 from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
 from harness.resizers import RESIZERS
 from harness.schema import suite_json_schema
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
+from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution, RunRequest, measure, run_suite
 from runtimes import RUNTIMES
 
 # Piped output (CI logs) gets a wide fixed width so tables are not truncated.
@@ -104,13 +105,19 @@ def _expand_runtimes(requested: tuple[str, ...], default: tuple[str, ...]) -> li
     return list(dict.fromkeys(names))
 
 
-def runtime_table() -> Table:
+def runtime_table(probe: bool) -> Table:
+    """Every runtime and whether it runs here; without `probe`, what is known without importing its library."""
     table = Table(title="runtimes")
     for column in ("name", "backend", "device", "precision", "status"):
         table.add_column(column)
     for spec in RUNTIMES.values():
-        reason = spec.unavailable_reason()
-        status = f"[red]unavailable: {escape(reason)}[/red]" if reason else "[green]available[/green]"
+        reason = spec.unavailable_reason(probe)
+        if reason:
+            status = f"[red]unavailable: {escape(reason)}[/red]"
+        elif spec.probe and not probe:
+            status = "[yellow]installed (`harness doctor` checks that it runs)[/yellow]"
+        else:
+            status = "[green]available[/green]"
         table.add_row(spec.name, spec.backend, spec.device, spec.precision, status)
     return table
 
@@ -146,7 +153,7 @@ def list_cmd() -> None:
         suite = load_suite(name)
         suites.add_row(name, suite.description, ", ".join(suite.stack_names))
     console.print(suites)
-    console.print(runtime_table())
+    console.print(runtime_table(probe=False))
     console.print("stack components:")
     console.print(f"  decoders: {', '.join(d + (' (unavailable)' if decoder_unavailable(d) else '') for d in DECODERS)}")
     console.print(f"  resize:   {', '.join(sorted(RESIZERS))}")
@@ -328,7 +335,7 @@ def doctor() -> None:
     console.print(f"gpu: {escape(gpu_summary())}")
     for name, version in env["libraries"].items():
         console.print(f"{name}: {version}")
-    console.print(runtime_table())
+    console.print(runtime_table(probe=True))
 
 
 @cli.command()
@@ -351,6 +358,24 @@ def doctor() -> None:
 @click.option(
     "--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Run each runtime N times: are outputs bit-identical?"
 )
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: reuse the work units already done under REPORT_DIR/units.")
+@click.option(
+    "--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True, help="Samples per work unit (rounded up to batches)."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(("local", "ray")),
+    default="local",
+    show_default=True,
+    help="Where work units run: this process (+ decode processes), or a Ray cluster (`pip install 'sysnoise-harness[ray]'`).",
+)
+@click.option("--address", metavar="HOST:PORT", help="With --executor ray: the cluster to join (default: start a local one).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Local: decode processes (default: one per core from {POOL_FROM} samples, else 1). Ray: worker actors (default: CPUs).",
+)
 @cache_option
 @click.option("--rtol", type=float, default=1e-3, show_default=True, help="With --onnx: relative tolerance.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="With --onnx: absolute tolerance.")
@@ -369,6 +394,11 @@ def run(
     no_golden: bool,
     shard_spec: str | None,
     repeat: int,
+    resume: bool,
+    chunk: int,
+    executor: str,
+    address: str | None,
+    workers: int | None,
     cache_dir: Path | None,
     rtol: float,
     atol: float,
@@ -386,6 +416,7 @@ def run(
         ctx.exit(0 if testdata.passed else 1)
     suite = _require_suite(suite_name)
     store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    execution = Execution(executor, workers, address, report_dir / UNITS_DIR, resume)
     with tracking() as track:
         report, measured = run_suite(
             suite,
@@ -398,7 +429,11 @@ def run(
             shard=_parse_shard(shard_spec),
             repeat=repeat,
             stack=suite.stack_named(stack_name) if stack_name else None,
+            execution=execution,
+            chunk=chunk,
         )
+    for line in execution.log:
+        progress_console.print(escape(line))
     _finish(ctx, report, measured, suite, report_dir)
 
 
@@ -409,7 +444,7 @@ def _parse_shard(spec: str | None) -> tuple[int, int]:
         index, count = (int(part) for part in spec.split("/"))
     except ValueError as exc:
         raise HarnessError(f"--shard {spec!r} is not I/N", "e.g. --shard 2/4 runs the second quarter of the samples") from exc
-    return index, count  # the range is checked by SuiteRun.shard
+    return index, count  # the range is checked by work.plan_run
 
 
 def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: Suite, report_dir: Path) -> None:
@@ -551,7 +586,8 @@ def _review(
     names = _expand_runtimes(runtimes, suite.default_runtimes)
     validate_runtimes(names)
     with tracking() as track:
-        measured = SuiteRun(suite, _cache(cache_dir), None, track).measure(names, batch_size or suite.batch_size)
+        request = RunRequest(tuple(names), batch_size or suite.batch_size, reference=False)
+        measured = measure(suite, request, _cache(cache_dir), track=track)
     changes = review(suite, measured, store)
     for change in changes:
         console.print(f"[bold]{change.runtime}[/bold] ({store.folder(change.runtime)})")

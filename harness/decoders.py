@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from runtimes.base import device_missing
+
 
 class Decoder(Protocol):
     def __call__(self, data: bytes, exif: bool, min_side: int = 0) -> np.ndarray: ...
@@ -157,6 +159,9 @@ register_decoder("simplejpeg-fast", formats=JPEG_ONLY)(partial(_decode_simplejpe
 
 
 def _cuda_missing() -> str | None:
+    missing = device_missing("cuda")
+    if missing:
+        return f"nvjpeg needs a CUDA device: {missing}"
     import torch
 
     return None if torch.cuda.is_available() else "nvjpeg needs a CUDA device (PyTorch sees none)"

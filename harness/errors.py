@@ -15,6 +15,10 @@ class HarnessError(Exception):
         self.fix = fix
         super().__init__(f"{self.what} ({fix})" if fix else self.what)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled whole (what, fix and any fields of a subclass), so an error raised in a worker process reads the same."""
+        return (type(self), (self.what, self.fix), self.__dict__)
+
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first meaningful line of a third-party error message (torch's unpickling errors run to 8 lines)."""

@@ -12,6 +12,7 @@ name the first stage that changed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,10 +94,11 @@ def decode_key(stack: StackSpec) -> tuple[str, bool, int]:
     return (stack.decoder, stack.exif, stack.resize_size if stack.decoder == "pillow-draft" else 0)
 
 
-def decode_all(
+def decode_part(
     samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
-) -> Decoded:
-    """Decoded pixels of every sample with the stack's decoder settings, through the intake policy."""
+) -> tuple[Decoded, list[DecoderNotApplicable]]:
+    """Decoded pixels of the samples the stack's decoder can read, and one error per sample it cannot
+    (counted by the caller over all the parts it decodes, then reported once: `refuse_unreadable`)."""
     reason = decoder_unavailable(stack.decoder)
     if reason:
         raise HarnessError(f"stack '{stack.name}': decoder '{stack.decoder}' cannot run here: {reason}", "choose another decoder")
@@ -108,33 +110,42 @@ def decode_all(
         try:
             image, kind = decode_sample(sample, stack, data, policy)
         except DecoderNotApplicable as exc:
-            unreadable.append(exc)  # counted over the whole split, then reported once
+            unreadable.append(exc)
             continue
         pixels.append(image)
         if kind:
             intake[kind] += 1
         if advance:
             advance()
-    if unreadable:
-        formats = Counter(exc.format for exc in unreadable)
-        raise DecoderNotApplicable(
-            f"decoder '{stack.decoder}' cannot read {len(unreadable)}/{len(samples)} samples "
-            f"({', '.join(f'{f} {n}' for f, n in sorted(formats.items()))}; first: {unreadable[0].what.split(': ')[0]})",
-            unreadable[0].fix,
-        )
-    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)}, dict(intake))
+    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)}, dict(intake)), unreadable
+
+
+def refuse_unreadable(unreadable: Sequence[DecoderNotApplicable], total: int, decoder: str) -> None:
+    """One error for every sample of `total` the decoder cannot read, with their formats and the first file."""
+    if not unreadable:
+        return
+    formats = Counter(exc.format for exc in unreadable)
+    raise DecoderNotApplicable(
+        f"decoder '{decoder}' cannot read {len(unreadable)}/{total} samples "
+        f"({', '.join(f'{f} {n}' for f, n in sorted(formats.items()))}; first: {unreadable[0].what.split(': ')[0]})",
+        unreadable[0].fix,
+    )
+
+
+def decode_all(
+    samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
+) -> Decoded:
+    """Decoded pixels of every sample with the stack's decoder settings, through the intake policy."""
+    decoded, unreadable = decode_part(samples, stack, advance, policy)
+    refuse_unreadable(unreadable, len(samples), stack.decoder)
+    return decoded
 
 
 def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) -> InputSet:
     """Pre-process decoded pixels through the rest of the stack; all tensors must share one shape."""
     prepared = [prepare(p, stack) for p in decoded.pixels]
     tensors = [p.tensor for p in prepared]
-    shapes = {t.shape for t in tensors}
-    if len(shapes) > 1:
-        raise HarnessError(
-            f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}",
-            "add a crop or use resize_mode = 'direct', 'letterbox' or 'keep-ratio'",
-        )
+    _one_shape(stack, {t.shape for t in tensors})
     return InputSet(
         ids=tuple(s.id for s in samples),
         labels=np.stack([s.target for s in samples]) if samples else np.zeros(0, dtype=np.int64),
@@ -147,11 +158,51 @@ def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) 
     )
 
 
+def _one_shape(stack: StackSpec, shapes: set[tuple[int, ...]]) -> None:
+    if len(shapes) > 1:
+        raise HarnessError(
+            f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}",
+            "add a crop or use resize_mode = 'direct', 'letterbox' or 'keep-ratio'",
+        )
+
+
 def build_inputs(
     samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
 ) -> InputSet:
     """Decode and pre-process every sample."""
     return tensors_from(samples, decode_all(samples, stack, advance, policy), stack)
+
+
+def concat_inputs(parts: Sequence[InputSet]) -> InputSet:
+    """Input sets of consecutive parts of one sample list, through one stack, as one set."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    _one_shape(first.stack, {p.tensors.shape[1:] for p in parts})
+    return InputSet(
+        ids=tuple(i for p in parts for i in p.ids),
+        labels=np.concatenate([p.labels for p in parts]),
+        tensors=np.concatenate([p.tensors for p in parts]),
+        stack=first.stack,
+        stages={k: tuple(h for p in parts for h in p.stages[k]) for k in first.stages},
+        positions=np.concatenate([p.positions for p in parts]),
+        geometry=tuple(g for p in parts for g in p.geometry),
+        intake=dict(sum((Counter(p.intake) for p in parts), Counter())),
+    )
+
+
+def first_samples(inputs: InputSet, count: int) -> InputSet:
+    """The first `count` samples of an input set (their batch-grid positions kept)."""
+    count = min(count, len(inputs))
+    return dataclasses.replace(
+        inputs,
+        ids=inputs.ids[:count],
+        labels=inputs.labels[:count],
+        tensors=inputs.tensors[:count],
+        stages={k: v[:count] for k, v in inputs.stages.items()},
+        positions=inputs.positions[:count],
+        geometry=inputs.geometry[:count],
+    )
 
 
 def batch_slices(count: int, batch_size: int) -> Iterator[slice]:

@@ -27,7 +27,7 @@ import onnx
 from exporters.graph import Probe, probes
 from harness.environment import environment
 from harness.errors import HarnessError
-from harness.feed import InputSet
+from harness.feed import first_samples
 from harness.pipeline import SuiteRun, run_session
 from harness.report import markdown_table
 from runtimes import RuntimeSpec, get_runtime
@@ -174,20 +174,6 @@ def _changed(a: np.ndarray, b: np.ndarray) -> float:
         return 0.0
     finite = np.isfinite(a) & np.isfinite(b)
     return float(np.max(np.abs(a[finite] - b[finite]), initial=0.0)) if np.array_equal(finite, np.isfinite(b)) else float("inf")
-
-
-def first_samples(inputs: InputSet, count: int) -> InputSet:
-    """The first `count` samples of an input set (their batch-grid positions kept)."""
-    count = min(count, len(inputs))
-    return dataclasses.replace(
-        inputs,
-        ids=inputs.ids[:count],
-        labels=inputs.labels[:count],
-        tensors=inputs.tensors[:count],
-        stages={k: v[:count] for k, v in inputs.stages.items()},
-        positions=inputs.positions[:count],
-        geometry=inputs.geometry[:count],
-    )
 
 
 def _onnx_based(name: str, role: str) -> RuntimeSpec:

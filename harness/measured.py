@@ -1,13 +1,16 @@
 """What a run measured, before it is judged: sample ids, labels, input stage
 hashes and every runtime's raw outputs.
 
-Kept apart from judging so that `--shard i/n` jobs can each save theirs
-(`outputs.npz` beside the report) and `harness merge` can concatenate them
-and judge once: the merged report equals the unsharded run's.
+The one on-disk result format: a work unit's result (`harness.work`), a
+shard's `outputs.npz` beside its report, and a whole run's are the same file,
+so a run is reduced from its units, and `harness merge` reduces shards,
+by concatenation (`concat`), then judged once: the report equals an
+unsplit run's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections import Counter
@@ -85,8 +88,7 @@ class RunOutputs:
         inference = self.inferences[runtime]
         return {**self.context, "artifacts": inference.artifacts, "session": inference.session}
 
-    def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
+    def to_bytes(self) -> bytes:
         arrays: dict[str, np.ndarray] = {"ids": np.array(self.ids), "labels": self.labels}
         arrays |= {f"stage/{k}": np.array(v) for k, v in self.stages.items()}
         meta: dict[str, Any] = {
@@ -108,7 +110,11 @@ class RunOutputs:
         arrays["meta"] = np.array(json.dumps(meta, default=str))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        atomic_write(folder / FILENAME, buf.getvalue())
+        return buf.getvalue()
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / FILENAME, self.to_bytes())
         return folder / FILENAME
 
     @classmethod
@@ -151,10 +157,17 @@ def merge(parts: list[RunOutputs]) -> RunOutputs:
         raise HarnessError(
             f"shards {[f'{i}/{n}' for i, n in (p.shard for p in parts)]} are not 1..{count} of {count}", "pass every shard exactly once"
         )
-    first = parts[0]
     for part in parts[1:]:
-        if part.suite != first.suite or list(part.inferences) != list(first.inferences):
+        if part.suite != parts[0].suite or list(part.inferences) != list(parts[0].inferences):
             raise HarnessError("shards come from different suites or runtime lists", "merge shards of one `harness run` command only")
+    return concat(parts, (1, 1))
+
+
+def concat(parts: list[RunOutputs], shard: tuple[int, int]) -> RunOutputs:
+    """Consecutive sample ranges of one run (same suite and runtimes) as one result."""
+    first = parts[0]
+    if len(parts) == 1:
+        return dataclasses.replace(first, shard=shard)
 
     def join(arrays: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(arrays)
@@ -178,7 +191,7 @@ def merge(parts: list[RunOutputs]) -> RunOutputs:
         inferences=inferences,
         context=first.context,
         requested=first.requested,
-        shard=(1, 1),
+        shard=shard,
         intake=dict(sum((Counter(p.intake) for p in parts), Counter())),
         determinism={
             name: Determinism(
@@ -189,4 +202,21 @@ def merge(parts: list[RunOutputs]) -> RunOutputs:
             )
             for name, d in first.determinism.items()
         },
+    )
+
+
+def side_by_side(parts: list[RunOutputs], order: tuple[str, ...]) -> RunOutputs:
+    """Results of other runtimes on the same samples (units of one range run on different hardware) as one,
+    runtimes in `order`."""
+    first = parts[0]
+    for part in parts[1:]:
+        if part.ids != first.ids:
+            raise HarnessError("results of one sample range hold different samples", "plan the run again: its units do not match")
+    inferences = {name: inf for p in parts for name, inf in p.inferences.items()}
+    artifacts = {label: info for p in parts for label, info in p.context.get("artifacts", {}).items()}
+    return dataclasses.replace(
+        first,
+        inferences={name: inferences[name] for name in order if name in inferences},
+        determinism={name: d for p in parts for name, d in p.determinism.items()},
+        context=first.context | {"artifacts": artifacts},
     )

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 from rich.console import Console
 
 from exporters.artifacts import ModelArtifacts
@@ -42,6 +40,9 @@ def _read_tensor(path: Path) -> tuple[str | None, np.ndarray]:
     try:
         if path.suffix == ".npy":
             return None, np.load(path, allow_pickle=False)
+        import onnx
+        from onnx import numpy_helper
+
         proto = onnx.TensorProto()
         proto.ParseFromString(path.read_bytes())
         return proto.name or None, numpy_helper.to_array(proto)
@@ -180,6 +181,8 @@ def _check(
 
 
 def run_test_data(model: Path, directory: Path, runtimes: list[str], rtol: float, atol: float, cache: ArtifactCache) -> TestDataReport:
+    import onnx
+
     if not model.is_file():
         raise HarnessError(f"ONNX model not found: {model}", "pass an existing .onnx file to --onnx")
     try:

@@ -22,9 +22,9 @@ from harness.compare import Comparison, compare, judge
 from harness.dataset import Dataset, load_dataset
 from harness.environment import environment
 from harness.errors import HarnessError
-from harness.feed import InputSet, batch_layout, build_inputs, padded_batch
+from harness.feed import InputSet, batch_layout, build_inputs, first_samples, padded_batch
 from harness.golden import Golden, GoldenStore
-from harness.measured import Inference, RunOutputs, determinism
+from harness.measured import Inference, RunOutputs
 from harness.provenance import executed_precision, numeric_changes, staleness
 from harness.report import RunReport, RuntimeResult
 from harness.stack import StackSpec
@@ -32,7 +32,7 @@ from harness.stages import Tolerated, attribute
 from harness.suite import Suite
 from harness.tasks import Task, make_task
 from harness.tolerance import Tolerance
-from runtimes import RuntimeSpec, get_runtime
+from runtimes import RuntimeSpec, Session, get_runtime
 from runtimes.precision import judged_precision, parse_counts, precision_note
 
 Tracker = Callable[[str, int], Callable[[], None]]
@@ -42,30 +42,43 @@ def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
     return lambda: None
 
 
+def feed_session(
+    session: Session, input_name: str, inputs: InputSet, batch_size: int, advance: Callable[[], None]
+) -> tuple[dict[str, np.ndarray], float]:
+    """Feed `inputs` in full batches of the split's fixed grid (`feed.batch_layout`); returns each sample's
+    outputs (padding rows dropped) and the inference seconds."""
+    outputs: dict[str, np.ndarray] = {}
+    seconds = 0.0
+    for rows, slots in batch_layout(inputs.positions, batch_size):
+        feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
+        start = time.perf_counter()
+        out = session.run(feed)
+        seconds += time.perf_counter() - start
+        for name, value in out.items():
+            if name not in outputs:
+                outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
+            outputs[name][rows] = value[slots]
+        advance()
+    return outputs, seconds
+
+
 def run_session(
     spec: RuntimeSpec, artifacts: ModelArtifacts, inputs: InputSet, batch_size: int, advance: Callable[[], None]
 ) -> tuple[dict[str, np.ndarray], float, dict[str, str]]:
-    """Feed `inputs` in full batches of the split's fixed grid (`feed.batch_layout`); returns each sample's
-    outputs (padding rows dropped), inference seconds and what the session ran."""
+    """Open a session, feed it `inputs` (`feed_session`) and close it; returns the outputs, inference seconds
+    and what the session ran."""
     artifacts.accessed.clear()
     session = spec.open(artifacts)
-    input_name = artifacts.input_names[0]
-    outputs: dict[str, np.ndarray] = {}
-    seconds = 0.0
     try:
-        for rows, slots in batch_layout(inputs.positions, batch_size):
-            feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
-            start = time.perf_counter()
-            out = session.run(feed)
-            seconds += time.perf_counter() - start
-            for name, value in out.items():
-                if name not in outputs:
-                    outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
-                outputs[name][rows] = value[slots]
-            advance()
+        outputs, seconds = feed_session(session, artifacts.input_names[0], inputs, batch_size, advance)
         return outputs, seconds, session.describe()
     finally:
         session.close()
+
+
+def batches(inputs: InputSet, batch_size: int) -> int:
+    """Batches of the fixed grid that `inputs` touch."""
+    return len(np.unique(inputs.positions // batch_size))
 
 
 class SuiteRun:
@@ -76,13 +89,13 @@ class SuiteRun:
     ) -> None:
         self.suite = suite
         self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack
-        self.shard_of = (1, 1)
         self.track = track
         self.task: Task = make_task(suite.task, suite.model.output_names, suite.postprocess)
         self.dataset: Dataset = load_dataset(suite.manifest, suite.split, self.task.target)
         self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.cache = cache
         self._inputs: InputSet | None = None
+        self._first: dict[int, InputSet] = {}
         self._variants: dict[str, ModelArtifacts] = {}
         self.artifacts = self.artifacts_for(None)
 
@@ -93,7 +106,7 @@ class SuiteRun:
             self._variants[key] = ModelArtifacts(
                 self.cache,
                 suite=self.suite,
-                parity_inputs=lambda: self.inputs.tensors[: self.suite.export.parity_samples],
+                parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).tensors,
                 calibration_inputs=lambda: self.calibration,
                 variant=get_variant(variant) if variant else None,
             )
@@ -106,6 +119,15 @@ class SuiteRun:
             track = self.track(f"decode + {self.stack.name} stack", len(self.samples))
             self._inputs = build_inputs(self.samples, self.stack, track, self.suite.intake)
         return self._inputs
+
+    def first_inputs(self, count: int) -> InputSet:
+        """The first `count` samples through the run's stack (the export's parity check), decoding only those
+        unless every sample already is."""
+        if self._inputs is not None:
+            return first_samples(self._inputs, count)
+        if count not in self._first:
+            self._first[count] = build_inputs(self.samples[:count], self.stack, None, self.suite.intake)
+        return self._first[count]
 
     def set_inputs(self, inputs: InputSet) -> None:
         """Use tensors the caller already built from the suite's stack (e.g. from pixels it decoded once)."""
@@ -134,7 +156,7 @@ class SuiteRun:
         spec = get_runtime(runtime)
         inputs = inputs or self.inputs
         artifacts = artifacts or self.artifacts_for(variant)
-        advance = self.track(f"infer {runtime}", len(np.unique(inputs.positions // batch_size)))
+        advance = self.track(f"infer {runtime}", batches(inputs, batch_size))
         outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
         used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
         predictions = self.task.predictions(outputs, inputs.geometry)
@@ -148,35 +170,6 @@ class SuiteRun:
             "stack": self.stack.describe(),
             "environment": environment(),
         }
-
-    def shard(self, index: int, count: int) -> None:
-        """Keep shard `index` of `count` (1-based, contiguous blocks) of the samples."""
-        if not 1 <= index <= count:
-            raise HarnessError(f"--shard {index}/{count}: index must be between 1 and {count}", "e.g. --shard 2/4")
-        bounds = np.linspace(0, len(self.samples), count + 1).round().astype(int)
-        self.samples = self.samples[bounds[index - 1] : bounds[index]]
-        self.shard_of = (index, count)
-
-    def measure(self, runtimes: list[str], batch_size: int, repeat: int = 1, requested: list[str] | None = None) -> RunOutputs:
-        """Infer every runtime (`repeat` times each, to check determinism) on the same inputs."""
-        inferences, det = {}, {}
-        for name in runtimes:
-            runs = [self.infer(name, batch_size) for _ in range(repeat)]
-            inferences[name] = runs[0]
-            if repeat > 1:
-                det[name] = determinism(runs)
-        return RunOutputs(
-            suite=self.suite.name,
-            ids=self.inputs.ids,
-            labels=self.inputs.labels,
-            stages=self.inputs.stages,
-            intake=self.inputs.intake,
-            inferences=inferences,
-            context=self.context() | {"artifacts": dict(self.artifacts.provenance), "batch_size": batch_size},
-            requested=tuple(requested if requested is not None else runtimes),
-            shard=self.shard_of,
-            determinism=det,
-        )
 
 
 def validate_runtimes(names: list[str]) -> None:
@@ -268,26 +261,3 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
         notes=notes,
         shard=measured.shard,
     )
-
-
-def run_suite(
-    suite: Suite,
-    runtimes: list[str],
-    cache: ArtifactCache,
-    golden_store: GoldenStore | None,
-    batch_size: int,
-    limit: int | None = None,
-    track: Tracker = _no_tracking,
-    shard: tuple[int, int] = (1, 1),
-    repeat: int = 1,
-    stack: StackSpec | None = None,
-) -> tuple[RunReport, RunOutputs]:
-    """Measure every runtime (the reference first), then judge; returns the report and what was measured."""
-    reference = suite.reference_runtime
-    order = [reference] + [r for r in runtimes if r != reference]
-    validate_runtimes(order)
-    goldens = {name: golden_store.load(name) for name in runtimes} if golden_store else {}  # missing or corrupt: fail before inference
-    run = SuiteRun(suite, cache, limit, track, stack)
-    run.shard(*shard)
-    measured = run.measure(order, batch_size, repeat, requested=runtimes)
-    return judge_run(suite, measured, golden_store, goldens), measured

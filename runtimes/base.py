@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
@@ -53,6 +54,17 @@ def dims(shape: object) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)  # type: ignore[attr-defined]
 
 
+# Device files a GPU runtime needs: without them it cannot run, and nothing is imported to find that out.
+DEVICE_FILES = {"cuda": "nvidia[0-9]*", "gpu": "dri/renderD*"}
+
+
+def device_missing(device: str) -> str | None:
+    """Why a GPU `device` cannot be here, seen from its device files alone (None: it may be; a probe tells)."""
+    if device in DEVICE_FILES and not any(Path("/dev").glob(DEVICE_FILES[device])):
+        return f"no {device.upper()} device on this machine (no /dev/{DEVICE_FILES[device]})"
+    return None
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     name: str
@@ -64,12 +76,15 @@ class RuntimeSpec:
     opener: Callable[[ModelArtifacts, RuntimeSpec], Session]
     probe: Callable[[], str | None] | None = None
 
-    def unavailable_reason(self) -> str | None:
-        """None when this runtime can run here, else why not (one line)."""
+    def unavailable_reason(self, probe: bool = True) -> str | None:
+        """None when this runtime can run here, else why not (one line).  `probe=False` checks only what needs no
+        import: the modules are installed, and a GPU runtime's device files exist."""
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if missing:
             return f"python module {', '.join(missing)} not installed ({self.install_hint})"
-        return self.probe() if self.probe else None
+        if probe:
+            return self.probe() if self.probe else None
+        return device_missing(self.device)
 
     def require_available(self) -> None:
         reason = self.unavailable_reason()

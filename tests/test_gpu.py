@@ -8,8 +8,8 @@ import pytest
 from exporters.cache import ArtifactCache
 from harness.dataset import load_dataset, read_sample
 from harness.decoders import DECODERS
-from harness.pipeline import run_suite
 from harness.suite import Suite
+from harness.work import run_suite
 
 
 @pytest.mark.gpu

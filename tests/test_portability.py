@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from harness.pipeline import SuiteRun
 from harness.provenance import numeric_changes, staleness
 from harness.stages import Tolerated, attribute
 from harness.suite import Suite
+from harness.work import RunRequest, measure
 from runtimes import get_runtime
 from runtimes.precision import judged_precision, onnx_compute_precisions, parse_counts, precision_note
 from tests.conftest import CliResult
@@ -52,16 +54,17 @@ def test_padded_batch_has_the_full_shape_and_zero_padding() -> None:
 
 
 @pytest.mark.parametrize("runtime", [*FP32, "ort-int8", "ov-int8"])
-def test_outputs_do_not_depend_on_limit_shard_or_last_batch(demo_suite: Suite, cache: ArtifactCache, runtime: str) -> None:
+def test_outputs_do_not_depend_on_limit_shard_units_or_last_batch(demo_suite: Suite, cache: ArtifactCache, runtime: str) -> None:
     full = SuiteRun(demo_suite, cache, limit=96).infer(runtime, 32).outputs["logits"]
-    limited = SuiteRun(demo_suite, cache, limit=37).infer(runtime, 32).outputs["logits"]
-    sharded = SuiteRun(demo_suite, cache, limit=96)
-    sharded.shard(2, 3)  # samples 32..63: one whole batch of the grid
-    middle = SuiteRun(demo_suite, cache, limit=96)
-    middle.shard(2, 5)  # samples 19..38: the tail of batch 0 and the head of batch 1
-    assert np.array_equal(limited, full[:37])
-    assert np.array_equal(sharded.infer(runtime, 32).outputs["logits"], full[32:64])
-    assert np.array_equal(middle.infer(runtime, 32).outputs["logits"], full[19:38])
+
+    def measured(**request: Any) -> np.ndarray:
+        done = measure(demo_suite, RunRequest((runtime,), 32, reference=False, **request), cache)
+        return done.inferences[runtime].outputs["logits"]
+
+    assert np.array_equal(measured(limit=37), full[:37])
+    assert np.array_equal(measured(limit=96, shard=(2, 3)), full[32:64])  # one whole batch of the grid
+    assert np.array_equal(measured(limit=96, shard=(2, 5)), full[19:38])  # the tail of batch 0 and the head of batch 1
+    assert np.array_equal(measured(limit=96, chunk=1), full)  # one unit per batch
 
 
 def test_environment_records_isa_threads_and_numeric_changes() -> None:

@@ -14,9 +14,10 @@ import pytest
 from exporters.cache import ArtifactCache
 from exporters.int8 import CalibrationReader, quantize_int8
 from harness.dataset import load_dataset
-from harness.pipeline import SuiteRun, run_suite
+from harness.pipeline import SuiteRun
 from harness.report import RunReport
 from harness.suite import Suite, load_suite
+from harness.work import run_suite
 from runtimes.precision import judged_precision
 
 VARIANTS = ["ort-fp16", "ort-int8", "ov-fp32", "ov-fp16", "ov-int8"]

@@ -8,9 +8,9 @@ import pytest
 
 from exporters.cache import ArtifactCache
 from harness.errors import RuntimeUnavailable
-from harness.pipeline import run_suite
 from harness.report import RunReport
 from harness.suite import Suite
+from harness.work import run_suite
 from runtimes import RUNTIMES, RuntimeSpec
 from runtimes.ort import OrtSession
 

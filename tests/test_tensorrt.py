@@ -14,8 +14,9 @@ import pytest
 from exporters.cache import ArtifactCache
 from exporters.tensorrt_engine import EngineOptions, build_engine
 from harness.errors import HarnessError, RuntimeUnavailable
-from harness.pipeline import SuiteRun, run_suite
+from harness.pipeline import SuiteRun
 from harness.suite import Suite
+from harness.work import run_suite
 from runtimes import RUNTIMES
 from runtimes.tensorrt import TensorRTSession
 from tests.fake_tensorrt import FakeDeviceMemory, make_fake_tensorrt
