@@ -121,11 +121,19 @@ class RunOutputs:
     def load(cls, path: Path) -> RunOutputs:
         file = path / FILENAME if path.is_dir() else path
         try:
-            with np.load(file, allow_pickle=False) as npz:
+            blob = file.read_bytes()
+        except OSError as exc:
+            raise HarnessError(f"{file}: not a run's {FILENAME} ({exc})", "pass report folders written by `harness run`") from exc
+        return cls.from_bytes(blob, str(file))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, source: str) -> RunOutputs:
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta"]))
                 data = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, KeyError) as exc:
-            raise HarnessError(f"{file}: not a run's {FILENAME} ({exc})", "pass report folders written by `harness run`") from exc
+            raise HarnessError(f"{source}: not a run's {FILENAME} ({exc})", "pass report folders written by `harness run`") from exc
         inferences, det = {}, {}
         for name, info in meta["runtimes"].items():
             prefix = f"out/{name}/"

@@ -197,8 +197,7 @@ class ResultStore:
 
     def put(self, unit: WorkUnit, result: RunOutputs | bytes) -> None:
         if self.root is None:
-            assert isinstance(result, RunOutputs)
-            self._memory[unit.key] = result
+            self._memory[unit.key] = RunOutputs.from_bytes(result, f"unit {unit.key}") if isinstance(result, bytes) else result
             return
         if not self.root.is_dir() and self.plan is not None:
             self.root.mkdir(parents=True)
