@@ -41,7 +41,6 @@ from harness.publish import publish
 from harness.report import RunReport, render_table, write_report_files
 from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
 from harness.resizers import RESIZERS
-from harness.schema import suite_json_schema
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
 from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution, RunRequest, measure, run_suite
 from runtimes import RUNTIMES
@@ -321,6 +320,8 @@ def cache_clear(cache_dir: Path | None) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of suite files (for editors and CI linting of suite .toml files)."""
+    from harness.schema import suite_json_schema
+
     click.echo(json.dumps(suite_json_schema(), indent=1))
 
 

@@ -18,11 +18,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from harness.lazy import lazy_import
 from runtimes.base import device_missing
+
+cv2 = lazy_import("cv2")  # OpenCV loads when an image is first decoded or resized with it
 
 
 class Decoder(Protocol):

@@ -27,12 +27,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from harness.decoders import DecodeError, upright
 from harness.errors import first_line
+from harness.lazy import lazy_import
+
+cv2 = lazy_import("cv2")  # OpenCV loads when an image is first decoded or resized with it
 
 Image.MAX_IMAGE_PIXELS = None  # sizes are checked here, by the policy, for every decoder alike
 

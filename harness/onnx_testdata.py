@@ -82,22 +82,26 @@ def _collect(folder: Path, kind: str, names: tuple[str, ...]) -> dict[str, np.nd
     return found
 
 
-def load_test_data(directory: Path, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> list[TestDataSet]:
+def test_folders(directory: Path) -> list[Path]:
+    """The test-data sets of `directory` in number order (`directory` itself when it holds one set)."""
     if not directory.is_dir():
         raise HarnessError(f"inputs folder not found: {directory}", "pass a folder holding test_data_set_N/ or input_K.pb files")
     folders = sorted((p for p in directory.glob("test_data_set_*") if p.is_dir()), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-    if not folders:
-        folders = [directory]
-    sets = []
-    for folder in folders:
-        inputs = _collect(folder, "input", input_names)
-        if not inputs:
-            raise HarnessError(f"{folder}: no input_K.pb, input_K.npy or inputs.npz files", "see `harness run --help` for the layout")
-        missing = sorted(set(input_names) - set(inputs))
-        if missing:
-            raise HarnessError(f"{folder}: missing model inputs {missing}", "add an input file for each model input")
-        sets.append(TestDataSet(folder.name, inputs, _collect(folder, "output", output_names)))
-    return sets
+    return folders or [directory]
+
+
+def has_expected(folder: Path) -> bool:
+    return (folder / "outputs.npz").is_file() or any((m := _TENSOR_FILE.match(p.name)) and m.group(1) == "output" for p in folder.iterdir())
+
+
+def load_test_set(folder: Path, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> TestDataSet:
+    inputs = _collect(folder, "input", input_names)
+    if not inputs:
+        raise HarnessError(f"{folder}: no input_K.pb, input_K.npy or inputs.npz files", "see `harness run --help` for the layout")
+    missing = sorted(set(input_names) - set(inputs))
+    if missing:
+        raise HarnessError(f"{folder}: missing model inputs {missing}", "add an input file for each model input")
+    return TestDataSet(folder.name, inputs, _collect(folder, "output", output_names))
 
 
 @dataclass(frozen=True)
@@ -191,14 +195,15 @@ def run_test_data(model: Path, directory: Path, runtimes: list[str], rtol: float
         raise HarnessError(f"{model}: not a valid ONNX model ({str(exc).splitlines()[0]})", "re-export the model") from exc
     specs = [get_runtime(name) for name in runtimes]
     artifacts = ModelArtifacts(cache, onnx_file=model)
-    sets = load_test_data(directory, artifacts.input_names, artifacts.output_names)
-    if len(runtimes) < 2 and any(not s.expected for s in sets):
+    folders = test_folders(directory)
+    if len(runtimes) < 2 and not all(has_expected(f) for f in folders):
         raise HarnessError(
             f"{directory}: no output_K files to compare with and only one runtime", "add output_K.pb files or a second --runtime"
         )
     sessions = {spec.name: spec.open(artifacts) for spec in specs}
     report = TestDataReport(model, rtol, atol)
-    for test_set in sets:
+    for folder in folders:  # one set in memory at a time
+        test_set = load_test_set(folder, artifacts.input_names, artifacts.output_names)
         outputs = {name: session.run(test_set.inputs) for name, session in sessions.items()}
         against, baseline = ("expected", test_set.expected) if test_set.expected else (runtimes[0], outputs[runtimes[0]])
         for runtime, got in outputs.items():

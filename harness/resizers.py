@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-import cv2
 import numpy as np
 from PIL import Image
+
+from harness.lazy import lazy_import
+
+cv2 = lazy_import("cv2")  # OpenCV loads when an image is first decoded or resized with it
 
 Resizer = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 RESIZERS: dict[str, Resizer] = {}
@@ -30,9 +33,9 @@ def _pillow(img: np.ndarray, size: tuple[int, int], resample: Image.Resampling) 
     return np.stack([np.asarray(p.resize((width, height), resample=resample)) for p in planes], axis=-1)
 
 
-def _opencv(img: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+def _opencv(img: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
     height, width = size
-    return cv2.resize(img, (width, height), interpolation=interpolation)
+    return cv2.resize(img, (width, height), interpolation=getattr(cv2, interpolation))
 
 
 def _torchvision(img: np.ndarray, size: tuple[int, int], interpolation: str, antialias: bool) -> np.ndarray:
@@ -56,11 +59,11 @@ for _name, _resample in {
     RESIZERS[f"pillow-{_name}"] = partial(_pillow, resample=_resample)
 
 for _name, _flag in {
-    "nearest": cv2.INTER_NEAREST,
-    "linear": cv2.INTER_LINEAR,
-    "area": cv2.INTER_AREA,
-    "cubic": cv2.INTER_CUBIC,
-    "lanczos4": cv2.INTER_LANCZOS4,
+    "nearest": "INTER_NEAREST",
+    "linear": "INTER_LINEAR",
+    "area": "INTER_AREA",
+    "cubic": "INTER_CUBIC",
+    "lanczos4": "INTER_LANCZOS4",
 }.items():
     RESIZERS[f"opencv-{_name}"] = partial(_opencv, interpolation=_flag)
 

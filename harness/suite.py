@@ -13,7 +13,6 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.intake import IntakePolicy
-from harness.schema import validate_suite
 from harness.stack import StackSpec, stack_from
 from harness.tolerance import Tolerance, merge_profiles
 
@@ -109,6 +108,8 @@ def resolve_suite_path(name_or_path: str) -> Path:
 
 def load_suite(name_or_path: str) -> Suite:
     """Read and validate a suite (`harness.schema`); every problem is one HarnessError line."""
+    from harness.schema import validate_suite  # pydantic builds its models on import: only commands that read a suite pay
+
     path = resolve_suite_path(name_or_path).resolve()
     origin = str(path)
     try:

@@ -29,7 +29,6 @@ GPU_HINT = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
 
 class OrtSession:
     def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
-        import onnx
         import onnxruntime as ort
 
         path = artifacts.onnx_path(spec.precision)
@@ -37,17 +36,13 @@ class OrtSession:
         options.log_severity_level = 3
         options.intra_op_num_threads = self._threads = compute_threads()
         options.inter_op_num_threads = 1
-        with tempfile.TemporaryDirectory(prefix="harness-ort-") as scratch:
-            optimized = Path(scratch) / "optimized.onnx"
-            options.optimized_model_filepath = str(optimized)
-            try:
-                self._session = ort.InferenceSession(str(path), options, providers=list(providers))
-            except Exception as exc:
-                first = str(exc).splitlines()[0]
-                raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
-            # The graph ONNX Runtime really runs (casts inserted around ops without kernels of the model's type); a
-            # provider that compiles its nodes (TensorRT) writes none, and the model's own types are what runs there.
-            self._compute_ops = onnx_compute_precisions(onnx.load(str(optimized if optimized.is_file() else path)))
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:
+            first = str(exc).splitlines()[0]
+            raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
+        self._path, self._options, self._providers = path, options, providers
+        self._compute_ops: dict[str, int] | None = None
         if self._session.get_providers()[0] != providers[0]:
             raise HarnessError(
                 f"ONNX Runtime fell back from {providers[0]} to {self._session.get_providers()[0]}", "check the CUDA/TensorRT install"
@@ -69,12 +64,34 @@ class OrtSession:
     def close(self) -> None:
         del self._session
 
+    def _executed_ops(self) -> dict[str, int]:
+        """Compute ops per precision in the graph ONNX Runtime really runs (casts inserted around ops without
+        kernels of the model's type), read from the optimized graph a second session writes: only runs that
+        describe their sessions pay for it.  A provider that compiles its nodes (TensorRT) writes none (and would
+        build its engines again), and the model's own types are what runs there."""
+        import onnx
+        import onnxruntime as ort
+
+        if self._compute_ops is None and self._providers[0] == "TensorrtExecutionProvider":
+            self._compute_ops = onnx_compute_precisions(onnx.load(str(self._path), load_external_data=False))
+        if self._compute_ops is None:
+            with tempfile.TemporaryDirectory(prefix="harness-ort-") as scratch:
+                optimized = Path(scratch) / "optimized.onnx"
+                self._options.optimized_model_filepath = str(optimized)
+                # weights beside it, not in it: only the graph is read back (a large model's weights would double RSS)
+                self._options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.weights")
+                self._options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+                ort.InferenceSession(str(self._path), self._options, providers=list(self._providers))
+                self._compute_ops = onnx_compute_precisions(onnx.load(str(optimized), load_external_data=False))
+        return self._compute_ops
+
     def describe(self) -> dict[str, str]:
+        compute_ops = self._executed_ops()
         return {
             "providers": ",".join(self._session.get_providers()),
             "precision": self._precision,
-            "executed": executed(self._compute_ops),
-            "compute_ops": format_counts(self._compute_ops),
+            "executed": executed(compute_ops),
+            "compute_ops": format_counts(compute_ops),
             "threads": str(self._threads),
             "onnxruntime": self._version,
         }

@@ -46,14 +46,15 @@ POLY_DATA = '''
 import sys, pathlib, onnx
 from onnx import numpy_helper
 from polygraphy.json import save_json
-from polygraphy.comparator import RunResults
+from polygraphy.comparator import IterationResult, RunResults
 data, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 def read(p):
     t = onnx.TensorProto(); t.ParseFromString(p.read_bytes()); return numpy_helper.to_array(t)
 folders = sorted(data.glob("test_data_set_*"))
 save_json([{sys.argv[3]: read(f / "input_0.pb")} for f in folders], str(out / "inputs.json"))
 results = RunResults()
-results.append(("expected", [{sys.argv[4]: read(f / "output_0.pb")} for f in folders]))
+expected = [IterationResult({sys.argv[4]: read(f / "output_0.pb")}, runner_name="expected") for f in folders]
+results.append(("expected", expected))
 results.save(str(out / "outputs.json"))
 '''
 

@@ -22,7 +22,7 @@ from harness.dataset import load_dataset
 from harness.decoders import DECODERS, decoder_unavailable
 from harness.errors import HarnessError
 from harness.feed import DEFAULT_POLICY, decode_sample
-from harness.onnx_testdata import load_test_data
+from harness.onnx_testdata import load_test_set
 from harness.schema import validate_suite
 from harness.stack import StackSpec
 from harness.suite import BUNDLED_DIR, load_suite
@@ -115,11 +115,8 @@ TENSOR = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), 
 def test_onnx_test_data_reader(blob: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "input_0.pb").write_bytes(blob)
-        try:
-            sets = load_test_data(Path(folder), ("x",), ("y",))
-            assert set(sets[0].inputs) == {"x"}
-        except HarnessError:
-            pass
+        with contextlib.suppress(HarnessError):
+            assert set(load_test_set(Path(folder), ("x",), ("y",)).inputs) == {"x"}
 
 
 @given(st.sampled_from(DECODER_NAMES), st.binary(max_size=300) | mutations(JPEG))
