@@ -373,9 +373,10 @@ def doctor() -> None:
 @click.option("--address", metavar="HOST:PORT", help="With --executor ray: the cluster to join (default: start a local one).")
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=None,
-    help=f"Local: decode processes (default: one per core from {POOL_FROM} samples, else 1). Ray: worker actors (default: CPUs).",
+    help=f"Local: decode processes, 0 = this one (default from {POOL_FROM} samples: the cores inference leaves, else every core "
+    "between inference phases). Ray: worker actors (default: the cluster's CPUs).",
 )
 @cache_option
 @click.option("--rtol", type=float, default=1e-3, show_default=True, help="With --onnx: relative tolerance.")

@@ -101,8 +101,8 @@ def _load_pillow(image: Image.Image, exif: bool) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(str(exc) or type(exc).__name__) from exc
     if exif:
-        image = ImageOps.exif_transpose(image)
-    return np.asarray(image.convert("RGB"))
+        ImageOps.exif_transpose(image, in_place=True)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 @register_decoder("pillow")

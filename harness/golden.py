@@ -1,7 +1,9 @@
 """Golden store: the recorded outputs of each runtime on a suite.
 
-`golden/<suite>/<runtime>/outputs.npz` holds sample ids, raw outputs,
-predictions and per-sample stage hashes (`harness.stages`); `golden.json` beside it holds metrics, metadata (model and
+`golden/<suite>/<runtime>/outputs.npz` is a run's result file with the one
+runtime (`harness.measured.RunOutputs`: sample ids, labels, raw outputs,
+predictions, per-sample stage hashes, `harness.stages`), the format work units
+and shards are written in; `golden.json` beside it holds metrics, metadata (model and
 dataset hashes, stack, library versions, hardware) and the sha256 of the npz,
 so a corrupt or hand-edited golden is caught on load.  Each file is written
 to a temp name and renamed, npz first and json last: a reader sees the old
@@ -14,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,17 +27,18 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.files import atomic_write
+from harness.measured import Inference, RunOutputs
 
-SCHEMA_VERSION = 1
-OUTPUT_PREFIX = "output/"
-STAGE_PREFIX = "stage/"
+SCHEMA_VERSION = 2  # 1: an npz layout of its own (ids, predictions, output/*, stage/*)
 LOCK_FILE = ".lock"
+RESULT_STAGES = ("outputs", "predictions")  # stage hashes recomputed from the stored outputs and predictions
 
 
 @dataclass(frozen=True)
 class Golden:
     runtime: str
     ids: tuple[str, ...]
+    labels: np.ndarray
     outputs: dict[str, np.ndarray]
     predictions: np.ndarray
     metrics: dict[str, float]
@@ -56,6 +58,7 @@ class Golden:
         return dataclasses.replace(
             self,
             ids=ids,
+            labels=self.labels[rows],
             outputs={name: value[rows] for name, value in self.outputs.items()},
             predictions=self.predictions[rows],
             stages={name: tuple(hashes[r] for r in rows) for name, hashes in self.stages.items()},
@@ -105,26 +108,44 @@ class GoldenStore:
             raise HarnessError(
                 f"{meta_path}: corrupt golden metadata ({exc})", f"restore it from git or re-record with `{self.update_hint(runtime)}`"
             ) from exc
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise HarnessError(
+                f"{meta_path}: golden schema {meta.get('schema_version')}, this harness reads schema {SCHEMA_VERSION}",
+                f"re-record it with `{self.update_hint(runtime)}` (review the diff it prints first)",
+            )
         blob = npz_path.read_bytes()
         if hashlib.sha256(blob).hexdigest() != expected_sha:
             raise HarnessError(
                 f"{npz_path}: checksum differs from golden.json (corrupt or edited by hand)",
                 f"restore it from git or re-record with `{self.update_hint(runtime)}`",
             )
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            outputs = {k[len(OUTPUT_PREFIX) :]: npz[k] for k in npz.files if k.startswith(OUTPUT_PREFIX)}
-            stages = {k[len(STAGE_PREFIX) :]: tuple(str(h) for h in npz[k]) for k in npz.files if k.startswith(STAGE_PREFIX)}
-            ids, predictions = tuple(str(i) for i in npz["ids"]), npz["predictions"]
-        return Golden(runtime, ids, outputs, predictions, meta.get("metrics", {}), meta.get("metadata", {}), stages)
+        recorded = RunOutputs.from_bytes(blob, str(npz_path))
+        inference = recorded.inferences[runtime]
+        return Golden(
+            runtime,
+            recorded.ids,
+            recorded.labels,
+            inference.outputs,
+            inference.predictions,
+            meta.get("metrics", {}),
+            meta.get("metadata", {}),
+            recorded.stages | inference.stages,
+        )
 
     def write(self, golden: Golden) -> Path:
         folder = self.folder(golden.runtime)
         folder.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        arrays = {f"{OUTPUT_PREFIX}{k}": v for k, v in golden.outputs.items()}
-        arrays |= {f"{STAGE_PREFIX}{k}": np.array(v) for k, v in golden.stages.items()}
-        np.savez_compressed(buf, ids=np.array(golden.ids), predictions=golden.predictions, **arrays)
-        blob = buf.getvalue()
+        metadata = golden.metadata
+        inference = Inference(golden.runtime, golden.outputs, golden.predictions, 0.0, metadata.get("session", {}), {})
+        recorded = RunOutputs(
+            suite=self.suite,
+            ids=golden.ids,
+            labels=golden.labels,
+            stages={k: v for k, v in golden.stages.items() if k not in RESULT_STAGES},
+            inferences={golden.runtime: inference},
+            context={},  # what it was measured with lives in golden.json, beside the checksum
+        )
+        blob = recorded.to_bytes()
         meta = {
             "schema_version": SCHEMA_VERSION,
             "suite": self.suite,

@@ -27,6 +27,7 @@ def golden_from(measured: RunOutputs, inference: Inference, metric_name: str, me
     return Golden(
         runtime=inference.runtime,
         ids=measured.ids,
+        labels=measured.labels,
         outputs=inference.outputs,
         predictions=inference.predictions,
         metrics={metric_name: metric},

@@ -25,9 +25,8 @@ PART_SIZE = 32  # samples per task sent to a worker: large enough to hide the pi
 
 
 def default_workers() -> int:
-    """HARNESS_WORKERS, or every CPU this process may run on."""
-    value = os.environ.get("HARNESS_WORKERS")
-    return max(1, int(value)) if value and value.isdigit() else len(os.sched_getaffinity(0))
+    """Every CPU this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 def _init_worker() -> None:
@@ -63,7 +62,7 @@ class Pending:
 
 
 class _Inline(Future[tuple[InputSet | None, list[DecoderNotApplicable]]]):
-    """One worker: prepared in this process when asked for (nothing to overlap with)."""
+    """No workers: prepared in this process when asked for."""
 
     def __init__(self, samples: Sequence[Sample], stack: StackSpec, policy: IntakePolicy) -> None:
         super().__init__()
@@ -74,13 +73,13 @@ class _Inline(Future[tuple[InputSet | None, list[DecoderNotApplicable]]]):
 
 
 class Preparer:
-    """Prepares sample lists on `workers` processes (1: in this process, when the result is asked for)."""
+    """Prepares sample lists on `workers` processes (0: in this process, when the result is asked for)."""
 
     def __init__(self, workers: int | None = None, part_size: int = PART_SIZE) -> None:
-        self.workers = workers or default_workers()
+        self.workers = default_workers() if workers is None else workers
         self.part_size = part_size
         self._pool: ProcessPoolExecutor | None = None
-        if self.workers > 1:
+        if self.workers > 0:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
 

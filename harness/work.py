@@ -34,12 +34,13 @@ import numpy as np
 from exporters.cache import ArtifactCache
 from harness import __version__
 from harness.dataset import Sample, load_dataset, sha256_file
+from harness.environment import compute_threads
 from harness.errors import HarnessError
 from harness.feed import InputSet, build_inputs
 from harness.files import atomic_write
 from harness.golden import GoldenStore
 from harness.measured import Inference, RunOutputs, concat, determinism, side_by_side
-from harness.parallel import Preparer, default_workers
+from harness.parallel import Pending, Preparer, default_workers
 from harness.pipeline import SuiteRun, Tracker, feed_session, judge_run, validate_runtimes
 from harness.report import RunReport
 from harness.stack import StackSpec
@@ -314,7 +315,7 @@ class Execution:
     """How a plan's units are executed: where (local or on Ray), with how many processes, kept where."""
 
     executor: str = "local"  # or "ray"
-    workers: int | None = None  # local: decode processes (default: every core from POOL_FROM samples); ray: actors
+    workers: int | None = None  # local: decode processes, 0 = in this process (default: `LocalExecutor`); ray: actors
     address: str | None = None  # ray: the cluster to join (default: a local instance)
     store: Path | None = None  # unit results (default: in memory)
     resume: bool = False  # reuse the results already in the store
@@ -347,26 +348,38 @@ def pending_units(plan: RunPlan, store: ResultStore, execution: Execution) -> li
 
 
 class LocalExecutor:
-    """Units in plan order in this process; the next unit's samples are decoded and pre-processed by worker
-    processes while this one infers (`harness.parallel`)."""
+    """Units in plan order in this process, decoded and pre-processed by worker processes (`harness.parallel`).
+
+    Cores are shared, never oversubscribed: inference runs on `compute_threads()` threads (all cores unless
+    HARNESS_THREADS says otherwise).  When cores are left over, that many workers prepare the next range while
+    this one infers; when inference takes every core, every core decodes a range and then inference runs on it
+    (spinning thread pools of ONNX Runtime and PyTorch lose more to a busy core than the overlap gains)."""
 
     def __init__(self, cache: ArtifactCache, workers: int | None = None) -> None:
         self.cache = cache
         self.workers = workers
 
     def run(self, plan: RunPlan, todo: list[WorkUnit], store: ResultStore, progress: Progress, log: list[str]) -> None:
-        workers = self.workers or (default_workers() if plan.samples >= POOL_FROM else 1)
-        log.append(f"local executor: {len(todo)} units, {workers} pre-processing process(es), inference in this process")
+        cpus, threads = default_workers(), compute_threads()
+        if self.workers is not None:
+            workers = self.workers
+        elif plan.samples < POOL_FROM:
+            workers = 0
+        else:
+            workers = cpus - threads if cpus > threads else cpus
+        overlap = workers > 0 and workers + threads <= cpus
+        decode = f"{workers} decode process(es)" if workers else "decode in this process"
+        log.append(f"local executor: {len(todo)} units; {decode}{', one range ahead' if overlap else ''}; inference on {threads} thread(s)")
         worker = Worker(self.cache, progress)
         try:
             with Preparer(workers) as preparer:
-                self._run(todo, worker, preparer, store, progress)
+                self._run(todo, worker, preparer, store, progress, overlap)
         finally:
             worker.close()
 
     @staticmethod
-    def _run(todo: list[WorkUnit], worker: Worker, preparer: Preparer, store: ResultStore, progress: Progress) -> None:
-        """Prepare each range once (its CPU and GPU units share the tensors), one range ahead of inference."""
+    def _run(todo: list[WorkUnit], worker: Worker, preparer: Preparer, store: ResultStore, progress: Progress, overlap: bool) -> None:
+        """Prepare each range once (its CPU and GPU units share the tensors), one range ahead of inference with `overlap`."""
         ranges: list[list[WorkUnit]] = []
         for unit in todo:
             if ranges and (ranges[-1][0].start, ranges[-1][0].stop) == (unit.start, unit.stop):
@@ -374,13 +387,14 @@ class LocalExecutor:
             else:
                 ranges.append([unit])
 
-        def submit(units: list[WorkUnit]) -> Any:
+        def submit(units: list[WorkUnit]) -> Pending:
             run = worker.run_for(units[0])
             return preparer.submit(worker.samples(units[0]), run.stack, run.suite.intake)
 
-        upcoming = submit(ranges[0]) if ranges else None
+        upcoming = submit(ranges[0]) if ranges and overlap else None
         for i, units in enumerate(ranges):
-            current, upcoming = upcoming, submit(ranges[i + 1]) if i + 1 < len(ranges) else None
+            current = upcoming or submit(units)
+            upcoming = submit(ranges[i + 1]) if overlap and i + 1 < len(ranges) else None
             inputs = current.result(progress("decode"))
             for unit in units:
                 store.put(unit, worker.execute(unit, inputs))

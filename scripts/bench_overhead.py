@@ -1,9 +1,8 @@
-"""Harness overhead on the demo: `ort-fp32` through the harness vs a raw loop.
+"""Harness overhead on the demo: `ort-fp32` and `ov-fp32` through the harness vs a raw loop of the same library.
 
-Both sides get the same pre-decoded tensors and the same batch size; runs are
-interleaved and the median of each is compared, so the ratio comes from one
-run on one machine.  Also times the whole `harness run` command against
-decode + raw loop in-process, for context.
+Both sides get the same pre-decoded tensors, batch size, thread count and model file; runs are interleaved and
+the median of each is compared, so the ratio comes from one run on one machine.  Also times the whole
+`harness run` command, for context.
 
     python scripts/bench_overhead.py [--repeats 7] [--batch-size 32]
 """
@@ -18,22 +17,41 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from exporters.cache import ArtifactCache, default_cache_dir
+from harness.environment import compute_threads
 from harness.feed import batch_slices
 from harness.pipeline import SuiteRun, run_session
 from harness.suite import load_suite
 from runtimes import get_runtime
 
 
-def raw_loop(model: Path, tensors: object, batch_size: int) -> tuple[float, float]:
-    """(inference seconds, seconds including session creation)."""
+def raw_ort(model: Path, tensors: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(inference seconds, seconds including session creation) of a plain InferenceSession loop."""
     opened = time.perf_counter()
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = compute_threads(), 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     start = time.perf_counter()
     for rows in batch_slices(len(tensors), batch_size):
         session.run(None, {"images": tensors[rows]})
+    end = time.perf_counter()
+    return end - start, end - opened
+
+
+def raw_openvino(model: Path, tensors: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """The same with OpenVINO: compile the IR, one infer request."""
+    import openvino as ov
+
+    opened = time.perf_counter()
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(compute_threads())}
+    request = core.compile_model(core.read_model(str(model)), "CPU", config).create_infer_request()
+    start = time.perf_counter()
+    for rows in batch_slices(len(tensors), batch_size):
+        request.infer({"images": tensors[rows]})
     end = time.perf_counter()
     return end - start, end - opened
 
@@ -48,20 +66,17 @@ def main() -> None:
     start = time.perf_counter()
     tensors = run.inputs.tensors
     decode_seconds = time.perf_counter() - start
-    model = run.artifacts.export_fp32()
-    spec = get_runtime("ort-fp32")
-
-    harness_times, harness_walls, raw_times, raw_walls = [], [], [], []
+    loops = {"ort-fp32": (raw_ort, run.artifacts.export_fp32()), "ov-fp32": (raw_openvino, run.artifacts.openvino_ir("fp32"))}
+    times: dict[str, dict[str, list[float]]] = {name: {"harness": [], "harness wall": [], "raw": [], "raw wall": []} for name in loops}
     for _ in range(args.repeats):
-        opened = time.perf_counter()
-        _, seconds, _ = run_session(spec, run.artifacts, run.inputs, args.batch_size, lambda: None)
-        harness_walls.append(time.perf_counter() - opened)
-        harness_times.append(seconds)
-        raw_seconds, raw_wall = raw_loop(model, tensors, args.batch_size)
-        raw_times.append(raw_seconds)
-        raw_walls.append(raw_wall)
-    harness_median, raw_median = statistics.median(harness_times), statistics.median(raw_times)
-    harness_wall, raw_wall = statistics.median(harness_walls), statistics.median(raw_walls)
+        for name, (loop, model) in loops.items():
+            opened = time.perf_counter()
+            _, seconds, _ = run_session(get_runtime(name), run.artifacts, run.inputs, args.batch_size, lambda: None)
+            times[name]["harness wall"].append(time.perf_counter() - opened)
+            times[name]["harness"].append(seconds)
+            raw_seconds, raw_wall = loop(model, tensors, args.batch_size)
+            times[name]["raw"].append(raw_seconds)
+            times[name]["raw wall"].append(raw_wall)
 
     with tempfile.TemporaryDirectory() as reports:
         start = time.perf_counter()
@@ -70,14 +85,15 @@ def main() -> None:
         subprocess.run(command, check=True, capture_output=True)
         cli_seconds = time.perf_counter() - start
 
-    print(f"demo: {len(tensors)} samples, batch {args.batch_size}, {args.repeats} interleaved repeats (median)")
-    print(f"  inference, harness ort-fp32 : {harness_median * 1e3:8.1f} ms")
-    print(f"  inference, raw ORT loop     : {raw_median * 1e3:8.1f} ms")
-    print(f"  inference ratio harness/raw : {harness_median / raw_median:8.3f}   (target <= 1.10)")
-    walls = f"{harness_wall * 1e3:.1f} vs {raw_wall * 1e3:.1f} ms"
-    print(f"  with session creation + output concatenation: {walls}, ratio {harness_wall / raw_wall:.3f}")
-    print(f"  decode + stack, once        : {decode_seconds * 1e3:8.1f} ms")
-    print(f"  whole `harness run` command : {cli_seconds * 1e3:8.1f} ms (torch reference + ort + report + start-up)")
+    threads = compute_threads()
+    print(f"demo: {len(tensors)} samples, batch {args.batch_size}, {threads} threads, {args.repeats} interleaved repeats (median)")
+    print("| runtime | inference, harness ms | raw loop ms | ratio (target <= 1.10) | with session creation: harness / raw |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, measured in times.items():
+        median = {key: statistics.median(values) for key, values in measured.items()}
+        ratio, wall = median["harness"] / median["raw"], median["harness wall"] / median["raw wall"]
+        print(f"| {name} | {median['harness'] * 1e3:.1f} | {median['raw'] * 1e3:.1f} | {ratio:.3f} | {wall:.3f} |")
+    print(f"decode + stack, once: {decode_seconds * 1e3:.0f} ms; whole `harness run --runtime ort-fp32` command: {cli_seconds:.2f} s")
 
 
 if __name__ == "__main__":

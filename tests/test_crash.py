@@ -136,11 +136,9 @@ def test_sigint_is_one_line_and_exit_130(cache_dir: Path, tmp_path: Path, comman
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "matrix.json").exists()
 
 
-def test_sigint_while_the_libraries_import_is_one_line_too(cache_dir: Path) -> None:
-    process = _harness("list", cache=cache_dir)
-    time.sleep(0.5)  # inside `import torch` & co.
+def test_sigint_while_the_libraries_import_is_one_line_too(cache_dir: Path, tmp_path: Path) -> None:
+    process = _harness("run", "--suite", "demo", "--runtime", "torch-fp32", "--no-golden", "--report-dir", tmp_path, cache=cache_dir)
+    time.sleep(0.5)  # inside the CLI's imports, or the command's `import torch` & co.
     process.send_signal(signal.SIGINT)
     code, _out, err = _finish(process)
-    if code == 0:
-        pytest.skip("the imports finished within 0.5 s on this machine")
-    assert code == 130 and [line for line in err.splitlines() if line.strip()] == [INTERRUPTED]
+    assert code == 130 and [line for line in err.splitlines() if line.strip()] == [INTERRUPTED], err

@@ -71,12 +71,19 @@ def test_gpu_runtimes_get_their_own_units_of_the_same_ranges(demo_suite: Suite, 
     assert [[u.device for u in r] for r in plan.ranges()] == [["cpu", "gpu"], ["cpu", "gpu"]]
 
 
-def test_units_and_worker_processes_measure_what_one_unsplit_run_does(demo_suite: Suite, cache: ArtifactCache) -> None:
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_units_and_worker_processes_measure_what_one_unsplit_run_does(
+    demo_suite: Suite, cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch, threads: str
+) -> None:
+    monkeypatch.setenv("HARNESS_THREADS", threads)  # 1 on 2 cores: a core is left for a decode process, one range ahead
     request = RunRequest(("ort-fp32", "ov-int8"), 32, limit=200)
-    whole = measure(demo_suite, request, cache, Execution(workers=1))
-    split = measure(demo_suite, dataclasses.replace(request, chunk=40), cache, Execution(workers=2))  # 4 units, 2 processes
+    whole = measure(demo_suite, request, cache, Execution(workers=0))
+    execution = Execution(workers=len(os.sched_getaffinity(0)) - 1 if threads == "1" else 2)
+    split = measure(demo_suite, dataclasses.replace(request, chunk=40), cache, execution)  # 4 units
     _same_measurements(whole, split)
     assert split.requested == ("ort-fp32", "ov-int8") and list(split.inferences) == ["torch-fp32", "ort-fp32", "ov-int8"]
+    overlapped = threads == "1" and len(os.sched_getaffinity(0)) > 1
+    assert ("one range ahead" in execution.log[0]) == overlapped, execution.log
 
 
 def _dataset(tmp_path: Path, names: list[str]) -> Path:
