@@ -545,6 +545,9 @@ def _split_axes(value: str | None) -> list[str]:
 @batch_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/matrix"), show_default=True)
+@click.option(
+    "--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True, help="Samples in memory at a time (whole batches)."
+)
 @cache_option
 def matrix(
     suite_name: str | None,
@@ -554,6 +557,7 @@ def matrix(
     batch_size: int | None,
     limit: int | None,
     report_dir: Path,
+    chunk: int,
     cache_dir: Path | None,
 ) -> None:
     """SysNoise table: each axis varied alone against the reference, then the combined worst case."""
@@ -561,9 +565,8 @@ def matrix(
     chosen = _split_axes(axes)
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit, track)
-        report = run_matrix(
-            suite, chosen, _expand_runtimes(runtimes, (suite.reference_runtime,)), run, batch_size or suite.batch_size, set(skip)
-        )
+        matrix_runtimes = _expand_runtimes(runtimes, (suite.reference_runtime,))
+        report = run_matrix(suite, chosen, matrix_runtimes, run, batch_size or suite.batch_size, set(skip), chunk)
     title = f"{suite.name}: SysNoise per axis ({report.metric_name} delta in points, {report.samples} samples)"
     render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows())
     render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows())

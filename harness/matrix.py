@@ -7,9 +7,11 @@ is compared with the same runtime on the reference stack and model (precision
 variants: with the suite's reference runtime).  The combined row stacks the
 worst choice of each axis, as the SysNoise study does.
 
-Cost: images are decoded once per decoder setting (pixels are shared by every
-resize, colour and order variant and every runtime); each (tensors, model,
-runtime) is inferred once.
+Cost: the samples stream through in chunks (`--chunk`, whole batches), each
+decoded once per decoder setting (pixels are shared by every resize, colour
+and order variant and every runtime) and once more for the combined row;
+each (tensors, model, runtime) is inferred once, on sessions that stay open.
+Memory: one chunk's pixels and tensors, and every row's outputs.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ import numpy as np
 from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
 from harness.colour import COLOUR_PATHS
 from harness.compare import Comparison, compare
+from harness.dataset import Sample
 from harness.decoders import DECODERS, decoder_unavailable
-from harness.feed import Decoded, DecoderNotApplicable, InputSet, decode_all, decode_key, tensors_from
+from harness.feed import Decoded, DecoderNotApplicable, InputSet, concat_inputs, decode_all, decode_key, tensors_from
 from harness.measured import Inference
-from harness.pipeline import SuiteRun
+from harness.pipeline import Sessions, SuiteRun
 from harness.report import SCHEMA_VERSION, markdown_table, write_report_files
 from harness.resizers import RESIZERS
 from harness.stack import PADDED_MODES, StackSpec
 from harness.suite import Suite
 from harness.tasks import TASKS, make_task
+from harness.work import DEFAULT_CHUNK
 from runtimes import get_runtime
 
 
@@ -313,34 +317,67 @@ def _stack_key(stack: StackSpec) -> str:
 
 
 class MatrixRunner:
-    """Decodes once per decoder setting, infers once per (tensors, model, runtime)."""
+    """Streams the samples through the matrix chunk by chunk: each chunk decoded once per decoder setting and
+    inferred once per (tensors, model, runtime) on sessions that stay open; only outputs are kept across chunks."""
 
     def __init__(self, run: SuiteRun, batch_size: int) -> None:
         self.run = run
         self.batch_size = batch_size
         self.decodes = 0
-        self._inferences: dict[tuple[str, str, str], Inference] = {}
+        self._sessions = Sessions()
+        self._parts: dict[tuple[str, str, str], dict[int, Inference]] = {}  # (stack, model, runtime) -> chunk start -> part
+        self._fed: dict[str, dict[int, InputSet]] = {}  # stack -> chunk start -> the chunk's inputs, tensors dropped
+        self._track: dict[str, Callable[[], None]] = {}
 
-    def decode(self, stack: StackSpec) -> Decoded:
-        self.decodes += len(self.run.samples)
-        return decode_all(
-            self.run.samples, stack, self.run.track(f"decode with {stack.decoder}", len(self.run.samples)), self.run.suite.intake
+    def _advance(self, label: str) -> Callable[[], None]:
+        if label not in self._track:
+            self._track[label] = self.run.track(label, len(self.run.samples))
+        return self._track[label]
+
+    def decode(self, samples: list[Sample], stack: StackSpec) -> Decoded:
+        self.decodes += len(samples)
+        return decode_all(samples, stack, self._advance(f"decode with {stack.decoder}"), self.run.suite.intake)
+
+    def infer(self, inputs: InputSet, runtime: str, model: str | None) -> None:
+        """One chunk's inputs on `runtime` (once per chunk, stack, model and runtime)."""
+        stack, start = _stack_key(inputs.stack), int(inputs.positions[0]) if len(inputs) else 0
+        parts = self._parts.setdefault((stack, model or "", runtime), {})
+        if start in parts:
+            return
+        artifacts, task = self.run.artifacts_for(model), self.run.task
+        parts[start] = self._sessions.infer((model or "", runtime), runtime, artifacts, inputs, self.batch_size, task, lambda: None)
+        advance = self._advance(f"infer {runtime}{f' ({model})' if model else ''}")  # per sample: bars span the matrix
+        for _ in range(len(inputs)):
+            advance()
+        self._fed.setdefault(stack, {}).setdefault(start, replace(inputs, tensors=inputs.tensors[:0]))
+
+    def inference(self, stack: StackSpec, runtime: str, model: str | None) -> tuple[Inference, InputSet]:
+        """Every chunk's outputs of one (stack, model, runtime), joined in sample order, and what was fed."""
+        key = _stack_key(stack)
+        parts = self._parts[(key, model or "", runtime)]
+        starts = sorted(parts)
+        first = parts[starts[0]]
+        joined = Inference(
+            runtime,
+            {name: np.concatenate([parts[s].outputs[name] for s in starts]) for name in first.outputs},
+            np.concatenate([parts[s].predictions for s in starts]),
+            sum(parts[s].seconds for s in starts),
+            first.session,
+            first.artifacts,
         )
+        return joined, concat_inputs([self._fed[key][s] for s in starts])
 
-    def infer(self, inputs: InputSet, runtime: str, model: str | None) -> Inference:
-        key = (_stack_key(inputs.stack), model or "", runtime)
-        if key not in self._inferences:
-            self._inferences[key] = self.run.infer(runtime, self.batch_size, inputs, model)
-        return self._inferences[key]
-
-    def row(self, variant: Variant, inputs: InputSet, runtime: str, baseline: Inference) -> MatrixRow:
-        got = self.infer(inputs, runtime, variant.model)
+    def row(self, variant: Variant, stack: StackSpec, runtime: str, baseline: Inference) -> MatrixRow:
+        got, fed = self.inference(stack, runtime, variant.model)
         if variant.postprocess:
             suite = self.run.suite
             task = make_task(suite.task, suite.model.output_names, suite.postprocess | dict(variant.postprocess))
-            got = replace(got, predictions=task.predictions(got.outputs, inputs.geometry))
-        comp = compare(runtime, f"reference:{baseline.runtime}", inputs.ids, inputs.labels, got, baseline, self.run.task)
+            got = replace(got, predictions=task.predictions(got.outputs, fed.geometry))
+        comp = compare(runtime, f"reference:{baseline.runtime}", fed.ids, fed.labels, got, baseline, self.run.task)
         return MatrixRow(variant.axis, variant.name, comp)
+
+    def close(self) -> None:
+        self._sessions.close()
 
 
 def collect_variants(suite: Suite, axes: list[str], skip: set[str]) -> tuple[list[Variant], list[str]]:
@@ -372,6 +409,11 @@ def combine(worst: dict[str, Variant]) -> Variant:
     return Variant("combined", name, tuple(overrides.items()), model=model, postprocess=tuple(postprocess.items()))
 
 
+def _targets(variant: Variant, runtimes: list[str], reference_runtime: str) -> list[tuple[str, str]]:
+    """(runtime, baseline runtime) pairs a variant runs on: precision variants against the reference runtime."""
+    return [(variant.runtime, reference_runtime)] if variant.runtime else [(r, r) for r in runtimes]
+
+
 def run_matrix(
     suite: Suite,
     axes: list[str],
@@ -379,64 +421,20 @@ def run_matrix(
     run: SuiteRun,
     batch_size: int,
     skip: set[str] | None = None,
+    chunk: int = DEFAULT_CHUNK,
 ) -> MatrixReport:
-    """Every variant of `axes` on every runtime in `runtimes`, then the combined worst case."""
+    """Every variant of `axes` on every runtime in `runtimes`, then the combined worst case, streamed over chunks
+    of `chunk` samples (rounded up to whole batches): memory holds one chunk's pixels and tensors, and outputs."""
     start = time.perf_counter()
     for runtime in [*runtimes, suite.reference_runtime]:
         get_runtime(runtime).require_available()
     variants, notes = collect_variants(suite, axes, skip or set())
     runner = MatrixRunner(run, batch_size)
-    reference = suite.stack
-    ref_key = decode_key(reference)
-
-    # Group stack variants by what they decode to; the reference group first.
-    groups: dict[tuple[str, bool, int], list[Variant]] = {ref_key: []}
-    for variant in variants:
-        groups.setdefault(decode_key(variant.stack_for(reference)), []).append(variant)
-
-    kept: dict[tuple[str, bool, int], Decoded] = {ref_key: runner.decode(reference)}
-    run.set_inputs(tensors_from(run.samples, kept[ref_key], reference))
-    baselines = {r: runner.infer(run.inputs, r, None) for r in dict.fromkeys([suite.reference_runtime, *runtimes])}
-
-    rows: list[MatrixRow] = []
-    worst_decoder: MatrixRow | None = None
-    decoded: dict[str, tuple[str, ...]] = {}  # decoder setting -> per-image hash of its pixels
-    for key, members in groups.items():
-        try:
-            pixels = kept[ref_key] if key == ref_key else runner.decode(members[0].stack_for(reference))
-        except DecoderNotApplicable as exc:  # e.g. a JPEG-only decoder on a dataset with PNGs: skip, say why
-            notes += [f"{v.axis}:{v.name} not applicable: {exc.what}" for v in members]
-            continue
-        decoded[_decode_label(key)] = pixels.stages["decoded"]
-        for variant in members:
-            stack = variant.stack_for(reference)
-            inputs = run.inputs if stack == reference else tensors_from(run.samples, pixels, stack)
-            targets = [(variant.runtime, baselines[suite.reference_runtime])] if variant.runtime else [(r, baselines[r]) for r in runtimes]
-            for runtime, baseline in targets:
-                try:
-                    row = runner.row(variant, inputs, runtime, baseline)
-                except VariantNotApplicable as exc:
-                    notes.append(f"{variant.axis}:{variant.name} not applicable: {exc.what}")
-                    break
-                rows.append(row)
-                if variant.axis == "decoder" and (worst_decoder is None or row.severity > worst_decoder.severity):
-                    if worst_decoder is not None:  # keep only the worst decoder's pixels (for the combined row)
-                        old = decode_key(_variant_named(variants, worst_decoder).stack_for(reference))
-                        if old != ref_key:
-                            kept.pop(old, None)
-                    worst_decoder = row
-                    kept[key] = pixels
-
-    worst: dict[str, Variant] = {}
-    for axis in COMBINED_AXES:
-        axis_rows = [r for r in rows if r.axis == axis and (axis, r.variant) not in CATASTROPHIC]
-        if axis in axes and axis_rows:
-            worst[axis] = _variant_named(variants, max(axis_rows, key=lambda r: r.severity))
-    left_out = sorted({f"{r.axis}:{r.variant}" for r in rows if (r.axis, r.variant) in CATASTROPHIC})
-    if left_out:
-        notes.append(f"the combined rows leave out configuration bugs ({', '.join(left_out)}): see their own rows")
-    if worst:
-        rows += _combined_rows(combine(worst), runner, kept, baselines, runtimes, [r for r in rows if r.axis == "precision"], notes)
+    try:
+        rows, decoded = _single_axis_rows(suite, runtimes, run, runner, variants, notes, chunk)
+        rows += _combined(suite, axes, runtimes, run, runner, variants, rows, notes, chunk)
+    finally:
+        runner.close()
     order = [*AXES, "combined", "combined+precision"]
     rows.sort(key=lambda r: order.index(r.axis))  # stable: variants keep their registry order within an axis
     return MatrixReport(
@@ -450,36 +448,119 @@ def run_matrix(
         decodes=runner.decodes,
         decoder_pairs={a: {b: sum(x != y for x, y in zip(ha, hb, strict=True)) for b, hb in decoded.items()} for a, ha in decoded.items()},
         seconds=time.perf_counter() - start,
-        context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": reference.describe()},
+        context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": suite.stack.describe()},
     )
 
 
-def _combined_rows(
-    combined: Variant,
-    runner: MatrixRunner,
-    kept: dict[tuple[str, bool, int], Decoded],
-    baselines: dict[str, Inference],
+def _chunks(run: SuiteRun, batch_size: int, chunk: int) -> list[list[Sample]]:
+    step = -(-max(chunk, 1) // batch_size) * batch_size  # whole batches of the split's grid
+    return [run.samples[a : a + step] for a in range(0, len(run.samples), step)]
+
+
+def _single_axis_rows(
+    suite: Suite,
     runtimes: list[str],
-    precision_rows: list[MatrixRow],
+    run: SuiteRun,
+    runner: MatrixRunner,
+    variants: list[Variant],
     notes: list[str],
+    chunk: int,
+) -> tuple[list[MatrixRow], dict[str, tuple[str, ...]]]:
+    """Every chunk decoded once per decoder setting (stack variants grouped by what they decode to, the reference
+    group first), every variant inferred; then one row per variant and runtime over the whole sample set."""
+    reference = suite.stack
+    ref_key = decode_key(reference)
+    groups: dict[tuple[str, bool, int], list[Variant]] = {ref_key: []}
+    for variant in variants:
+        groups.setdefault(decode_key(variant.stack_for(reference)), []).append(variant)
+    baselines = list(dict.fromkeys([suite.reference_runtime, *runtimes]))
+    unreadable: dict[tuple[str, bool, int], str] = {}  # decoder settings that cannot read the dataset: why
+    inapplicable: dict[Variant, str] = {}  # model variants that change nothing in this model: why
+    hashes: dict[str, list[str]] = {}  # decoder setting -> per-image hash of its pixels
+    for samples in _chunks(run, runner.batch_size, chunk):
+        for key, members in groups.items():
+            if key in unreadable:
+                continue
+            try:
+                pixels = runner.decode(samples, reference if key == ref_key else members[0].stack_for(reference))
+            except DecoderNotApplicable as exc:  # e.g. a JPEG-only decoder on a dataset with PNGs: skip, say why
+                if key == ref_key:
+                    raise
+                unreadable[key] = exc.what
+                continue
+            hashes.setdefault(_decode_label(key), []).extend(pixels.stages["decoded"])
+            tensors = {_stack_key(reference): tensors_from(samples, pixels, reference)} if key == ref_key else {}
+            for runtime in baselines if key == ref_key else ():
+                runner.infer(tensors[_stack_key(reference)], runtime, None)
+            for variant in (v for v in members if v not in inapplicable):
+                stack = variant.stack_for(reference)
+                inputs = tensors.get(_stack_key(stack)) or tensors.setdefault(_stack_key(stack), tensors_from(samples, pixels, stack))
+                try:
+                    for runtime, _baseline in _targets(variant, runtimes, suite.reference_runtime):
+                        runner.infer(inputs, runtime, variant.model)
+                except VariantNotApplicable as exc:
+                    inapplicable[variant] = exc.what
+    reference_outputs = {r: runner.inference(reference, r, None)[0] for r in baselines}
+    rows: list[MatrixRow] = []
+    for key, members in groups.items():
+        if key in unreadable:
+            notes += [f"{v.axis}:{v.name} not applicable: {unreadable[key]}" for v in members]
+            continue
+        for variant in members:
+            if variant in inapplicable:
+                notes.append(f"{variant.axis}:{variant.name} not applicable: {inapplicable[variant]}")
+                continue
+            for runtime, baseline in _targets(variant, runtimes, suite.reference_runtime):
+                rows.append(runner.row(variant, variant.stack_for(reference), runtime, reference_outputs[baseline]))
+    decoded = {label: tuple(h) for label, h in hashes.items() if not any(_decode_label(k) == label for k in unreadable)}
+    return rows, decoded
+
+
+def _combined(
+    suite: Suite,
+    axes: list[str],
+    runtimes: list[str],
+    run: SuiteRun,
+    runner: MatrixRunner,
+    variants: list[Variant],
+    rows: list[MatrixRow],
+    notes: list[str],
+    chunk: int,
 ) -> list[MatrixRow]:
-    """The combined worst case on every matrix runtime, and once more on the worst precision runtime."""
-    suite = runner.run.suite
+    """The worst choice of each axis applied together, on every matrix runtime and once more on the worst precision
+    runtime.  The worst decoder is known only once every row is, so each chunk is decoded once more, with the
+    combined stack's decoder setting (keeping every setting's pixels instead would not fit in memory)."""
+    worst: dict[str, Variant] = {}
+    for axis in COMBINED_AXES:
+        axis_rows = [r for r in rows if r.axis == axis and (axis, r.variant) not in CATASTROPHIC]
+        if axis in axes and axis_rows:
+            worst[axis] = _variant_named(variants, max(axis_rows, key=lambda r: r.severity))
+    left_out = sorted({f"{r.axis}:{r.variant}" for r in rows if (r.axis, r.variant) in CATASTROPHIC})
+    if left_out:
+        notes.append(f"the combined rows leave out configuration bugs ({', '.join(left_out)}): see their own rows")
+    if not worst:
+        return []
+    combined = combine(worst)
     stack = replace(combined.stack_for(suite.stack), name="combined")
-    key = decode_key(stack)  # the worst decoder's pixels, unless the combined stack decodes differently (draft + another size)
-    inputs = tensors_from(runner.run.samples, kept[key] if key in kept else runner.decode(stack), stack)
-    targets = [(combined, r, baselines[r]) for r in runtimes]
+    targets = [(combined, r, r) for r in runtimes]
+    precision_rows = [r for r in rows if r.axis == "precision"]
     if precision_rows:
         worst_runtime = max(precision_rows, key=lambda r: r.severity).comparison.runtime
         with_precision = replace(combined, axis="combined+precision", name=f"{combined.name} + {worst_runtime}")
-        targets.append((with_precision, worst_runtime, baselines[suite.reference_runtime]))
-    rows = []
-    for variant, runtime, baseline in targets:
-        try:
-            rows.append(runner.row(variant, inputs, runtime, baseline))
-        except VariantNotApplicable as exc:
-            notes.append(f"{variant.axis} on {runtime} not run: {exc.what}")
-    return rows
+        targets.append((with_precision, worst_runtime, suite.reference_runtime))
+    failed: set[str] = set()
+    for samples in _chunks(run, runner.batch_size, chunk):
+        inputs = tensors_from(samples, runner.decode(samples, stack), stack)
+        for variant, runtime, _baseline in targets:
+            if runtime in failed:
+                continue
+            try:
+                runner.infer(inputs, runtime, variant.model)
+            except VariantNotApplicable as exc:
+                notes.append(f"{variant.axis} on {runtime} not run: {exc.what}")
+                failed.add(runtime)
+    reference_outputs = {r: runner.inference(suite.stack, r, None)[0] for r in {b for _v, _r, b in targets}}
+    return [runner.row(v, stack, r, reference_outputs[b]) for v, r, b in targets if r not in failed]
 
 
 def _decode_label(key: tuple[str, bool, int]) -> str:

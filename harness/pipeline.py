@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -79,6 +80,46 @@ def run_session(
 def batches(inputs: InputSet, batch_size: int) -> int:
     """Batches of the fixed grid that `inputs` touch."""
     return len(np.unique(inputs.positions // batch_size))
+
+
+@dataclass
+class OpenSession:
+    session: Session
+    input_name: str
+    describe: dict[str, str]
+    used: dict[str, Any]  # provenance of the artifacts the session consumed
+
+
+class Sessions:
+    """Sessions kept open across the parts of a run that stream through them (work units, matrix chunks)."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, ...], OpenSession] = {}
+
+    def infer(
+        self,
+        key: tuple[str, ...],
+        runtime: str,
+        artifacts: ModelArtifacts,
+        inputs: InputSet,
+        batch_size: int,
+        task: Task,
+        advance: Callable[[], None],
+    ) -> Inference:
+        """`runtime` on `inputs` through the session opened for `key` (opened on first use)."""
+        if key not in self._open:
+            artifacts.accessed.clear()
+            session = get_runtime(runtime).open(artifacts)
+            used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
+            self._open[key] = OpenSession(session, artifacts.input_names[0], session.describe(), used)
+        opened = self._open[key]
+        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch_size, advance)
+        return Inference(runtime, outputs, task.predictions(outputs, inputs.geometry), seconds, opened.describe, opened.used)
+
+    def close(self) -> None:
+        for opened in self._open.values():
+            opened.session.close()
+        self._open.clear()
 
 
 class SuiteRun:

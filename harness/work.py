@@ -41,12 +41,12 @@ from harness.files import atomic_write
 from harness.golden import GoldenStore
 from harness.measured import Inference, RunOutputs, concat, determinism, side_by_side
 from harness.parallel import Pending, Preparer, default_workers
-from harness.pipeline import SuiteRun, Tracker, feed_session, judge_run, validate_runtimes
+from harness.pipeline import Sessions, SuiteRun, Tracker, judge_run, validate_runtimes
 from harness.report import RunReport
 from harness.stack import StackSpec
 from harness.suite import Suite, load_suite
 from harness.tasks import make_task
-from runtimes import Session, get_runtime
+from runtimes import get_runtime
 
 DEFAULT_CHUNK = 1024  # samples per unit: a resume loses at most one unit's work; tensors held <= 2 units
 POOL_FROM = 1000  # default workers: one process below this many samples (spawning costs more than it saves)
@@ -219,14 +219,6 @@ class ResultStore:
             shutil.rmtree(self.root)
 
 
-@dataclass
-class _Open:
-    session: Session
-    input_name: str
-    describe: dict[str, str]
-    used: dict[str, Any]  # provenance of the artifacts the session consumed
-
-
 class Worker:
     """Executes units in one process; a suite's prepared run (dataset, artifacts) and its open sessions are kept
     from one unit to the next."""
@@ -235,7 +227,7 @@ class Worker:
         self.cache = cache
         self.advance = advance or (lambda _label: lambda: None)
         self._runs: dict[str, SuiteRun] = {}
-        self._sessions: dict[tuple[str, str], _Open] = {}
+        self._sessions = Sessions()
 
     @staticmethod
     def _run_key(unit: WorkUnit) -> str:
@@ -265,21 +257,10 @@ class Worker:
     def samples(self, unit: WorkUnit) -> list[Sample]:
         return self.run_for(unit).dataset.samples[unit.start : unit.stop]
 
-    def _session(self, unit: WorkUnit, runtime: str) -> _Open:
-        key = (self._run_key(unit), runtime)
-        if key not in self._sessions:
-            artifacts = self.run_for(unit).artifacts
-            artifacts.accessed.clear()
-            session = get_runtime(runtime).open(artifacts)
-            used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
-            self._sessions[key] = _Open(session, artifacts.input_names[0], session.describe(), used)
-        return self._sessions[key]
-
     def _infer(self, unit: WorkUnit, runtime: str, inputs: InputSet) -> Inference:
-        run, opened = self.run_for(unit), self._session(unit, runtime)
-        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, unit.batch_size, self.advance(f"infer {runtime}"))
-        predictions = run.task.predictions(outputs, inputs.geometry)
-        return Inference(runtime, outputs, predictions, seconds, opened.describe, opened.used)
+        run = self.run_for(unit)
+        key = (self._run_key(unit), runtime)
+        return self._sessions.infer(key, runtime, run.artifacts, inputs, unit.batch_size, run.task, self.advance(f"infer {runtime}"))
 
     def execute(self, unit: WorkUnit, inputs: InputSet | None = None) -> RunOutputs:
         """Measure one unit: its samples through its stack (unless `inputs` are given), then every runtime."""
@@ -305,9 +286,7 @@ class Worker:
         )
 
     def close(self) -> None:
-        for opened in self._sessions.values():
-            opened.session.close()
-        self._sessions.clear()
+        self._sessions.close()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from onnx import numpy_helper
 SETS = 50
 REPEATS = 5
 
-RAW_SCRIPT = '''
+RAW_SCRIPT = """
 import sys, pathlib, numpy as np, onnx, onnxruntime
 from onnx import numpy_helper
 model, data = sys.argv[1], pathlib.Path(sys.argv[2])
@@ -40,9 +40,9 @@ for folder in sorted(data.glob("test_data_set_*")):
     got = session.run(None, {name: read(folder / "input_0.pb")})[0]
     ok &= bool(np.allclose(got, read(folder / "output_0.pb"), rtol=1e-3, atol=1e-5))
 sys.exit(0 if ok else 1)
-'''
+"""
 
-POLY_DATA = '''
+POLY_DATA = """
 import sys, pathlib, onnx
 from onnx import numpy_helper
 from polygraphy.json import save_json
@@ -56,7 +56,7 @@ results = RunResults()
 expected = [IterationResult({sys.argv[4]: read(f / "output_0.pb")}, runner_name="expected") for f in folders]
 results.append(("expected", expected))
 results.save(str(out / "outputs.json"))
-'''
+"""
 
 
 def test_data(model: Path, folder: Path) -> tuple[str, str]:
