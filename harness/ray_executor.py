@@ -17,7 +17,7 @@ from typing import Any
 from exporters.cache import ArtifactCache
 from harness.environment import THREADS_ENV, compute_threads
 from harness.errors import HarnessError
-from harness.work import Progress, ResultStore, RunPlan, Worker, WorkUnit
+from harness.work import Execution, Progress, ResultStore, RunPlan, Worker, WorkUnit
 
 
 class UnitActor:
@@ -42,7 +42,7 @@ class RayExecutor:
     def __init__(self, cache: ArtifactCache, workers: int | None = None, address: str | None = None) -> None:
         self.cache, self.workers, self.address = cache, workers, address
 
-    def run(self, plan: RunPlan, todo: list[WorkUnit], store: ResultStore, progress: Progress, log: list[str]) -> None:
+    def run(self, plan: RunPlan, todo: list[WorkUnit], store: ResultStore, progress: Progress, execution: Execution) -> None:
         ray = _ray()
         started = not ray.is_initialized()
         if started:
@@ -53,7 +53,7 @@ class RayExecutor:
                 where = self.address or "(local)"
                 raise HarnessError(f"cannot reach the Ray cluster {where}: {exc}", "check --address and that Ray runs") from exc
         try:
-            self._run(ray, todo, store, progress, log)
+            self._run(ray, todo, store, progress, execution)
         finally:
             if started:
                 ray.shutdown()
@@ -69,10 +69,12 @@ class RayExecutor:
         actor = ray.remote(**needs)(UnitActor).options(runtime_env={"env_vars": {THREADS_ENV: str(compute_threads())}})
         return [actor.remote(str(self.cache.root)) for _ in range(max(1, min(count, units)))]
 
-    def _run(self, ray: Any, todo: list[WorkUnit], store: ResultStore, progress: Progress, log: list[str]) -> None:
+    def _run(self, ray: Any, todo: list[WorkUnit], store: ResultStore, progress: Progress, execution: Execution) -> None:
         queues = {device: [u for u in todo if u.device == device] for device in ("cpu", "gpu")}
         idle = {device: self._actors(ray, device, len(units)) for device, units in queues.items() if units}
-        log.append(f"ray executor: {len(todo)} units on " + ", ".join(f"{len(a)} {d} actor(s)" for d, a in idle.items()))
+        actors = {device: len(a) for device, a in idle.items()}
+        execution.record.update({"actors": actors, "inference_threads": compute_threads(), "address": self.address})
+        execution.log.append(f"ray executor: {len(todo)} units on " + ", ".join(f"{len(a)} {d} actor(s)" for d, a in idle.items()))
         running: dict[Any, tuple[WorkUnit, Any]] = {}
 
         def dispatch() -> None:

@@ -299,6 +299,7 @@ class Execution:
     store: Path | None = None  # unit results (default: in memory)
     resume: bool = False  # reuse the results already in the store
     log: list[str] = field(default_factory=list, compare=False, hash=False)  # what the executor did, in words
+    record: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # the same as data, for the report
 
 
 class Progress:
@@ -322,6 +323,7 @@ def pending_units(plan: RunPlan, store: ResultStore, execution: Execution) -> li
         store.clear()
         return list(plan.units)
     todo = [u for u in plan.units if not store.has(u)]
+    execution.record["resumed_units"] = len(plan.units) - len(todo)
     execution.log.append(f"resumed: {len(plan.units) - len(todo)} of {len(plan.units)} units already done in {store.root}")
     return todo
 
@@ -338,7 +340,7 @@ class LocalExecutor:
         self.cache = cache
         self.workers = workers
 
-    def run(self, plan: RunPlan, todo: list[WorkUnit], store: ResultStore, progress: Progress, log: list[str]) -> None:
+    def run(self, plan: RunPlan, todo: list[WorkUnit], store: ResultStore, progress: Progress, execution: Execution) -> None:
         cpus, threads = default_workers(), compute_threads()
         if self.workers is not None:
             workers = self.workers
@@ -348,7 +350,9 @@ class LocalExecutor:
             workers = cpus - threads if cpus > threads else cpus
         overlap = workers > 0 and workers + threads <= cpus
         decode = f"{workers} decode process(es)" if workers else "decode in this process"
-        log.append(f"local executor: {len(todo)} units; {decode}{', one range ahead' if overlap else ''}; inference on {threads} thread(s)")
+        execution.record.update({"decode_processes": workers, "decode_ahead": overlap, "inference_threads": threads, "cpus": cpus})
+        ahead = ", one range ahead" if overlap else ""
+        execution.log.append(f"local executor: {len(todo)} units; {decode}{ahead}; inference on {threads} thread(s)")
         worker = Worker(self.cache, progress)
         try:
             with Preparer(workers) as preparer:
@@ -383,14 +387,16 @@ def execute(plan: RunPlan, cache: ArtifactCache, execution: Execution, track: Tr
     """Execute the plan's pending units with the chosen executor; every unit's result is in the returned store."""
     store = ResultStore(execution.store, plan)
     todo = pending_units(plan, store, execution)
+    largest = max(map(len, plan.units), default=0)
+    execution.record.update({"executor": execution.executor, "units": len(plan.units), "samples_per_unit": largest})
     stack = plan.units[0].stack["name"] if plan.units else ""
     progress = Progress(plan, todo, track, stack)
     if execution.executor == "ray":
         from harness.ray_executor import RayExecutor
 
-        RayExecutor(cache, execution.workers, execution.address).run(plan, todo, store, progress, execution.log)
+        RayExecutor(cache, execution.workers, execution.address).run(plan, todo, store, progress, execution)
     elif execution.executor == "local":
-        LocalExecutor(cache, execution.workers).run(plan, todo, store, progress, execution.log)
+        LocalExecutor(cache, execution.workers).run(plan, todo, store, progress, execution)
     else:
         raise HarnessError(f"unknown executor '{execution.executor}'", "use --executor local or --executor ray")
     return store
@@ -436,5 +442,8 @@ def run_suite(
     validate_runtimes([suite.reference_runtime, *runtimes])
     goldens = {name: golden_store.load(name) for name in runtimes} if golden_store else {}  # missing or corrupt: fail before inference
     request = RunRequest(tuple(runtimes), batch_size, limit, shard, repeat, stack, chunk)
+    execution = execution or Execution()
     measured = measure(suite, request, cache, execution, track)
-    return judge_run(suite, measured, golden_store, goldens), measured
+    report = judge_run(suite, measured, golden_store, goldens)
+    report.context = report.context | {"execution": execution.record}  # the report's, not the goldens': how, not what
+    return report, measured

@@ -150,6 +150,7 @@ def test_an_interrupted_run_resumes_from_its_finished_units_and_reports_the_same
     assert f"resumed: {done} of 16 units already done" in resumed.err
     _same_measurements(RunOutputs.load(tmp_path / "whole"), RunOutputs.load(tmp_path / "cut"))
     whole, cut = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("whole", "cut"))
+    assert cut["execution"]["resumed_units"] == done and whole["execution"]["units"] == cut["execution"]["units"] == 16
     assert [(r["runtime"], r["metric"], r["passed"], r["determinism"]) for r in whole["results"]] == [
         (r["runtime"], r["metric"], r["passed"], r["determinism"]) for r in cut["results"]
     ]
@@ -176,6 +177,18 @@ def test_ray_executor_on_a_local_two_worker_instance_reports_what_the_local_one_
     assert "ray executor: 4 units on 2 cpu actor(s)" in execution.log
     _same_measurements(local_measured, remote_measured)
     assert [r.describe() | {"infer_seconds": 0} for r in local.results] == [r.describe() | {"infer_seconds": 0} for r in remote.results]
+
+
+def test_ray_executor_without_ray_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, harness_cli: Callable[..., object], make_suite: Callable[..., Path], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where the extra is not installed
+    result = harness_cli(*_run_args(make_suite(), tmp_path / "r", "--executor", "ray", "--limit", "32"))
+    assert (
+        result.code == 2
+        and result.err.strip() == "error: --executor ray needs Ray, which is not installed (pip install 'sysnoise-harness[ray]')"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
