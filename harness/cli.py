@@ -26,7 +26,7 @@ from exporters.cache import ArtifactCache, default_cache_dir
 from exporters.rewrites import MODEL_VARIANTS
 from harness.colour import COLOUR_PATHS
 from harness.decoders import DECODERS, decoder_unavailable
-from harness.entry import INTERRUPTED
+from harness.entry import exit_interrupted
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
@@ -654,14 +654,12 @@ def main() -> None:
         code = cli.main(prog_name="harness", standalone_mode=False)
     except HarnessError as exc:
         if _caused_by_interrupt(exc):  # a library wrapped the Ctrl-C (torch.onnx.export does): not an input error
-            click.echo(INTERRUPTED, err=True)
-            sys.exit(130)
+            exit_interrupted()
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo(INTERRUPTED, err=True)
-        sys.exit(130)
+        exit_interrupted()
     sys.exit(code if isinstance(code, int) else 0)
