@@ -39,7 +39,7 @@ from runtimes.precision import judged_precision, parse_counts, precision_note
 Tracker = Callable[[str, int], Callable[[], None]]
 
 
-def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
+def no_tracking(_description: str, _total: int) -> Callable[[], None]:
     return lambda: None
 
 
@@ -126,7 +126,7 @@ class SuiteRun:
     """A suite prepared for inference: dataset, input tensors, lazy model artifacts."""
 
     def __init__(
-        self, suite: Suite, cache: ArtifactCache, limit: int | None = None, track: Tracker = _no_tracking, stack: StackSpec | None = None
+        self, suite: Suite, cache: ArtifactCache, limit: int | None = None, track: Tracker = no_tracking, stack: StackSpec | None = None
     ) -> None:
         self.suite = suite
         self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack

@@ -41,7 +41,7 @@ from harness.files import atomic_write
 from harness.golden import GoldenStore
 from harness.measured import Inference, RunOutputs, concat, determinism, side_by_side
 from harness.parallel import Pending, Preparer, default_workers
-from harness.pipeline import Sessions, SuiteRun, Tracker, judge_run, validate_runtimes
+from harness.pipeline import Sessions, SuiteRun, Tracker, judge_run, no_tracking, validate_runtimes
 from harness.report import RunReport
 from harness.stack import StackSpec
 from harness.suite import Suite, load_suite
@@ -49,13 +49,9 @@ from harness.tasks import make_task
 from runtimes import get_runtime
 
 DEFAULT_CHUNK = 1024  # samples per unit: a resume loses at most one unit's work; tensors held <= 2 units
-POOL_FROM = 1000  # default workers: one process below this many samples (spawning costs more than it saves)
+POOL_FROM = 1000  # below this many samples decoding stays in this process (spawning workers costs more than it saves)
 UNITS_DIR = "units"  # in the report folder: the results of an unfinished run's units, and its plan
 PLAN_FILE = "plan.json"
-
-
-def _no_tracking(_description: str, _total: int) -> Callable[[], None]:
-    return lambda: None
 
 
 @dataclass(frozen=True)
@@ -383,7 +379,7 @@ class LocalExecutor:
                 store.put(unit, worker.execute(unit, inputs))
 
 
-def execute(plan: RunPlan, cache: ArtifactCache, execution: Execution, track: Tracker = _no_tracking) -> ResultStore:
+def execute(plan: RunPlan, cache: ArtifactCache, execution: Execution, track: Tracker = no_tracking) -> ResultStore:
     """Execute the plan's pending units with the chosen executor; every unit's result is in the returned store."""
     store = ResultStore(execution.store, plan)
     todo = pending_units(plan, store, execution)
@@ -413,7 +409,7 @@ def reduce(plan: RunPlan, store: ResultStore) -> RunOutputs:
 
 
 def measure(
-    suite: Suite, request: RunRequest, cache: ArtifactCache, execution: Execution | None = None, track: Tracker = _no_tracking
+    suite: Suite, request: RunRequest, cache: ArtifactCache, execution: Execution | None = None, track: Tracker = no_tracking
 ) -> RunOutputs:
     """Plan, execute and reduce: every runtime's outputs on the requested samples."""
     execution = execution or Execution()
@@ -431,7 +427,7 @@ def run_suite(
     golden_store: GoldenStore | None,
     batch_size: int,
     limit: int | None = None,
-    track: Tracker = _no_tracking,
+    track: Tracker = no_tracking,
     shard: tuple[int, int] = (1, 1),
     repeat: int = 1,
     stack: StackSpec | None = None,

@@ -179,6 +179,16 @@ def test_ray_executor_on_a_local_two_worker_instance_reports_what_the_local_one_
     assert [r.describe() | {"infer_seconds": 0} for r in local.results] == [r.describe() | {"infer_seconds": 0} for r in remote.results]
 
 
+def test_gpu_units_on_a_ray_cluster_without_gpus_are_refused(
+    demo_suite: Suite, cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    monkeypatch.setattr(work, "validate_runtimes", lambda names: None)  # planned as on a GPU runner; never opened here
+    plan = plan_run(demo_suite, RunRequest(("trt-fp16",), 32, limit=32, reference=False))
+    with pytest.raises(HarnessError, match="work units of GPU runtimes, but the Ray cluster has no GPU"):
+        work.execute(plan, cache, Execution("ray", workers=1))
+
+
 def test_ray_executor_without_ray_is_one_line(
     monkeypatch: pytest.MonkeyPatch, harness_cli: Callable[..., object], make_suite: Callable[..., Path], tmp_path: Path
 ) -> None:
