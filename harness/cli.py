@@ -24,6 +24,7 @@ from rich.table import Table
 from exporters.artifacts import PRECISIONS, ModelArtifacts
 from exporters.cache import ArtifactCache, default_cache_dir
 from exporters.rewrites import MODEL_VARIANTS
+from harness import api
 from harness.colour import COLOUR_PATHS
 from harness.decoders import DECODERS, decoder_unavailable
 from harness.entry import exit_interrupted
@@ -42,7 +43,7 @@ from harness.report import RunReport, render_table, write_report_files
 from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
 from harness.resizers import RESIZERS
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
-from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution, RunRequest, measure, run_suite
+from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution, RunRequest, measure
 from runtimes import RUNTIMES
 
 # Piped output (CI logs) gets a wide fixed width so tables are not truncated.
@@ -417,26 +418,27 @@ def run(
             console.print(f"wrote {path}")
         ctx.exit(0 if testdata.passed else 1)
     suite = _require_suite(suite_name)
-    store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
     execution = Execution(executor, workers, address, report_dir / UNITS_DIR, resume)
     with tracking() as track:
-        report, measured = run_suite(
+        report = api.check(
             suite,
             _expand_runtimes(runtimes, suite.default_runtimes),
-            _cache(cache_dir),
-            store,
-            batch_size or suite.batch_size,
+            stack_name,
             limit,
-            track,
+            golden=not no_golden,
+            batch_size=batch_size,
+            golden_dir=golden_dir,
+            cache_dir=cache_dir,
             shard=_parse_shard(shard_spec),
             repeat=repeat,
-            stack=suite.stack_named(stack_name) if stack_name else None,
-            execution=execution,
             chunk=chunk,
+            execution=execution,
+            track=track,
         )
     for line in execution.log:
         progress_console.print(escape(line))
-    _finish(ctx, report, measured, suite, report_dir)
+    assert report.measured is not None
+    _finish(ctx, report, report.measured, suite, report_dir)
 
 
 def _parse_shard(spec: str | None) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.compare import Comparison
-from harness.measured import Determinism
+from harness.measured import Determinism, RunOutputs
 
 SCHEMA_VERSION = "1.2"
 
@@ -81,6 +81,7 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     shard: tuple[int, int] = (1, 1)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    measured: RunOutputs | None = field(default=None, repr=False, compare=False)  # the raw outputs judged (`api.check`)
 
     @property
     def passed(self) -> bool:

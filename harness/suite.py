@@ -6,11 +6,14 @@ bundled demo is `harness/suites/demo.toml`; users point `--suite` at their own.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.dataset import sha256_file
 from harness.errors import HarnessError
 from harness.intake import IntakePolicy
 from harness.stack import StackSpec, stack_from
@@ -72,6 +75,24 @@ class Suite:
     default_runtimes: tuple[str, ...]
     batch_size: int
     description: str = ""
+    source: dict[str, Any] | None = None  # the mapping of a suite built without a file (`suite_from_mapping`)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], base: Path | None = None) -> Suite:
+        """A suite without a TOML file: the same keys and schema; relative paths against `base` (default: the
+        working directory)."""
+        return suite_from_mapping(data, base or Path.cwd())
+
+    def sha256(self) -> str:
+        """What the suite says, hashed: its file, or its mapping."""
+        text = json.dumps(self.source, sort_keys=True) if self.source is not None else None
+        return hashlib.sha256(text.encode()).hexdigest() if text is not None else sha256_file(self.path)
+
+    def definition(self) -> str:
+        """How another process finds the suite again: its file's path, or its mapping and base as JSON."""
+        if self.source is None:
+            return str(self.path)
+        return json.dumps({"mapping": self.source, "base": str(self.path.parent), "name": self.path.stem}, sort_keys=True)
 
     def stack_named(self, name: str) -> StackSpec:
         if name == self.stack.name:
@@ -94,6 +115,14 @@ def bundled_suites() -> list[str]:
     return sorted(p.stem for p in BUNDLED_DIR.glob("*.toml"))
 
 
+def suite_from_definition(definition: str) -> Suite:
+    """The inverse of `Suite.definition`."""
+    if definition.startswith("{"):
+        data = json.loads(definition)
+        return _suite(data["mapping"], Path(data["base"]) / f"{data['name']}.toml", data["mapping"])
+    return load_suite(definition)
+
+
 def resolve_suite_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
@@ -107,15 +136,27 @@ def resolve_suite_path(name_or_path: str) -> Path:
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """Read and validate a suite (`harness.schema`); every problem is one HarnessError line."""
-    from harness.schema import validate_suite  # pydantic builds its models on import: only commands that read a suite pay
-
+    """Read and validate a suite file (`harness.schema`); every problem is one HarnessError line."""
     path = resolve_suite_path(name_or_path).resolve()
     origin = str(path)
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise HarnessError(f"{origin}: malformed suite file: {exc}", "fix the TOML syntax") from exc
+    return _suite(data, path, None)
+
+
+def suite_from_mapping(data: dict[str, Any], base: Path) -> Suite:
+    """A suite from the mapping a suite file would hold (the same schema), relative paths against `base`."""
+    name = data.get("name") if isinstance(data.get("name"), str) else "suite"
+    source = json.loads(json.dumps(data, default=str))  # plain data: what work units carry to other processes
+    return _suite(source, base.resolve() / f"{name}.toml", source)
+
+
+def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> Suite:
+    from harness.schema import validate_suite  # pydantic builds its models on import: only commands that read a suite pay
+
+    origin = str(path) if source is None else f"suite '{path.stem}' (from a mapping)"
     spec = validate_suite(data, origin)
     base = path.parent
     reference_stack = stack_from("reference", spec.stack.given(), origin)
@@ -145,4 +186,5 @@ def load_suite(name_or_path: str) -> Suite:
         default_runtimes=tuple(spec.run.runtimes),
         batch_size=spec.run.batch_size,
         description=spec.description,
+        source=source,
     )

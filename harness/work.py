@@ -44,7 +44,7 @@ from harness.parallel import Pending, Preparer, default_workers
 from harness.pipeline import Sessions, SuiteRun, Tracker, judge_run, no_tracking, validate_runtimes
 from harness.report import RunReport
 from harness.stack import StackSpec
-from harness.suite import Suite, load_suite
+from harness.suite import Suite, suite_from_definition
 from harness.tasks import make_task
 from runtimes import get_runtime
 
@@ -58,7 +58,7 @@ PLAN_FILE = "plan.json"
 class WorkUnit:
     """Samples [start, stop) of a suite's split through one stack, inferred by runtimes on one kind of hardware."""
 
-    suite: str  # the suite file
+    suite: str  # the suite file, or a suite's mapping as JSON (`Suite.definition`)
     identity: dict[str, str]  # sha256 of the suite file, weights and manifest, and the harness version
     stack: dict[str, Any]  # StackSpec fields
     start: int
@@ -161,7 +161,7 @@ def plan_run(suite: Suite, request: RunRequest) -> RunPlan:
     if not suite.model.weights.is_file():
         raise HarnessError(f"weights file not found: {suite.model.weights}", "fix [model] weights in the suite")
     identity = {
-        "suite_sha256": sha256_file(suite.path),
+        "suite_sha256": suite.sha256(),
         "weights_sha256": sha256_file(suite.model.weights),
         "manifest_sha256": dataset.manifest_sha256,
         "split": suite.split,
@@ -173,7 +173,7 @@ def plan_run(suite: Suite, request: RunRequest) -> RunPlan:
     step = -(-max(request.chunk, 1) // request.batch_size) * request.batch_size
     stack = (request.stack or suite.stack).describe()
     units = tuple(
-        WorkUnit(str(suite.path), identity, stack, a, b, tuple(names), request.batch_size, request.repeat, device)
+        WorkUnit(suite.definition(), identity, stack, a, b, tuple(names), request.batch_size, request.repeat, device)
         for a, b in _cuts(start, stop, step)
         for device, names in groups.items()
     )
@@ -232,10 +232,10 @@ class Worker:
     def run_for(self, unit: WorkUnit) -> SuiteRun:
         key = self._run_key(unit)
         if key not in self._runs:
-            suite = load_suite(unit.suite)
+            suite = suite_from_definition(unit.suite)
             run = SuiteRun(suite, self.cache, stack=unit.stack_spec())
             found = {
-                "suite_sha256": sha256_file(suite.path),
+                "suite_sha256": suite.sha256(),
                 "weights_sha256": run.artifacts.weights_sha256,
                 "manifest_sha256": run.dataset.manifest_sha256,
                 "split": suite.split,
@@ -244,7 +244,7 @@ class Worker:
             changed = [k for k, v in unit.identity.items() if found.get(k) != v]
             if changed:
                 raise HarnessError(
-                    f"work unit {unit.key} was planned for other inputs of {unit.suite} ({', '.join(changed)} differ here)",
+                    f"work unit {unit.key} was planned for other inputs of {suite.path} ({', '.join(changed)} differ here)",
                     "plan the run again (run without --resume), or give every worker the same suite, weights and data",
                 )
             self._runs[key] = run
