@@ -25,11 +25,13 @@ from exporters.cache import ArtifactCache, default_cache_dir
 from harness.compare import Check
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
-from harness.pipeline import Tracker, no_tracking
+from harness.golden_review import GoldenChange, blocked, review
+from harness.golden_review import write as write_goldens
+from harness.pipeline import Tracker, no_tracking, validate_runtimes
 from harness.report import RunReport
 from harness.stack import StackSpec
 from harness.suite import Suite, load_suite
-from harness.work import DEFAULT_CHUNK, Execution, run_suite
+from harness.work import DEFAULT_CHUNK, Execution, RunRequest, measure, run_suite
 from runtimes import RuntimeSpec, get_runtime
 
 if TYPE_CHECKING:
@@ -42,8 +44,11 @@ __all__ = [
     "assert_conformant",
     "check",
     "check_model",
+    "commit_goldens",
     "load_suite",
+    "record_goldens",
     "resolve_runtimes",
+    "review_goldens",
 ]
 
 
@@ -68,7 +73,7 @@ def check(
     runtimes: Sequence[str] | None = None,
     stack: str | StackSpec | None = None,
     limit: int | None = None,
-    golden: bool = True,
+    golden: bool | Sequence[str] = True,
     *,
     batch_size: int | None = None,
     golden_dir: Path | None = None,
@@ -80,23 +85,23 @@ def check(
     track: Tracker = no_tracking,
 ) -> RunReport:
     """Run `runtimes` (default: the suite's) on identical inputs and judge them against the reference runtime and,
-    with `golden`, their goldens.  The report's `measured` holds the raw outputs."""
+    with `golden` (True, or the runtimes to compare so), their goldens.  The report's `measured` holds the raw outputs."""
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     specs = resolve_runtimes(runtimes or suite.default_runtimes)
     stack_spec = suite.stack_named(stack) if isinstance(stack, str) else stack
     store = GoldenStore(golden_dir or suite.golden_dir, suite.name) if golden else None
     cache = ArtifactCache(cache_dir or default_cache_dir())
     names = [spec.name for spec in specs]
-    report, measured = run_suite(
-        suite, names, cache, store, batch_size or suite.batch_size, limit, track, shard, repeat, stack_spec, execution, chunk
-    )
+    compared = None if isinstance(golden, bool) else [spec.name for spec in resolve_runtimes(golden)]
+    request = RunRequest(tuple(names), batch_size or suite.batch_size, limit, shard, repeat, stack_spec, chunk)
+    report, measured = run_suite(suite, request, cache, store, execution, track, compared)
     report.measured = measured
     return report
 
 
 def failures(report: RunReport) -> list[tuple[str, str, Check]]:
     """Every failed check of a report: (runtime, baseline, check)."""
-    return [(r.runtime, c.against, check) for r in report.results for c in r.comparisons for check in c.checks if not check.passed]
+    return [(r.runtime, str(c.against), check) for r in report.results for c in r.comparisons for check in c.checks if not check.passed]
 
 
 def assert_conformant(suite: Suite | str, runtimes: Sequence[str] | None = None, **options: Any) -> RunReport:
@@ -111,6 +116,44 @@ def assert_conformant(suite: Suite | str, runtimes: Sequence[str] | None = None,
         ]
         raise ConformanceError(f"suite {report.suite}", failures(report), attributions)
     return report
+
+
+def review_goldens(
+    suite: Suite | str,
+    runtimes: Sequence[str] | None = None,
+    *,
+    batch_size: int | None = None,
+    golden_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    track: Tracker = no_tracking,
+) -> tuple[GoldenStore, list[GoldenChange]]:
+    """Measure the runtimes on the whole split: what recording their goldens would change (nothing is written)."""
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    names = tuple(spec.name for spec in resolve_runtimes(runtimes or suite.default_runtimes))
+    validate_runtimes(list(names))
+    store = GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    cache = ArtifactCache(cache_dir or default_cache_dir())
+    measured = measure(suite, RunRequest(names, batch_size or suite.batch_size, reference=False), cache, track=track)
+    return store, review(suite, measured, store)
+
+
+def record_goldens(suite: Suite | str, runtimes: Sequence[str] | None = None, *, force: bool = False, **options: Any) -> list[GoldenChange]:
+    """`review_goldens`, then `commit_goldens`: returns what changed."""
+    store, changes = review_goldens(suite, runtimes, **options)
+    return commit_goldens(store, changes, force)
+
+
+def commit_goldens(store: GoldenStore, changes: list[GoldenChange], force: bool = False) -> list[GoldenChange]:
+    """Write reviewed goldens atomically under the store's lock; refused when the model weights or the dataset
+    differ from the goldens', unless `force`."""
+    identity = blocked(changes)
+    if identity and not force:
+        raise HarnessError(
+            f"refusing to update goldens: {'; '.join(identity)}",
+            "a different model or dataset needs a deliberate decision: review the diff above, then re-run with --force",
+        )
+    write_goldens(changes, store)
+    return changes
 
 
 @dataclass

@@ -31,19 +31,18 @@ from harness.entry import exit_interrupted
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.golden import GoldenStore
-from harness.golden_review import GoldenChange, blocked, review
-from harness.golden_review import write as write_goldens
+from harness.golden_review import GoldenChange
 from harness.matrix import AXES, DEFAULT_AXES, run_matrix
 from harness.measured import RunOutputs
 from harness.measured import merge as merge_outputs
 from harness.onnx_testdata import run_test_data
-from harness.pipeline import SuiteRun, judge_run, validate_runtimes
+from harness.pipeline import SuiteRun, judge_run
 from harness.publish import publish
 from harness.report import RunReport, render_table, write_report_files
 from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
 from harness.resizers import RESIZERS
 from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
-from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution, RunRequest, measure
+from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution
 from runtimes import RUNTIMES
 
 # Piped output (CI logs) gets a wide fixed width so tables are not truncated.
@@ -589,13 +588,9 @@ def _review(
 ) -> tuple[Suite, GoldenStore, list[GoldenChange]]:
     """Measure the runtimes on the whole split and print what an update of their goldens would change."""
     suite = _require_suite(suite_name)
-    store = GoldenStore(golden_dir or suite.golden_dir, suite.name)
     names = _expand_runtimes(runtimes, suite.default_runtimes)
-    validate_runtimes(names)
     with tracking() as track:
-        request = RunRequest(tuple(names), batch_size or suite.batch_size, reference=False)
-        measured = measure(suite, request, _cache(cache_dir), track=track)
-    changes = review(suite, measured, store)
+        store, changes = api.review_goldens(suite, names, batch_size=batch_size, golden_dir=golden_dir, cache_dir=cache_dir, track=track)
     for change in changes:
         console.print(f"[bold]{change.runtime}[/bold] ({store.folder(change.runtime)})")
         for line in change.lines():
@@ -629,13 +624,7 @@ def golden_update(
 ) -> None:
     """Show the diff, then record the goldens of the given runtimes (default: the suite's), atomically and under a lock."""
     _suite, store, changes = _review(suite_name, runtimes, batch_size, golden_dir, cache_dir)
-    identity = blocked(changes)
-    if identity and not force:
-        raise HarnessError(
-            f"refusing to update goldens: {'; '.join(identity)}",
-            "a different model or dataset needs a deliberate decision: review the diff above, then re-run with --force",
-        )
-    write_goldens(changes, store)
+    api.commit_goldens(store, changes, force)
     console.print(f"wrote {len(changes)} golden(s) under {store.root}")
 
 

@@ -49,12 +49,31 @@ class Check:
         return {"name": self.name, "value": self.value, "limit": self.limit, "op": self.op, "passed": self.passed}
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What a runtime is compared with, resolved once: the suite's reference runtime, the runtime's golden, or
+    another measurement (`noise`); written `reference:<runtime>`, `golden`, `noise` in reports."""
+
+    kind: str
+    runtime: str | None = None  # reference: which runtime
+
+    @classmethod
+    def reference(cls, runtime: str) -> Baseline:
+        return cls("reference", runtime)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.runtime}" if self.runtime else self.kind
+
+
+GOLDEN = Baseline("golden")
+
+
 @dataclass
 class Comparison:
-    """One runtime against one baseline (`reference:<runtime>` or `golden`)."""
+    """One runtime against one baseline."""
 
     runtime: str
-    against: str
+    against: Baseline
     samples: int
     outputs: dict[str, OutputStats]
     top1_agreement: float  # the task's agreement: top-1 for classification, unchanged images for detection
@@ -112,7 +131,7 @@ class Comparison:
         worst_class = self.worst_class
         return {
             "runtime": self.runtime,
-            "against": self.against,
+            "against": str(self.against),
             "samples": self.samples,
             "outputs": {k: asdict(v) for k, v in self.outputs.items()},
             "top1_agreement": self.top1_agreement,
@@ -172,7 +191,7 @@ def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tup
 
 def compare(
     runtime: str,
-    against: str,
+    against: Baseline,
     ids: tuple[str, ...],
     targets: np.ndarray,
     candidate: Observed,
@@ -203,18 +222,23 @@ def compare(
     )
 
 
+CHECKS = ("max_abs", "min_cosine", "top1_agreement", "flips", "negative_flip_rate", "metric_delta")  # what `judge` checks
+DETECTION_CHECKS = ("mean_matched_iou",)  # and for detections
+
+
 def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
     """Attach one check per tolerance key; returns the same comparison."""
     worst = comparison.worst
-    comparison.checks = [
-        Check("max_abs", worst.max_abs, tolerance.max_abs, "<="),
-        Check("min_cosine", worst.min_cosine, tolerance.min_cosine, ">="),
-        Check("top1_agreement", comparison.top1_agreement, tolerance.min_top1_agreement, ">="),
-        Check("flips", len(comparison.flips), tolerance.max_flips, "<="),
-        Check("negative_flip_rate", comparison.negative_flip_rate, tolerance.max_negative_flip_rate, "<="),
-        Check("metric_delta", abs(comparison.metric_delta), tolerance.max_metric_delta, "<="),
-    ]
+    measured: dict[str, tuple[float, float, str]] = {
+        "max_abs": (worst.max_abs, tolerance.max_abs, "<="),
+        "min_cosine": (worst.min_cosine, tolerance.min_cosine, ">="),
+        "top1_agreement": (comparison.top1_agreement, tolerance.min_top1_agreement, ">="),
+        "flips": (len(comparison.flips), tolerance.max_flips, "<="),
+        "negative_flip_rate": (comparison.negative_flip_rate, tolerance.max_negative_flip_rate, "<="),
+        "metric_delta": (abs(comparison.metric_delta), tolerance.max_metric_delta, "<="),
+    }
     matched_iou = comparison.details.get("mean_matched_iou")
     if matched_iou is not None:  # detection
-        comparison.checks.append(Check("mean_matched_iou", matched_iou, tolerance.min_mean_matched_iou, ">="))
+        measured["mean_matched_iou"] = (matched_iou, tolerance.min_mean_matched_iou, ">=")
+    comparison.checks = [Check(name, *measured[name]) for name in (*CHECKS, *DETECTION_CHECKS) if name in measured]
     return comparison

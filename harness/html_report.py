@@ -107,7 +107,7 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
             if not comp.flips:
                 continue
             figures = []
-            baseline = measured.inferences.get(comp.against.removeprefix("reference:"))
+            baseline = measured.inferences.get(comp.against.runtime or "")
             for sample_id in comp.flips[:THUMBNAILS]:
                 i = index[sample_id]
                 if predictions.ndim == 1:  # one label per sample
@@ -120,7 +120,7 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
                 image = _thumbnail(image_root / sample_id, boxes)
                 figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")
             more = f" (first {THUMBNAILS} of {len(comp.flips)})" if len(comp.flips) > THUMBNAILS else ""
-            parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(comp.against)}{more}</h3>" + "".join(figures))
+            parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(str(comp.against))}{more}</h3>" + "".join(figures))
     return "".join(parts) or "<p>no flipped samples</p>"
 
 

@@ -47,7 +47,7 @@ def junit_xml(report: RunReport) -> str:
     by_baseline: dict[str, list[tuple[str, str, float, str | None, str]]] = {}
     for result in report.results:
         for comp in result.comparisons:
-            baseline = comp.against.split(":", 1)[0]
+            baseline = comp.against.kind
             stages = f"; stages: {comp.attribution.message()}" if comp.attribution else ""
             for check in comp.checks:
                 detail = f"{check.name} = {check.value:.6g} (limit {check.op} {check.limit:.6g}) vs {comp.against}{stages}"

@@ -27,7 +27,7 @@ import numpy as np
 
 from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
 from harness.colour import COLOUR_PATHS
-from harness.compare import Comparison, compare
+from harness.compare import Baseline, Comparison, compare
 from harness.dataset import Sample
 from harness.decoders import DECODERS, decoder_unavailable
 from harness.feed import Decoded, DecoderNotApplicable, InputSet, concat_inputs, decode_all, decode_key, tensors_from
@@ -138,7 +138,7 @@ class MatrixRow:
             "axis": self.axis,
             "variant": self.variant,
             "runtime": comp.runtime,
-            "against": comp.against,
+            "against": str(comp.against),
             "metric": comp.metric,
             "metric_baseline": comp.metric_baseline,
             "metric_delta": comp.metric_delta,
@@ -166,7 +166,7 @@ def summarise(rows: list[MatrixRow]) -> list[AxisSummary]:
     """Per axis and baseline runtime (precision rows sit with the reference runtime they are measured against)."""
     groups: dict[tuple[str, str], list[MatrixRow]] = {}
     for row in rows:
-        groups.setdefault((row.axis, row.comparison.against.split(":", 1)[-1]), []).append(row)
+        groups.setdefault((row.axis, str(row.comparison.against.runtime)), []).append(row)
     summaries = []
     for (axis, runtime), members in groups.items():
         deltas = [r.comparison.metric_delta for r in members]
@@ -373,7 +373,7 @@ class MatrixRunner:
             suite = self.run.suite
             task = make_task(suite.task, suite.model.output_names, suite.postprocess | dict(variant.postprocess))
             got = replace(got, predictions=task.predictions(got.outputs, fed.geometry))
-        comp = compare(runtime, f"reference:{baseline.runtime}", fed.ids, fed.labels, got, baseline, self.run.task)
+        comp = compare(runtime, Baseline.reference(baseline.runtime), fed.ids, fed.labels, got, baseline, self.run.task)
         return MatrixRow(variant.axis, variant.name, comp)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
 from exporters.rewrites import get_variant
-from harness.compare import Comparison, compare, judge
+from harness.compare import GOLDEN, Baseline, Comparison, compare, judge
 from harness.dataset import Dataset, load_dataset
 from harness.environment import environment
 from harness.errors import HarnessError
@@ -170,12 +170,6 @@ class SuiteRun:
             self._first[count] = build_inputs(self.samples[:count], self.stack, None, self.suite.intake)
         return self._first[count]
 
-    def set_inputs(self, inputs: InputSet) -> None:
-        """Use tensors the caller already built from the suite's stack (e.g. from pixels it decoded once)."""
-        if inputs.stack != self.stack or inputs.ids != tuple(s.id for s in self.samples):
-            raise ValueError("inputs were not built from this run's samples and stack")
-        self._inputs = inputs
-
     @cached_property
     def calibration(self) -> InputSet:
         """The calibration split through the reference stack (INT8 quantization data)."""
@@ -234,7 +228,7 @@ def compare_to_reference(
     suite: Suite, ids: tuple[str, ...], labels: np.ndarray, inference: Inference, reference: Inference, task: Task
 ) -> Comparison:
     """A runtime against the reference runtime on the same samples, judged by the profile of its precision."""
-    comparison = compare(inference.runtime, f"reference:{reference.runtime}", ids, labels, inference, reference, task)
+    comparison = compare(inference.runtime, Baseline.reference(reference.runtime), ids, labels, inference, reference, task)
     return judge(comparison, judged_profile(suite, inference)[1])
 
 
@@ -242,7 +236,7 @@ def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden
     """The run against the golden's recorded outputs and predictions, with stage attribution that tells
     numeric noise (within the judging profile) from a change, and names what differs in the environment."""
     recorded = golden.select(measured.ids, update_hint)
-    comparison = compare(inference.runtime, "golden", measured.ids, measured.labels, inference, recorded, task)
+    comparison = compare(inference.runtime, GOLDEN, measured.ids, measured.labels, inference, recorded, task)
     profile, tolerance = judged_profile(suite, inference, golden)
     tolerated = Tolerated(comparison.within(tolerance), comparison.sample_max_abs, profile)
     environment = numeric_changes(golden.metadata, measured.metadata(inference.runtime))

@@ -118,7 +118,7 @@ class RunReport:
                     [
                         result.runtime,
                         executed,
-                        comp.against,
+                        str(comp.against),
                         f"{comp.metric:.4f}",
                         f"{comp.metric_delta:+.4f}",
                         f"{worst.max_abs:.2e}",

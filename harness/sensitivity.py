@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from exporters.graph import DATA_MOVEMENT_OPS, initializer_bytes, node_layers
-from harness.compare import Comparison, compare
+from harness.compare import Baseline, Comparison, compare
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.measured import Inference
@@ -246,6 +246,6 @@ def noise_injection(run: SuiteRun, levels: tuple[float, ...], batch_size: int, r
                 with _noise_at(modules[layer], kind, level, seed=10_000 * index + 100 * k + j):
                     noisy = run.infer(runtime, batch_size)
                 metric[kind].setdefault(layer, []).append(run.task.metric(noisy.predictions, run.inputs.labels))
-                agreed = compare(runtime, "noise", run.inputs.ids, run.inputs.labels, noisy, reference, run.task)
+                agreed = compare(runtime, Baseline("noise"), run.inputs.ids, run.inputs.labels, noisy, reference, run.task)
                 agreement[kind].setdefault(layer, []).append(agreed.top1_agreement)
     return Noise(run.task.metric_name, len(run.inputs), reference_metric, levels, metric, agreement)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class Suite:
     default_runtimes: tuple[str, ...]
     batch_size: int
     description: str = ""
+    xfail: dict[str, str] = field(default_factory=dict)  # runtime -> why its checks are expected to fail (pytest plugin)
     source: dict[str, Any] | None = None  # the mapping of a suite built without a file (`suite_from_mapping`)
 
     @classmethod
@@ -186,5 +187,6 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
         default_runtimes=tuple(spec.run.runtimes),
         batch_size=spec.run.batch_size,
         description=spec.description,
+        xfail=dict(spec.run.xfail),
         source=source,
     )

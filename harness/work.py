@@ -24,7 +24,7 @@ import hashlib
 import itertools
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -422,22 +422,19 @@ def measure(
 
 def run_suite(
     suite: Suite,
-    runtimes: list[str],
+    request: RunRequest,
     cache: ArtifactCache,
-    golden_store: GoldenStore | None,
-    batch_size: int,
-    limit: int | None = None,
-    track: Tracker = no_tracking,
-    shard: tuple[int, int] = (1, 1),
-    repeat: int = 1,
-    stack: StackSpec | None = None,
+    golden_store: GoldenStore | None = None,
     execution: Execution | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    track: Tracker = no_tracking,
+    golden_runtimes: Sequence[str] | None = None,
 ) -> tuple[RunReport, RunOutputs]:
-    """Measure every runtime (the reference first), then judge; returns the report and what was measured."""
+    """Measure every runtime of `request` (the reference first), then judge against the reference and (with a store)
+    the goldens of `golden_runtimes` (default: every runtime); returns the report and what was measured."""
+    runtimes = list(request.runtimes)
     validate_runtimes([suite.reference_runtime, *runtimes])
-    goldens = {name: golden_store.load(name) for name in runtimes} if golden_store else {}  # missing or corrupt: fail before inference
-    request = RunRequest(tuple(runtimes), batch_size, limit, shard, repeat, stack, chunk)
+    compared = runtimes if golden_runtimes is None else [r for r in runtimes if r in golden_runtimes]
+    goldens = {name: golden_store.load(name) for name in compared} if golden_store else {}  # missing or corrupt: fail before inference
     execution = execution or Execution()
     measured = measure(suite, request, cache, execution, track)
     report = judge_run(suite, measured, golden_store, goldens)

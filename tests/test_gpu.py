@@ -9,12 +9,12 @@ from exporters.cache import ArtifactCache
 from harness.dataset import load_dataset, read_sample
 from harness.decoders import DECODERS
 from harness.suite import Suite
-from harness.work import run_suite
+from harness.work import RunRequest, run_suite
 
 
 @pytest.mark.gpu
 def test_torch_cuda_matches_cpu_reference(demo_suite: Suite, cache: ArtifactCache) -> None:
-    report = run_suite(demo_suite, ["torch-cuda-fp32", "torch-cuda-fp16"], cache, None, batch_size=64, limit=256)[0]
+    report = run_suite(demo_suite, RunRequest(("torch-cuda-fp32", "torch-cuda-fp16"), 64, limit=256), cache)[0]
     results = {r.runtime: r for r in report.results}
     fp32 = results["torch-cuda-fp32"].comparisons[0]
     assert fp32.worst.max_abs < 1e-3 and fp32.passed  # TF32 is off: real FP32

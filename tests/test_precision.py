@@ -17,7 +17,7 @@ from harness.dataset import load_dataset
 from harness.pipeline import SuiteRun
 from harness.report import RunReport
 from harness.suite import Suite, load_suite
-from harness.work import run_suite
+from harness.work import RunRequest, run_suite
 from runtimes.precision import judged_precision
 
 VARIANTS = ["ort-fp16", "ort-int8", "ov-fp32", "ov-fp16", "ov-int8"]
@@ -25,7 +25,7 @@ VARIANTS = ["ort-fp16", "ort-int8", "ov-fp32", "ov-fp16", "ov-int8"]
 
 @pytest.fixture(scope="module")
 def variants_report(demo_suite: Suite, cache: ArtifactCache) -> RunReport:
-    return run_suite(demo_suite, VARIANTS, cache, None, batch_size=50)[0]
+    return run_suite(demo_suite, RunRequest(tuple(VARIANTS), 50), cache)[0]
 
 
 def _comparison(report: RunReport, runtime: str):

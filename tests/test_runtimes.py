@@ -7,17 +7,18 @@ from collections.abc import Callable
 import pytest
 
 from exporters.cache import ArtifactCache
+from harness.compare import Baseline
 from harness.errors import RuntimeUnavailable
 from harness.report import RunReport
 from harness.suite import Suite
-from harness.work import run_suite
+from harness.work import RunRequest, run_suite
 from runtimes import RUNTIMES, RuntimeSpec
 from runtimes.ort import OrtSession
 
 
 @pytest.fixture(scope="session")
 def demo_report(demo_suite: Suite, cache: ArtifactCache) -> RunReport:
-    return run_suite(demo_suite, ["torch-fp32", "ort-fp32", "ov-fp32"], cache, golden_store=None, batch_size=32)[0]
+    return run_suite(demo_suite, RunRequest(("torch-fp32", "ort-fp32", "ov-fp32"), 32), cache)[0]
 
 
 def test_reference_accuracy_is_meaningful(demo_report: RunReport) -> None:
@@ -31,7 +32,7 @@ def test_reference_accuracy_is_meaningful(demo_report: RunReport) -> None:
 def test_runtime_matches_torch(demo_report: RunReport, runtime: str) -> None:
     result = next(r for r in demo_report.results if r.runtime == runtime)
     (comparison,) = result.comparisons
-    assert comparison.against == "reference:torch-fp32"
+    assert comparison.against == Baseline.reference("torch-fp32") and str(comparison.against) == "reference:torch-fp32"
     assert comparison.worst.max_abs < 1e-4
     assert comparison.worst.min_cosine > 0.99999
     assert comparison.flips == [] and comparison.top1_agreement == 1.0

@@ -16,7 +16,7 @@ from exporters.tensorrt_engine import EngineOptions, build_engine
 from harness.errors import HarnessError, RuntimeUnavailable
 from harness.pipeline import SuiteRun
 from harness.suite import Suite
-from harness.work import run_suite
+from harness.work import RunRequest, run_suite
 from runtimes import RUNTIMES
 from runtimes.tensorrt import TensorRTSession
 from tests.fake_tensorrt import FakeDeviceMemory, make_fake_tensorrt
@@ -71,7 +71,7 @@ def test_trt11_fake_really_lacks_the_removed_apis(fake_trt: tuple) -> None:
 
 def test_every_trt_precision_runs_through_the_harness(fake_trt: tuple, demo_suite: Suite, tmp_path: Path) -> None:
     _, memory = fake_trt
-    report = run_suite(demo_suite, list(TRT_RUNTIMES), ArtifactCache(tmp_path / "cache"), None, batch_size=16, limit=48)[0]
+    report = run_suite(demo_suite, RunRequest(TRT_RUNTIMES, 16, limit=48), ArtifactCache(tmp_path / "cache"))[0]
     results = {r.runtime: r for r in report.results}
     fp32 = results["trt-fp32"].comparisons[0]
     assert fp32.worst.max_abs < 1e-4 and fp32.passed
@@ -109,7 +109,7 @@ def test_old_tensorrt_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed (GPU runners only)")
 def test_real_tensorrt_matches_torch(demo_suite: Suite, cache: ArtifactCache) -> None:
-    report = run_suite(demo_suite, list(TRT_RUNTIMES), cache, None, batch_size=32, limit=128)[0]
+    report = run_suite(demo_suite, RunRequest(TRT_RUNTIMES, 32, limit=128), cache)[0]
     results = {r.runtime: r.comparisons[0] for r in report.results[1:]}
     assert results["trt-fp32"].worst.max_abs < 1e-3
     assert results["trt-fp16"].top1_agreement >= 0.99

@@ -170,10 +170,10 @@ def test_resume_after_the_suite_changed_redoes_every_unit(
 
 def test_ray_executor_on_a_local_two_worker_instance_reports_what_the_local_one_does(demo_suite: Suite, cache: ArtifactCache) -> None:
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
-    runtimes = ["ort-fp32", "ov-int8"]
-    local, local_measured = run_suite(demo_suite, runtimes, cache, None, 32, limit=128, execution=Execution(), chunk=32)
+    request = RunRequest(("ort-fp32", "ov-int8"), 32, limit=128, chunk=32)
+    local, local_measured = run_suite(demo_suite, request, cache, execution=Execution())
     execution = Execution("ray", workers=2)
-    remote, remote_measured = run_suite(demo_suite, runtimes, cache, None, 32, limit=128, execution=execution, chunk=32)
+    remote, remote_measured = run_suite(demo_suite, request, cache, execution=execution)
     assert "ray executor: 4 units on 2 cpu actor(s)" in execution.log
     _same_measurements(local_measured, remote_measured)
     assert [r.describe() | {"infer_seconds": 0} for r in local.results] == [r.describe() | {"infer_seconds": 0} for r in remote.results]
