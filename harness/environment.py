@@ -98,7 +98,7 @@ def gpu() -> dict[str, str] | None:
 
 
 @cache
-def environment() -> dict[str, Any]:
+def _machine() -> dict[str, Any]:
     """Versions and hardware of this process (computed once)."""
     env: dict[str, Any] = {
         "libraries": library_versions(),
@@ -107,12 +107,16 @@ def environment() -> dict[str, Any]:
         "cpu": cpu_name(),
         "isa": isa_features(),
         "cpus": os.cpu_count() or 1,
-        "threads": compute_threads(),
     }
     device = gpu()
     if device:
         env["gpu"] = device
     return env
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware of this process, and the threads runtimes get now (`HARNESS_THREADS` may change)."""
+    return _machine() | {"threads": compute_threads()}
 
 
 # Environment keys whose change can move numbers; `platform` (kernel build) and `cpus` are recorded, never noted.

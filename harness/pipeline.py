@@ -63,31 +63,38 @@ def feed_session(
     return outputs, seconds
 
 
-def run_session(
-    spec: RuntimeSpec, artifacts: ModelArtifacts, inputs: InputSet, batch_size: int, advance: Callable[[], None]
-) -> tuple[dict[str, np.ndarray], float, dict[str, str]]:
-    """Open a session, feed it `inputs` (`feed_session`) and close it; returns the outputs, inference seconds
-    and what the session ran."""
-    artifacts.accessed.clear()
-    session = spec.open(artifacts)
-    try:
-        outputs, seconds = feed_session(session, artifacts.input_names[0], inputs, batch_size, advance)
-        return outputs, seconds, session.describe()
-    finally:
-        session.close()
-
-
-def batches(inputs: InputSet, batch_size: int) -> int:
-    """Batches of the fixed grid that `inputs` touch."""
-    return len(np.unique(inputs.positions // batch_size))
-
-
 @dataclass
 class OpenSession:
     session: Session
     input_name: str
     describe: dict[str, str]
     used: dict[str, Any]  # provenance of the artifacts the session consumed
+
+
+def open_session(spec: RuntimeSpec, artifacts: ModelArtifacts) -> OpenSession:
+    """A session of `spec` on `artifacts`, with what it runs and the provenance of the files it consumed."""
+    artifacts.accessed.clear()
+    session = spec.open(artifacts)
+    used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
+    return OpenSession(session, artifacts.input_names[0], session.describe(), used)
+
+
+def run_session(
+    spec: RuntimeSpec, artifacts: ModelArtifacts, inputs: InputSet, batch_size: int, advance: Callable[[], None]
+) -> tuple[dict[str, np.ndarray], float, dict[str, str]]:
+    """Open a session, feed it `inputs` (`feed_session`) and close it; returns the outputs, inference seconds
+    and what the session ran."""
+    opened = open_session(spec, artifacts)
+    try:
+        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch_size, advance)
+        return outputs, seconds, opened.describe
+    finally:
+        opened.session.close()
+
+
+def batches(inputs: InputSet, batch_size: int) -> int:
+    """Batches of the fixed grid that `inputs` touch."""
+    return len(np.unique(inputs.positions // batch_size))
 
 
 class Sessions:
@@ -108,10 +115,7 @@ class Sessions:
     ) -> Inference:
         """`runtime` on `inputs` through the session opened for `key` (opened on first use)."""
         if key not in self._open:
-            artifacts.accessed.clear()
-            session = get_runtime(runtime).open(artifacts)
-            used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
-            self._open[key] = OpenSession(session, artifacts.input_names[0], session.describe(), used)
+            self._open[key] = open_session(get_runtime(runtime), artifacts)
         opened = self._open[key]
         outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch_size, advance)
         return Inference(runtime, outputs, task.predictions(outputs, inputs.geometry), seconds, opened.describe, opened.used)
@@ -188,14 +192,15 @@ class SuiteRun:
     ) -> Inference:
         """Outputs of `runtime` on `inputs` (default: the suite's stack) with the model, one of its variants, or
         `artifacts` derived from them (other recipe steps)."""
-        spec = get_runtime(runtime)
         inputs = inputs or self.inputs
         artifacts = artifacts or self.artifacts_for(variant)
-        advance = self.track(f"infer {runtime}", batches(inputs, batch_size))
-        outputs, seconds, session = run_session(spec, artifacts, inputs, batch_size, advance)
-        used = {label: artifacts.provenance[label] for label in dict.fromkeys(artifacts.accessed)}
-        predictions = self.task.predictions(outputs, inputs.geometry)
-        return Inference(runtime, outputs, predictions, seconds, session, used)
+        sessions = Sessions()  # one session, closed after these inputs
+        try:
+            return sessions.infer(
+                (runtime,), runtime, artifacts, inputs, batch_size, self.task, self.track(f"infer {runtime}", batches(inputs, batch_size))
+            )
+        finally:
+            sessions.close()
 
     def context(self) -> dict[str, Any]:
         """Provenance shared by reports and goldens."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from exporters.cache import ArtifactCache
 from harness import __version__
-from harness.dataset import Sample, load_dataset, sha256_file
+from harness.dataset import Dataset, Sample, load_dataset, sha256_file
 from harness.environment import compute_threads
 from harness.errors import HarnessError
 from harness.feed import InputSet, build_inputs
@@ -146,12 +146,27 @@ def _cuts(start: int, stop: int, step: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def plan_run(suite: Suite, request: RunRequest) -> RunPlan:
-    """The units of one run: the reference first; ranges of `chunk` samples (rounded up to whole batches)."""
+def run_identity(suite: Suite, dataset: Dataset, weights_sha256: str) -> dict[str, str]:
+    """What a unit's result depends on besides its own fields: planned and checked again where it executes."""
+    return {
+        "suite_sha256": suite.sha256(),
+        "weights_sha256": weights_sha256,
+        "manifest_sha256": dataset.manifest_sha256,
+        "split": suite.split,
+        "harness": __version__,
+    }
+
+
+def plan_run(suite: Suite, request: RunRequest, run: SuiteRun | None = None) -> RunPlan:
+    """The units of one run: the reference first; ranges of `chunk` samples (rounded up to whole batches).
+    `run`: the suite already prepared in this process (its dataset is not loaded again)."""
     order = tuple(dict.fromkeys([suite.reference_runtime, *request.runtimes] if request.reference else request.runtimes))
     validate_runtimes(list(order))
-    task = make_task(suite.task, suite.model.output_names, suite.postprocess)
-    dataset = load_dataset(suite.manifest, suite.split, task.target)
+    if run is None:
+        task = make_task(suite.task, suite.model.output_names, suite.postprocess)
+        dataset = load_dataset(suite.manifest, suite.split, task.target)
+    else:
+        dataset = run.dataset
     total = min(request.limit, len(dataset.samples)) if request.limit else len(dataset.samples)
     index, count = request.shard
     if not 1 <= index <= count:
@@ -160,13 +175,7 @@ def plan_run(suite: Suite, request: RunRequest) -> RunPlan:
     start, stop = int(bounds[index - 1]), int(bounds[index])
     if not suite.model.weights.is_file():
         raise HarnessError(f"weights file not found: {suite.model.weights}", "fix [model] weights in the suite")
-    identity = {
-        "suite_sha256": suite.sha256(),
-        "weights_sha256": sha256_file(suite.model.weights),
-        "manifest_sha256": dataset.manifest_sha256,
-        "split": suite.split,
-        "harness": __version__,
-    }
+    identity = run_identity(suite, dataset, run.artifacts.weights_sha256 if run else sha256_file(suite.model.weights))
     groups: dict[str, list[str]] = {}
     for name in order:
         groups.setdefault(_device(name), []).append(name)
@@ -184,13 +193,13 @@ class ResultStore:
     """Unit results by key: files under `root` (shared by the processes of one machine, or a cluster's
     shared folder), or in memory when `root` is None."""
 
-    def has(self, unit: WorkUnit) -> bool:
-        return unit.key in self._memory or (self.root is not None and (self.root / f"{unit.key}.npz").is_file())
-
     def __init__(self, root: Path | None = None, plan: RunPlan | None = None) -> None:
         self.root = root
         self.plan = plan  # written beside the first result, so a run that fails before any has nothing on disk
         self._memory: dict[str, RunOutputs] = {}
+
+    def has(self, unit: WorkUnit) -> bool:
+        return unit.key in self._memory or (self.root is not None and (self.root / f"{unit.key}.npz").is_file())
 
     def put(self, unit: WorkUnit, result: RunOutputs | bytes) -> None:
         if self.root is None:
@@ -219,9 +228,12 @@ class Worker:
     """Executes units in one process; a suite's prepared run (dataset, artifacts) and its open sessions are kept
     from one unit to the next."""
 
-    def __init__(self, cache: ArtifactCache, advance: Callable[[str], Callable[[], None]] | None = None) -> None:
+    def __init__(
+        self, cache: ArtifactCache, advance: Callable[[str], Callable[[], None]] | None = None, prepared: SuiteRun | None = None
+    ) -> None:
         self.cache = cache
         self.advance = advance or (lambda _label: lambda: None)
+        self.prepared = prepared  # a run the caller already has (the one it planned with): used for its units
         self._runs: dict[str, SuiteRun] = {}
         self._sessions = Sessions()
 
@@ -232,15 +244,13 @@ class Worker:
     def run_for(self, unit: WorkUnit) -> SuiteRun:
         key = self._run_key(unit)
         if key not in self._runs:
-            suite = suite_from_definition(unit.suite)
-            run = SuiteRun(suite, self.cache, stack=unit.stack_spec())
-            found = {
-                "suite_sha256": suite.sha256(),
-                "weights_sha256": run.artifacts.weights_sha256,
-                "manifest_sha256": run.dataset.manifest_sha256,
-                "split": suite.split,
-                "harness": __version__,
-            }
+            prepared = self.prepared
+            if prepared and (prepared.suite.definition(), prepared.stack.describe()) == (unit.suite, unit.stack):
+                run = prepared
+            else:
+                run = SuiteRun(suite_from_definition(unit.suite), self.cache, stack=unit.stack_spec())
+            suite = run.suite
+            found = run_identity(suite, run.dataset, run.artifacts.weights_sha256)
             changed = [k for k, v in unit.identity.items() if found.get(k) != v]
             if changed:
                 raise HarnessError(
@@ -332,9 +342,10 @@ class LocalExecutor:
     this one infers; when inference takes every core, every core decodes a range and then inference runs on it
     (spinning thread pools of ONNX Runtime and PyTorch lose more to a busy core than the overlap gains)."""
 
-    def __init__(self, cache: ArtifactCache, workers: int | None = None) -> None:
+    def __init__(self, cache: ArtifactCache, workers: int | None = None, prepared: SuiteRun | None = None) -> None:
         self.cache = cache
         self.workers = workers
+        self.prepared = prepared
 
     def run(self, plan: RunPlan, todo: list[WorkUnit], store: ResultStore, progress: Progress, execution: Execution) -> None:
         cpus, threads = default_workers(), compute_threads()
@@ -349,7 +360,7 @@ class LocalExecutor:
         execution.record.update({"decode_processes": workers, "decode_ahead": overlap, "inference_threads": threads, "cpus": cpus})
         ahead = ", one range ahead" if overlap else ""
         execution.log.append(f"local executor: {len(todo)} units; {decode}{ahead}; inference on {threads} thread(s)")
-        worker = Worker(self.cache, progress)
+        worker = Worker(self.cache, progress, self.prepared)
         try:
             with Preparer(workers) as preparer:
                 self._run(todo, worker, preparer, store, progress, overlap)
@@ -379,8 +390,11 @@ class LocalExecutor:
                 store.put(unit, worker.execute(unit, inputs))
 
 
-def execute(plan: RunPlan, cache: ArtifactCache, execution: Execution, track: Tracker = no_tracking) -> ResultStore:
-    """Execute the plan's pending units with the chosen executor; every unit's result is in the returned store."""
+def execute(
+    plan: RunPlan, cache: ArtifactCache, execution: Execution, track: Tracker = no_tracking, prepared: SuiteRun | None = None
+) -> ResultStore:
+    """Execute the plan's pending units with the chosen executor; every unit's result is in the returned store
+    (`prepared`: the planned run, reused by the local executor)."""
     store = ResultStore(execution.store, plan)
     todo = pending_units(plan, store, execution)
     largest = max(map(len, plan.units), default=0)
@@ -392,7 +406,7 @@ def execute(plan: RunPlan, cache: ArtifactCache, execution: Execution, track: Tr
 
         RayExecutor(cache, execution.workers, execution.address).run(plan, todo, store, progress, execution)
     elif execution.executor == "local":
-        LocalExecutor(cache, execution.workers).run(plan, todo, store, progress, execution)
+        LocalExecutor(cache, execution.workers, prepared).run(plan, todo, store, progress, execution)
     else:
         raise HarnessError(f"unknown executor '{execution.executor}'", "use --executor local or --executor ray")
     return store
@@ -413,8 +427,9 @@ def measure(
 ) -> RunOutputs:
     """Plan, execute and reduce: every runtime's outputs on the requested samples."""
     execution = execution or Execution()
-    plan = plan_run(suite, request)
-    store = execute(plan, cache, execution, track)
+    run = SuiteRun(suite, cache, stack=request.stack)  # the dataset, loaded once for the plan and this process's units
+    plan = plan_run(suite, request, run)
+    store = execute(plan, cache, execution, track, run)
     measured = reduce(plan, store)
     store.clear()
     return measured
