@@ -60,7 +60,10 @@ def _suite_file(folder: Path, extra: str = "") -> Path:
     text = text.replace('weights = "demo/', f'weights = "{DEMO}/').replace('manifest = "demo/data/', f'manifest = "{DEMO}/data/')
     text = text.replace('dir = "../../golden/demo"', f'dir = "{folder / "golden"}"')
     path = folder / "suite.toml"
-    path.write_text(text.replace("batch_size = 32\n", f"batch_size = 32\n{extra}") + "\n[tolerance.int8]\nmax_abs = 1e-9\n")
+    # The one deliberate failure: INT8 never comes within 1e-9 of FP32 on any CPU; its other checks are loosened so
+    # that how many samples flip on this CPU's int8 kernels cannot change the outcome counts.
+    loose = "min_cosine = 0.0\nmin_top1_agreement = 0.0\nmax_flips = 1000\nmax_metric_delta = 1.0\nmax_negative_flip_rate = 1.0\n"
+    path.write_text(text.replace("batch_size = 32\n", f"batch_size = 32\n{extra}") + "\n[tolerance.int8]\nmax_abs = 1e-9\n" + loose)
     return path
 
 
