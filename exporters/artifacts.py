@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporters.cache import ArtifactCache
+from exporters.spec import CalibrationSet, ExportSpec, TorchSource
 from harness import __version__
-from harness.dataset import sha256_file
-from harness.errors import HarnessError
-from harness.suite import ExportSpec, Suite
+from harness.core.errors import HarnessError
+from harness.core.hashing import sha256_file
 
 if TYPE_CHECKING:  # the libraries behind each step are imported by the step that runs (`harness --help` imports none)
     import numpy as np
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # the libraries behind each step are imported by the step tha
 
     from exporters.onnx_export import OutputParity
     from exporters.rewrites import ModelVariant
-    from harness.feed import InputSet
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILENAMES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8-qdq.onnx"}
@@ -55,26 +54,30 @@ def folder_sha256(folder: Path) -> str:
 
 
 class ModelArtifacts:
-    """The model of one suite, or a ready ONNX file, in every form a runtime may need."""
+    """A PyTorch model (exported with `export` settings for inputs of `input_hw`), or a ready ONNX file, in every
+    form a runtime may need."""
 
     def __init__(
         self,
         cache: ArtifactCache,
-        suite: Suite | None = None,
+        model: TorchSource | None = None,
         onnx_file: Path | None = None,
+        export: ExportSpec | None = None,
+        input_hw: tuple[int, int] | None = None,
         parity_inputs: Callable[[], np.ndarray] | None = None,
-        calibration_inputs: Callable[[], InputSet] | None = None,
+        calibration_inputs: Callable[[], CalibrationSet] | None = None,
         variant: ModelVariant | None = None,
     ) -> None:
-        if (suite is None) == (onnx_file is None):
-            raise ValueError("give either a suite or an onnx_file")
+        if (model is None) == (onnx_file is None):
+            raise ValueError("give either a model or an onnx_file")
         self.cache = cache
-        self.suite = suite
+        self.model = model
         self._onnx_file = onnx_file
         self._parity_inputs = parity_inputs
         self._calibration_inputs = calibration_inputs
         self.variant = variant
-        self.export = suite.export if suite else ExportSpec()
+        self.export = export or ExportSpec()
+        self.input_hw = input_hw
         # recipe steps after the precision conversion (`derive` changes them)
         self.keep_fp32: dict[str, tuple[str, ...]] = {p: self.export.keep_for(p) for p in ("fp16", "int8")}
         self.mark: tuple[str, ...] = ()
@@ -96,7 +99,7 @@ class ModelArtifacts:
 
     def recipe(self, precision: str, target: str = "onnx") -> list[str]:
         """The chain of steps that makes this precision's artifact for `target`, in words."""
-        steps = ["onnx-fp32" if self.suite is None else f"export-onnx({self.suite.model.builder}, opset {self.export.opset})"]
+        steps = ["onnx-fp32" if self.model is None else f"export-onnx({self.model.builder}, opset {self.export.opset})"]
         if self.variant:
             steps.append(f"rewrite({self.variant.name})")
         if precision == "fp16":
@@ -115,10 +118,10 @@ class ModelArtifacts:
 
     @cached_property
     def weights_sha256(self) -> str:
-        assert self.suite is not None
-        if not self.suite.model.weights.is_file():
-            raise HarnessError(f"weights file not found: {self.suite.model.weights}", "fix [model] weights in the suite")
-        return sha256_file(self.suite.model.weights)
+        assert self.model is not None
+        if not self.model.weights.is_file():
+            raise HarnessError(f"weights file not found: {self.model.weights}", "fix [model] weights in the suite")
+        return sha256_file(self.model.weights)
 
     @cached_property
     def _onnx_io(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -131,23 +134,20 @@ class ModelArtifacts:
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return (self.suite.model.input_name,) if self.suite else self._onnx_io[0]
+        return (self.model.input_name,) if self.model else self._onnx_io[0]
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return self.suite.model.output_names if self.suite else self._onnx_io[1]
+        return self.model.output_names if self.model else self._onnx_io[1]
 
     # -- PyTorch ----------------------------------------------------------------------
 
     @cached_property
     def _torch(self) -> torch.nn.Module:
         """The model as trained (what the FP32 ONNX is exported from)."""
-        if self.suite is None:
+        if self.model is None:
             raise HarnessError("torch runtimes need the PyTorch model of a suite", "with --onnx use onnxruntime/openvino runtimes")
-        from harness.models import build_model
-
-        model = self.suite.model
-        return build_model(model.builder, model.weights, model.kwargs)
+        return self.model.build()
 
     @cached_property
     def _torch_variant(self) -> torch.nn.Module:
@@ -291,11 +291,11 @@ class ModelArtifacts:
         variant, source = self.variant, self._onnx_file or self.export_fp32()
         fields = {"artifact": "onnx-fp32-variant", "variant": variant.name, "source_sha256": self._sha256(source), "onnx": onnx.__version__}
         path = self._cached(f"onnx:fp32+{variant.name}", fields, ONNX_FILENAMES["fp32"], lambda out: rewrite_onnx(source, out, variant))
-        if self.suite and self._parity_inputs:
+        if self.model and self._parity_inputs:
             self._check_parity(path, f"model variant '{variant.name}' rewrite")
         return path
 
-    def calibration_inputs(self) -> InputSet:
+    def calibration_inputs(self) -> CalibrationSet:
         if self._calibration_inputs is None:
             raise HarnessError("int8 needs calibration data", "run int8 through a suite whose [data] names a calibration_split")
         return self._calibration_inputs()
@@ -337,27 +337,27 @@ class ModelArtifacts:
 
         from exporters.onnx_export import export_onnx
 
-        assert self.suite is not None
-        suite = self.suite
+        assert self.model is not None
+        model = self.model
         inputs = self._parity_inputs() if self._parity_inputs else None
         if inputs is None or len(inputs) == 0:
             raise ValueError("export needs parity inputs")
         fields = {
             "artifact": "onnx-fp32",
-            "builder": suite.model.builder,
-            "kwargs": suite.model.kwargs,
+            "builder": model.builder,
+            "kwargs": model.kwargs,
             "weights_sha256": self.weights_sha256,
-            "input_name": suite.model.input_name,
-            "output_names": list(suite.model.output_names),
+            "input_name": model.input_name,
+            "output_names": list(model.output_names),
             "opset": self.export.opset,
-            "input_hw": suite.stack.input_hw,
+            "input_hw": self.input_hw,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         }
 
         def build(out: Path) -> dict[str, Any]:
             metadata = {f"harness.{k}": str(v) for k, v in fields.items()} | {"harness.version": __version__}
-            export_onnx(self._torch, inputs[:2], out, suite.model.input_name, suite.model.output_names, self.export.opset, metadata)
+            export_onnx(self._torch, inputs[:2], out, model.input_name, model.output_names, self.export.opset, metadata)
             return {"exporter": "torch.onnx.export(dynamo=True)", **fields}
 
         path = self._cached("onnx:fp32", fields, ONNX_FILENAMES["fp32"], build)
@@ -368,12 +368,12 @@ class ModelArtifacts:
         """`[✓]/[x]` per output of `path` against PyTorch (the variant-patched model unless `model` is given)."""
         from exporters.onnx_export import check_parity
 
-        assert self.suite is not None and self._parity_inputs is not None
-        self.parity = check_parity(model or self.torch_model(), path, self._parity_inputs(), self.suite.model.input_name, self.export.atol)
+        assert self.model is not None and self._parity_inputs is not None
+        self.parity = check_parity(model or self.torch_model(), path, self._parity_inputs(), self.model.input_name, self.export.atol)
         self.log.extend(f"{r.line()} [{what}]" for r in self.parity)
         failed = [r for r in self.parity if not r.ok]
         if failed:
             raise HarnessError(
-                f"{what} parity failed for suite {self.suite.name}: " + "; ".join(r.line() for r in failed),
+                f"{what} parity failed for model '{self.model.builder}': " + "; ".join(r.line() for r in failed),
                 "the ONNX graph disagrees with PyTorch; raise [export] atol only if the difference is understood",
             )

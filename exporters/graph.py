@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, numpy_helper
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 # Ops that only move, reshape or re-type data: never a probe, never a layer of their own.
 DATA_MOVEMENT_OPS = frozenset(

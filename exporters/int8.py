@@ -20,13 +20,13 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from harness.errors import HarnessError
-from harness.feed import InputSet, batch_slices
+from exporters.spec import CalibrationSet
+from harness.core.errors import HarnessError
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 
 
-def calibration_hash(inputs: InputSet) -> str:
+def calibration_hash(inputs: CalibrationSet) -> str:
     """Identity of the calibration data: sample ids and tensor bytes."""
     digest = hashlib.sha256("\n".join(inputs.ids).encode())
     digest.update(np.ascontiguousarray(inputs.tensors).tobytes())
@@ -39,8 +39,9 @@ class CalibrationReader(CalibrationDataReader):
     Batches of one by default: the histogram calibrators (entropy, percentile)
     cannot merge batches of different sizes."""
 
-    def __init__(self, inputs: InputSet, input_name: str, batch_size: int = 1) -> None:
-        self._batches = iter(list(batch_slices(len(inputs), batch_size)))
+    def __init__(self, inputs: CalibrationSet, input_name: str, batch_size: int = 1) -> None:
+        count = len(inputs.ids)
+        self._batches = iter([slice(start, min(start + batch_size, count)) for start in range(0, count, batch_size)])
         self.inputs = inputs
         self._input_name = input_name
         self.fed_ids: list[str] = []

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from harness.errors import HarnessError, RuntimeUnavailable
-from harness.files import atomic_write
-
-TRT_INSTALL_HINT = "on a GPU runner: pip install 'sysnoise-harness[trt]'"
+from harness.core import devices
+from harness.core.devices import import_tensorrt, tensorrt_major
+from harness.core.errors import HarnessError
+from harness.core.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -27,48 +26,10 @@ class EngineOptions:
     workspace_mb: int
 
 
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise RuntimeUnavailable("python module tensorrt not installed", TRT_INSTALL_HINT) from exc
-    major = tensorrt_major(tensorrt)
-    if major < 10:
-        raise RuntimeUnavailable(f"TensorRT {tensorrt.__version__} is too old", "TensorRT 10 or 11 is required")
-    return tensorrt
-
-
-def tensorrt_major(trt: ModuleType) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
-def gpu_identity() -> dict[str, str]:
-    """Name and compute capability of GPU 0: engines are only valid on the GPU they were built for."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except ImportError:
-        pass
-    try:
-        import pycuda.autoinit  # noqa: F401
-        import pycuda.driver as cuda
-
-        device = cuda.Device(0)
-        major, minor = device.compute_capability()
-        return {"gpu": device.name(), "compute_capability": f"{major}.{minor}"}
-    except Exception as exc:  # ImportError, or pycuda's own error when there is no driver or device
-        raise RuntimeUnavailable(
-            "no CUDA device visible (neither CUDA PyTorch nor pycuda)", "install a CUDA build of torch or pycuda"
-        ) from exc
-
-
 def engine_fields(source_sha256: str, options: EngineOptions) -> dict[str, Any]:
     """Cache key of an engine: source model, options, TensorRT version, GPU."""
     trt = import_tensorrt()
-    return {"source_sha256": source_sha256, "tensorrt": str(trt.__version__), **gpu_identity(), **asdict(options)}
+    return {"source_sha256": source_sha256, "tensorrt": str(trt.__version__), **devices.gpu_identity(), **asdict(options)}
 
 
 def _profile_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:

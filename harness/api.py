@@ -22,16 +22,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporters.cache import ArtifactCache, default_cache_dir
-from harness.compare import Check
-from harness.errors import HarnessError
-from harness.golden import GoldenStore
-from harness.golden_review import GoldenChange, blocked, review
-from harness.golden_review import write as write_goldens
-from harness.pipeline import Tracker, no_tracking, validate_runtimes
-from harness.report import RunReport
-from harness.stack import StackSpec
-from harness.suite import Suite, load_suite
-from harness.work import DEFAULT_CHUNK, Execution, RunRequest, measure, run_suite
+from harness.core.errors import HarnessError
+from harness.data.stack import StackSpec
+from harness.judge.compare import Check
+from harness.judge.golden import GoldenStore
+from harness.judge.review import GoldenChange, blocked, review
+from harness.judge.review import write as write_goldens
+from harness.judge.verdict import RunReport, run_suite
+from harness.run.execute import measure
+from harness.run.executors import Execution
+from harness.run.plan import DEFAULT_CHUNK, RunRequest
+from harness.run.sessions import Tracker, no_tracking, validate_runtimes
+from harness.spec.suite import Suite, load_suite
 from runtimes import RuntimeSpec, get_runtime
 
 if TYPE_CHECKING:
@@ -87,13 +89,13 @@ def check(
     """Run `runtimes` (default: the suite's) on identical inputs and judge them against the reference runtime and,
     with `golden` (True, or the runtimes to compare so), their goldens.  The report's `measured` holds the raw outputs."""
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
-    specs = resolve_runtimes(runtimes or suite.default_runtimes)
+    specs = resolve_runtimes(runtimes or suite.run.runtimes)
     stack_spec = suite.stack_named(stack) if isinstance(stack, str) else stack
     store = GoldenStore(golden_dir or suite.golden_dir, suite.name) if golden else None
     cache = ArtifactCache(cache_dir or default_cache_dir())
     names = [spec.name for spec in specs]
     compared = None if isinstance(golden, bool) else [spec.name for spec in resolve_runtimes(golden)]
-    request = RunRequest(tuple(names), batch_size or suite.batch_size, limit, shard, repeat, stack_spec, chunk)
+    request = RunRequest(tuple(names), batch_size or suite.run.batch_size, limit, shard, repeat, stack_spec, chunk)
     report, measured = run_suite(suite, request, cache, store, execution, track, compared)
     report.measured = measured
     return report
@@ -129,11 +131,11 @@ def review_goldens(
 ) -> tuple[GoldenStore, list[GoldenChange]]:
     """Measure the runtimes on the whole split: what recording their goldens would change (nothing is written)."""
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
-    names = tuple(spec.name for spec in resolve_runtimes(runtimes or suite.default_runtimes))
+    names = tuple(spec.name for spec in resolve_runtimes(runtimes or suite.run.runtimes))
     validate_runtimes(list(names))
     store = GoldenStore(golden_dir or suite.golden_dir, suite.name)
     cache = ArtifactCache(cache_dir or default_cache_dir())
-    measured = measure(suite, RunRequest(names, batch_size or suite.batch_size, reference=False), cache, track=track)
+    measured = measure(suite, RunRequest(names, batch_size or suite.run.batch_size, reference=False), cache, track=track)
     return store, review(suite, measured, store)
 
 

@@ -25,24 +25,27 @@ from exporters.artifacts import PRECISIONS, ModelArtifacts
 from exporters.cache import ArtifactCache, default_cache_dir
 from exporters.rewrites import MODEL_VARIANTS
 from harness import api
-from harness.colour import COLOUR_PATHS
-from harness.decoders import DECODERS, decoder_unavailable
-from harness.entry import exit_interrupted
-from harness.environment import environment
-from harness.errors import HarnessError
-from harness.golden import GoldenStore
-from harness.golden_review import GoldenChange
-from harness.matrix import AXES, DEFAULT_AXES, run_matrix
-from harness.measured import RunOutputs
-from harness.measured import merge as merge_outputs
-from harness.onnx_testdata import run_test_data
-from harness.pipeline import SuiteRun, judge_run
-from harness.publish import publish
-from harness.report import RunReport, render_table, write_report_files
-from harness.report_diff import DIFF_HEADERS, diff_reports, load_report
-from harness.resizers import RESIZERS
-from harness.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite
-from harness.work import DEFAULT_CHUNK, POOL_FROM, UNITS_DIR, Execution
+from harness.analysis.matrix import AXES, DEFAULT_AXES, run_matrix
+from harness.analysis.onnx_testdata import run_test_data
+from harness.core.environment import environment
+from harness.core.errors import HarnessError, exit_interrupted
+from harness.data.colour import COLOUR_PATHS
+from harness.data.decoders import DECODERS, decoder_unavailable
+from harness.data.resizers import RESIZERS
+from harness.judge.golden import GoldenStore
+from harness.judge.review import GoldenChange
+from harness.judge.verdict import RunReport, judge_run
+from harness.report.diff import DIFF_HEADERS, diff_reports, load_report
+from harness.report.publish import publish
+from harness.report.tables import render_report, render_table, write_report_files
+from harness.run.executors import EXECUTORS, Execution
+from harness.run.executors.local import POOL_FROM
+from harness.run.outputs import RunOutputs
+from harness.run.outputs import merge as merge_outputs
+from harness.run.plan import DEFAULT_CHUNK
+from harness.run.prepared import SuiteRun
+from harness.run.worker import UNITS_DIR
+from harness.spec.suite import BUNDLED_DIR, Suite, bundled_suites, load_suite, suite_names
 from runtimes import RUNTIMES
 
 # Piped output (CI logs) gets a wide fixed width so tables are not truncated.
@@ -220,9 +223,9 @@ def export(
 
 def _fallback(run: SuiteRun, runtime: str, report_dir: Path) -> ModelArtifacts:
     """`--keep-fp32 auto`: rank the layers, keep them one by one until the tolerance passes; print the trade."""
-    from harness.sensitivity import TRIAL_HEADERS, Trials, write_sensitivity
+    from harness.analysis.sensitivity import TRIAL_HEADERS, Trials, write_sensitivity
 
-    trials = Trials(run, runtime, run.suite.batch_size)
+    trials = Trials(run, runtime, run.suite.run.batch_size)
     sensitivity = trials.sensitivity()
     render_table(console, f"{runtime}: one layer kept in FP32 at a time ({sensitivity.samples} samples)", TRIAL_HEADERS, sensitivity.rows())
     steps = [] if sensitivity.baseline.passed else trials.fallback(sensitivity.ranking())
@@ -270,14 +273,14 @@ def sensitivity(
     cache_dir: Path | None,
 ) -> None:
     """Per-layer sensitivity: one layer kept in FP32 at a time (ranked), and noise injected at each layer's output."""
-    from harness.sensitivity import TRIAL_HEADERS, Trials, noise_injection, write_sensitivity
+    from harness.analysis.sensitivity import TRIAL_HEADERS, Trials, noise_injection, write_sensitivity
 
     suite = _require_suite(suite_name)
     try:
         noise_levels = tuple(float(v) for v in levels.split(",") if v.strip())
     except ValueError as exc:
         raise HarnessError(f"--levels {levels!r}: expected numbers separated by commas", "e.g. --levels 0.05,0.1,0.2") from exc
-    batch = batch_size or suite.batch_size
+    batch = batch_size or suite.run.batch_size
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit, track)
         trials = Trials(run, runtime, batch)
@@ -320,9 +323,9 @@ def cache_clear(cache_dir: Path | None) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of suite files (for editors and CI linting of suite .toml files)."""
-    from harness.schema import suite_json_schema
+    from harness.spec.schema import suite_json_schema
 
-    click.echo(json.dumps(suite_json_schema(), indent=1))
+    click.echo(json.dumps(suite_json_schema(suite_names()), indent=1))
 
 
 @cli.command()
@@ -365,7 +368,7 @@ def doctor() -> None:
 )
 @click.option(
     "--executor",
-    type=click.Choice(("local", "ray")),
+    type=click.Choice(sorted(EXECUTORS)),
     default="local",
     show_default=True,
     help="Where work units run: this process (+ decode processes), or a Ray cluster (`pip install 'sysnoise-harness[ray]'`).",
@@ -421,7 +424,7 @@ def run(
     with tracking() as track:
         report = api.check(
             suite,
-            _expand_runtimes(runtimes, suite.default_runtimes),
+            _expand_runtimes(runtimes, suite.run.runtimes),
             stack_name,
             limit,
             golden=not no_golden,
@@ -452,8 +455,8 @@ def _parse_shard(spec: str | None) -> tuple[int, int]:
 
 def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: Suite, report_dir: Path) -> None:
     """Print the verdict, write every report file, exit 0 (pass) or 1 (a check failed)."""
-    report.render(console)
-    for path in publish(report_dir, report, measured, suite.manifest.parent):
+    render_report(console, report)
+    for path in publish(report_dir, report, measured, suite.data.manifest.parent):
         console.print(f"wrote {path}")
     ctx.exit(0 if report.passed else 1)
 
@@ -478,14 +481,14 @@ def localize_cmd(
     cache_dir: Path | None,
 ) -> None:
     """Which layer? The first intermediate tensor beyond the precision's tolerance, and the one adding the most error."""
-    from harness import localize
+    from harness.analysis import localize
 
     suite = _require_suite(suite_name)
     if not runtimes:
         raise HarnessError("no runtime to localize", "pass --runtime NAME, e.g. --runtime ort-int8")
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit=samples, track=track)
-        results = localize.localize(run, _expand_runtimes(runtimes, ()), against, samples, per_round, batch_size or suite.batch_size)
+        results = localize.localize(run, _expand_runtimes(runtimes, ()), against, samples, per_round, batch_size or suite.run.batch_size)
     for result in results:
         render_table(console, result.summary(), localize.HEADERS, result.rows())
         probed = f"{len(result.measured)}/{result.total_probes} tensors probed in {len(result.rounds)} rounds of <= {per_round}"
@@ -566,8 +569,8 @@ def matrix(
     chosen = _split_axes(axes)
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit, track)
-        matrix_runtimes = _expand_runtimes(runtimes, (suite.reference_runtime,))
-        report = run_matrix(suite, chosen, matrix_runtimes, run, batch_size or suite.batch_size, set(skip), chunk)
+        matrix_runtimes = _expand_runtimes(runtimes, (suite.run.reference,))
+        report = run_matrix(suite, chosen, matrix_runtimes, run, batch_size or suite.run.batch_size, set(skip), chunk)
     title = f"{suite.name}: SysNoise per axis ({report.metric_name} delta in points, {report.samples} samples)"
     render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows())
     render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows())
@@ -588,7 +591,7 @@ def _review(
 ) -> tuple[Suite, GoldenStore, list[GoldenChange]]:
     """Measure the runtimes on the whole split and print what an update of their goldens would change."""
     suite = _require_suite(suite_name)
-    names = _expand_runtimes(runtimes, suite.default_runtimes)
+    names = _expand_runtimes(runtimes, suite.run.runtimes)
     with tracking() as track:
         store, changes = api.review_goldens(suite, names, batch_size=batch_size, golden_dir=golden_dir, cache_dir=cache_dir, track=track)
     for change in changes:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from harness.report import RunReport
-    from harness.suite import Suite
+    from harness.judge.verdict import RunReport
+    from harness.spec.suite import Suite
 
 RUNS = pytest.StashKey[dict[str, Any]]()
 
@@ -52,7 +52,7 @@ class _Runs:
 
     def report(self, suite: Suite, runtimes: list[str]) -> RunReport:
         from harness import api
-        from harness.golden import GoldenStore
+        from harness.judge.golden import GoldenStore
 
         key = f"{suite.definition()}|{','.join(runtimes)}"
         runs = self.config.stash[RUNS]
@@ -84,8 +84,8 @@ class CheckItem(pytest.Item):
         self.suite, self.runtimes, self.runtime, self.baseline, self.check = suite, runtimes, runtime, baseline, check
 
     def runtest(self) -> None:
-        from harness.errors import HarnessError
-        from harness.golden import GoldenStore
+        from harness.core.errors import HarnessError
+        from harness.judge.golden import GoldenStore
 
         try:
             report = _Runs(self.config).report(self.suite, self.runtimes)
@@ -101,7 +101,7 @@ class CheckItem(pytest.Item):
             )
         check = next((c for c in comparison.checks if c.name == self.check), None)
         if check is None:
-            pytest.skip(f"{self.check} is not checked for the {self.suite.task} task")
+            pytest.skip(f"{self.check} is not checked for the {self.suite.task.name} task")
         if not check.passed:
             why = f"; {comparison.attribution.message()}" if comparison.attribution else ""
             raise CheckFailure(
@@ -129,11 +129,11 @@ class SuiteCollector(pytest.Collector):
         self.suite, self.runtimes = suite, runtimes
 
     def collect(self) -> Iterator[CheckItem]:
-        from harness.compare import CHECKS, DETECTION_CHECKS
+        from harness.judge.compare import CHECKS, DETECTION_CHECKS
 
-        checks = (*CHECKS, *DETECTION_CHECKS) if self.suite.task == "detection" else CHECKS
+        checks = (*CHECKS, *DETECTION_CHECKS) if self.suite.task.name == "detection" else CHECKS
         for runtime in self.runtimes:
-            baselines = ["golden"] if runtime == self.suite.reference_runtime else ["reference", "golden"]
+            baselines = ["golden"] if runtime == self.suite.run.reference else ["reference", "golden"]
             for baseline in baselines:
                 for check in checks:
                     name = f"{runtime}::{check}" if baseline == "reference" else f"{runtime}::golden::{check}"
@@ -141,19 +141,19 @@ class SuiteCollector(pytest.Collector):
                         self, name=name, suite=self.suite, runtimes=self.runtimes, runtime=runtime, baseline=baseline, check=check
                     )
                     item.add_marker(pytest.mark.xdist_group(self.suite.name))
-                    if runtime in self.suite.xfail:
-                        item.add_marker(pytest.mark.xfail(reason=self.suite.xfail[runtime], strict=False))
+                    if runtime in self.suite.run.xfail:
+                        item.add_marker(pytest.mark.xfail(reason=self.suite.run.xfail[runtime], strict=False))
                     yield item
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     from harness import api
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     for name in config.getoption("harness_suite"):
         try:
             suite = api.load_suite(name)
-            runtimes = [s.name for s in api.resolve_runtimes(config.getoption("harness_runtime") or suite.default_runtimes)]
+            runtimes = [s.name for s in api.resolve_runtimes(config.getoption("harness_runtime") or suite.run.runtimes)]
         except HarnessError as exc:
             raise pytest.UsageError(f"--harness-suite {name}: {exc}") from exc
         collector = SuiteCollector.from_parent(session, name=suite.name, nodeid=suite.name, suite=suite, runtimes=runtimes)
@@ -178,7 +178,7 @@ def conformance(request: pytest.FixtureRequest, harness_suite: Suite) -> Callabl
     from harness import api
 
     def run(runtimes: list[str] | None = None, suite: Suite | None = None) -> RunReport:
-        from harness.errors import HarnessError
+        from harness.core.errors import HarnessError
 
         chosen = suite or harness_suite
         try:

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
-from harness.errors import HarnessError, RuntimeUnavailable
+from harness.core.devices import device_missing
+from harness.core.errors import HarnessError, RuntimeUnavailable
 
 if TYPE_CHECKING:
-    from exporters.artifacts import ModelArtifacts
+    import torch
 
 
 class TensorInfo(NamedTuple):
@@ -29,6 +30,26 @@ class TensorInfo(NamedTuple):
     name: str
     shape: tuple[int | None, ...] | None
     dtype: str
+
+
+class Artifacts(Protocol):
+    """The model files a runtime consumes, built on first request (`exporters.artifacts.Artifacts`)."""
+
+    @property
+    def input_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+
+    def torch_model(self) -> torch.nn.Module: ...
+
+    def onnx_path(self, precision: str) -> Path: ...
+
+    def graph_outputs(self, precision: str) -> tuple[str, ...]: ...
+
+    def openvino_ir(self, precision: str) -> Path: ...
+
+    def tensorrt_engine(self, precision: str) -> Path: ...
 
 
 class Session(Protocol):
@@ -54,17 +75,6 @@ def dims(shape: object) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)  # type: ignore[attr-defined]
 
 
-# Device files a GPU runtime needs: without them it cannot run, and nothing is imported to find that out.
-DEVICE_FILES = {"cuda": "nvidia[0-9]*", "gpu": "dri/renderD*"}
-
-
-def device_missing(device: str) -> str | None:
-    """Why a GPU `device` cannot be here, seen from its device files alone (None: it may be; a probe tells)."""
-    if device in DEVICE_FILES and not any(Path("/dev").glob(DEVICE_FILES[device])):
-        return f"no {device.upper()} device on this machine (no /dev/{DEVICE_FILES[device]})"
-    return None
-
-
 @dataclass(frozen=True)
 class RuntimeSpec:
     name: str
@@ -73,7 +83,7 @@ class RuntimeSpec:
     precision: str
     modules: tuple[str, ...]
     install_hint: str
-    opener: Callable[[ModelArtifacts, RuntimeSpec], Session]
+    opener: Callable[[Artifacts, RuntimeSpec], Session]
     probe: Callable[[], str | None] | None = None
 
     def unavailable_reason(self, probe: bool = True) -> str | None:
@@ -91,7 +101,7 @@ class RuntimeSpec:
         if reason:
             raise RuntimeUnavailable(f"runtime '{self.name}' is unavailable: {reason}")
 
-    def open(self, artifacts: ModelArtifacts) -> Session:
+    def open(self, artifacts: Artifacts) -> Session:
         self.require_available()
         return self.opener(artifacts, self)
 

@@ -11,24 +11,20 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.environment import compute_threads
-from harness.errors import HarnessError
-from runtimes.base import RuntimeSpec, TensorInfo, register
+from harness.core.environment import compute_threads
+from harness.core.errors import HarnessError
+from runtimes.base import Artifacts, RuntimeSpec, TensorInfo, register
 from runtimes.precision import executed, format_counts, normalize
-
-if TYPE_CHECKING:
-    from exporters.artifacts import ModelArtifacts
 
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 COMPUTE_OPS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution")
 
 
 class OpenVinoSession:
-    def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, device: str = "CPU") -> None:
+    def __init__(self, artifacts: Artifacts, spec: RuntimeSpec, device: str = "CPU") -> None:
         import openvino as ov
 
         path = artifacts.openvino_ir(spec.precision)

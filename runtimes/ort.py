@@ -12,23 +12,19 @@ from __future__ import annotations
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.environment import compute_threads
-from harness.errors import HarnessError
-from runtimes.base import RuntimeSpec, TensorInfo, dims, register
+from harness.core.environment import compute_threads
+from harness.core.errors import HarnessError
+from runtimes.base import Artifacts, RuntimeSpec, TensorInfo, dims, register
 from runtimes.precision import executed, format_counts, onnx_compute_precisions
-
-if TYPE_CHECKING:
-    from exporters.artifacts import ModelArtifacts
 
 GPU_HINT = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
 
 
 class OrtSession:
-    def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    def __init__(self, artifacts: Artifacts, spec: RuntimeSpec, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
         import onnxruntime as ort
 
         path = artifacts.onnx_path(spec.precision)

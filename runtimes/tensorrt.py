@@ -8,16 +8,13 @@ against the suite before the first batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from harness.errors import HarnessError, RuntimeUnavailable
-from runtimes.base import RuntimeSpec, TensorInfo, register
+from harness.core.errors import HarnessError, RuntimeUnavailable
+from runtimes.base import Artifacts, RuntimeSpec, TensorInfo, register
 from runtimes.precision import executed, format_counts, onnx_compute_precisions
-
-if TYPE_CHECKING:
-    from exporters.artifacts import ModelArtifacts
 
 
 class DeviceMemory(Protocol):
@@ -99,10 +96,10 @@ def default_device_memory() -> DeviceMemory:
 
 
 class TensorRTSession:
-    def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, memory: DeviceMemory | None = None) -> None:
+    def __init__(self, artifacts: Artifacts, spec: RuntimeSpec, memory: DeviceMemory | None = None) -> None:
         import onnx
 
-        from exporters.tensorrt_engine import import_tensorrt
+        from harness.core.devices import import_tensorrt
 
         trt = import_tensorrt()
         self._trt = trt
@@ -175,7 +172,7 @@ class TensorRTSession:
 
 
 def _cuda_probe() -> str | None:
-    from exporters.tensorrt_engine import gpu_identity
+    from harness.core.devices import gpu_identity
 
     try:
         gpu_identity()

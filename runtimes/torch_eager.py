@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.environment import compute_threads
-from runtimes.base import RuntimeSpec, TensorInfo, register
-
-if TYPE_CHECKING:
-    from exporters.artifacts import ModelArtifacts
+from harness.core.environment import compute_threads
+from runtimes.base import Artifacts, RuntimeSpec, TensorInfo, register
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class TorchSession:
-    def __init__(self, artifacts: ModelArtifacts, spec: RuntimeSpec, device: str = "cpu") -> None:
+    def __init__(self, artifacts: Artifacts, spec: RuntimeSpec, device: str = "cpu") -> None:
         import torch
 
         self._torch = torch

@@ -16,16 +16,16 @@ import argparse
 import time
 
 from exporters.cache import ArtifactCache, default_cache_dir
-from harness.matrix import MatrixRow, Variant, collect_variants, run_matrix
-from harness.pipeline import SuiteRun
-from harness.suite import Suite, load_suite
+from harness.analysis.matrix import MatrixRow, Variant, collect_variants, run_matrix
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite, load_suite
 
 
 def single_run(suite: Suite, cache: ArtifactCache, limit: int, variant: Variant, runtime: str, batch_size: int) -> float:
     """`harness run --stack <variant> --runtime <runtime>` in-process: its own decode, the reference runtime, the runtime."""
     start = time.perf_counter()
     run = SuiteRun(suite, cache, limit, stack=variant.stack_for(suite.stack))
-    run.infer(suite.reference_runtime, batch_size)
+    run.infer(suite.run.reference, batch_size)
     run.infer(runtime, batch_size, variant=variant.model)
     return time.perf_counter() - start
 
@@ -41,10 +41,10 @@ def main() -> None:
     axes = args.axes.split(",")
 
     warm = SuiteRun(suite, cache, args.limit)  # build every artifact first: neither side pays for exports
-    run_matrix(suite, axes, [suite.reference_runtime], warm, args.batch_size)
+    run_matrix(suite, axes, [suite.run.reference], warm, args.batch_size)
 
     start = time.perf_counter()
-    report = run_matrix(suite, axes, [suite.reference_runtime], SuiteRun(suite, cache, args.limit), args.batch_size)
+    report = run_matrix(suite, axes, [suite.run.reference], SuiteRun(suite, cache, args.limit), args.batch_size)
     matrix_seconds = time.perf_counter() - start
 
     variants, _ = collect_variants(suite, axes, set())

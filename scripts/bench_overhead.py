@@ -21,10 +21,11 @@ import numpy as np
 import onnxruntime as ort
 
 from exporters.cache import ArtifactCache, default_cache_dir
-from harness.environment import compute_threads
-from harness.feed import batch_slices
-from harness.pipeline import SuiteRun, run_session
-from harness.suite import load_suite
+from harness.core.environment import compute_threads
+from harness.data.feed import batch_slices
+from harness.run.prepared import SuiteRun
+from harness.run.sessions import run_session
+from harness.spec.suite import load_suite
 from runtimes import get_runtime
 
 

@@ -3,7 +3,7 @@
 1. Scaling: `harness run` on 2,000 -> 8,000 -> 32,000 images, each a process of its own: wall time, time per
    image (after the start-up, measured by a 64-image run) and peak RSS (ru_maxrss).
 2. Pre-processing throughput of the reference stack on the same files: 1 process vs every core
-   (`harness.parallel`) vs a bare Pillow decode + resize + crop loop (this CPU's ceiling per core).
+   (`harness.data.parallel`) vs a bare Pillow decode + resize + crop loop (this CPU's ceiling per core).
 3. `--ray`: the same run on a local 2-worker Ray instance vs the local executor.
 
 The images (rendered by `demo_images.render`, one base image per 16 files, each file its own crop, flip and
@@ -33,10 +33,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_images import render
 
-from harness.dataset import load_dataset
-from harness.intake import IntakePolicy
-from harness.parallel import Preparer
-from harness.suite import BUNDLED_DIR, load_suite
+from harness.data.dataset import load_dataset
+from harness.data.intake import IntakePolicy
+from harness.data.parallel import Preparer
+from harness.spec.suite import BUNDLED_DIR, load_suite
 
 CLASSES = 12
 PER_BASE = 16
@@ -115,7 +115,7 @@ def bare_loop(paths: list[Path], size: int, crop: int) -> float:
 
 def preprocessing(suite_path: Path, count: int) -> None:
     suite = load_suite(str(suite_path))
-    samples = load_dataset(suite.manifest, suite.split).samples[:count]
+    samples = load_dataset(suite.data.manifest, suite.data.split).samples[:count]
     cores = len(os.sched_getaffinity(0))
     paths = [s.path for s in samples]
     bare = bare_loop(paths, suite.stack.resize_size, suite.stack.crop or 0)

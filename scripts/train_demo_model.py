@@ -19,10 +19,10 @@ import torch
 from demo_images import CLASSES, encode
 from safetensors.torch import save_file
 
-from harness.dataset import load_dataset, read_sample
-from harness.models import build_demo_resnet
-from harness.stack import decode_and_preprocess
-from harness.suite import load_suite
+from harness.data.dataset import load_dataset, read_sample
+from harness.data.stack import decode_and_preprocess
+from harness.demo.models import build_demo_resnet
+from harness.spec.suite import load_suite
 
 TRAIN_SEED = 20261103
 CHUNK = 600
@@ -44,7 +44,7 @@ def make_training_set(count: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate(model: torch.nn.Module) -> float:
     suite = load_suite("demo")
-    dataset = load_dataset(suite.manifest, suite.split)
+    dataset = load_dataset(suite.data.manifest, suite.data.split)
     x = torch.from_numpy(np.stack([decode_and_preprocess(read_sample(s), suite.stack) for s in dataset.samples]))
     labels = torch.tensor([s.label for s in dataset.samples])
     with torch.no_grad():

@@ -21,9 +21,9 @@ from detection_scenes import CLASSES, scene
 from safetensors.torch import save_file
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from harness.boxes import locations
-from harness.models import DemoDetector
-from harness.stack import decode, prepare, stack_from
+from harness.data.stack import decode, prepare, stack_from
+from harness.demo.models import DemoDetector
+from harness.tasks.boxes import locations
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,7 +15,7 @@ import pytest
 
 from exporters.cache import DEFAULT_CACHE_ENV, ArtifactCache
 from harness.cli import main
-from harness.suite import BUNDLED_DIR, Suite, load_suite
+from harness.spec.suite import BUNDLED_DIR, Suite, load_suite
 
 DEMO_TOML = BUNDLED_DIR / "demo.toml"
 DEMO_DIR = BUNDLED_DIR / "demo"

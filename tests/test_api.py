@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from harness import api
-from harness.errors import HarnessError
-from harness.suite import BUNDLED_DIR, tomllib
+from harness.core.errors import HarnessError
+from harness.spec.suite import BUNDLED_DIR, tomllib
 
 
 def _demo_mapping() -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import ArtifactCache, cache_key
-from harness.environment import environment
-from harness.pipeline import SuiteRun
-from harness.suite import Suite
+from harness.core.environment import environment
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite
 
 
 def test_key_depends_on_every_field() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite import BUNDLED_DIR
+from harness.spec.suite import BUNDLED_DIR
 from tests.conftest import png_header_only
 
 DEMO_DATA = BUNDLED_DIR / "demo" / "data"

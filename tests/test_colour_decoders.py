@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.colour import COLOUR_PATHS, rgb_to_yuv, subsample_nv12, yuv_to_rgb_float, yuv_to_rgb_int
-from harness.dataset import load_dataset, read_sample
-from harness.decoders import DECODERS, DecodeError
-from harness.suite import Suite
+from harness.data.colour import COLOUR_PATHS, rgb_to_yuv, subsample_nv12, yuv_to_rgb_float, yuv_to_rgb_int
+from harness.data.dataset import load_dataset, read_sample
+from harness.data.decoders import DECODERS, DecodeError
+from harness.spec.suite import Suite
 
 # (R, G, B) -> (Y, U, V), computed by hand from the SysNoise equations.
 HAND = {
@@ -47,7 +47,7 @@ def test_nv12_averages_chroma_over_2x2_blocks() -> None:
 
 @pytest.mark.parametrize("name", ["yuv444-float", "yuv444-int", "nv12-float", "nv12-int"])
 def test_yuv_round_trips_are_close_but_lossy(name: str, demo_suite: Suite) -> None:
-    sample = load_dataset(demo_suite.manifest, "eval").samples[1]
+    sample = load_dataset(demo_suite.data.manifest, "eval").samples[1]
     pixels = DECODERS["pillow"](read_sample(sample), True)
     out = COLOUR_PATHS[name](pixels)
     assert out.shape == pixels.shape and out.dtype == np.uint8
@@ -56,7 +56,7 @@ def test_yuv_round_trips_are_close_but_lossy(name: str, demo_suite: Suite) -> No
 
 
 def test_opencv_decoder_agrees_with_pillow_and_honours_exif(demo_suite: Suite) -> None:
-    samples = load_dataset(demo_suite.manifest, "eval").samples
+    samples = load_dataset(demo_suite.data.manifest, "eval").samples
     rotated = next(s for s in samples if Image.open(s.path).getexif().get(0x0112) in (6, 8))
     data = read_sample(rotated)
     upright, stored = DECODERS["opencv"](data, True), DECODERS["opencv"](data, False)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from harness.compare import compare, judge
+from harness.judge.compare import compare, judge
+from harness.spec.tolerance import DEFAULT_PROFILES
 from harness.tasks import ClassificationTask
 from harness.tasks.classification import softmax_kl
-from harness.tolerance import DEFAULT_PROFILES
 
 TASK = ClassificationTask(output_names=("logits",))
 

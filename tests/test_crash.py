@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import DEFAULT_CACHE_ENV, ArtifactCache
-from harness.entry import INTERRUPTED
-from harness.golden import GoldenStore
-from harness.suite import BUNDLED_DIR
+from harness.core.errors import INTERRUPTED
+from harness.judge.golden import GoldenStore
+from harness.spec.suite import BUNDLED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = BUNDLED_DIR / "demo" / "data"

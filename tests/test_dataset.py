@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 from PIL.JpegImagePlugin import get_sampling
 
-from harness.dataset import load_dataset, read_sample
-from harness.suite import Suite
+from harness.data.dataset import load_dataset, read_sample
+from harness.spec.suite import Suite
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -23,8 +23,8 @@ import make_demo_data  # noqa: E402
 
 
 def test_demo_splits_and_labels(demo_suite: Suite) -> None:
-    evaluation = load_dataset(demo_suite.manifest, "eval")
-    calibration = load_dataset(demo_suite.manifest, "calib")
+    evaluation = load_dataset(demo_suite.data.manifest, "eval")
+    calibration = load_dataset(demo_suite.data.manifest, "calib")
     assert len(evaluation.samples) == 500 and len(calibration.samples) == 100
     assert len(evaluation.classes) >= 10
     assert set(Counter(s.label for s in evaluation.samples)) == set(range(len(evaluation.classes)))
@@ -36,7 +36,7 @@ def test_demo_splits_and_labels(demo_suite: Suite) -> None:
 def test_demo_jpegs_cover_the_encoder_variety(demo_suite: Suite) -> None:
     """Checked on the bytes themselves, not on what the manifest claims."""
     widths, progressive, grayscale, orientations, layouts, qualities = set(), 0, 0, Counter(), Counter(), set()
-    for sample in load_dataset(demo_suite.manifest, "eval").samples:
+    for sample in load_dataset(demo_suite.data.manifest, "eval").samples:
         image = Image.open(io.BytesIO(read_sample(sample)))
         assert image.format == "JPEG"
         widths.add(image.width)
@@ -55,7 +55,7 @@ def test_demo_jpegs_cover_the_encoder_variety(demo_suite: Suite) -> None:
 
 def test_generator_reproduces_committed_files(demo_suite: Suite) -> None:
     rng = np.random.default_rng(make_demo_data.SPLIT_SEEDS["eval"])
-    samples = load_dataset(demo_suite.manifest, "eval").samples
+    samples = load_dataset(demo_suite.data.manifest, "eval").samples
     for index in range(4):
         encoded = demo_images.encode(rng, index % len(demo_images.CLASSES))
         assert hashlib.sha256(encoded.data).hexdigest() == samples[index].sha256

@@ -18,13 +18,13 @@ from torch import nn
 from exporters.cache import ArtifactCache
 from exporters.onnx_export import export_onnx
 from exporters.rewrites import MODEL_VARIANTS, patch_torch, rewrite_onnx
-from harness.boxes import locations
-from harness.golden import GoldenStore
-from harness.matrix import run_matrix
-from harness.pipeline import SuiteRun
-from harness.stack import Geometry
-from harness.suite import Suite, load_suite
-from harness.tasks import make_task
+from harness.analysis.matrix import run_matrix
+from harness.data.stack import Geometry
+from harness.judge.golden import GoldenStore
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite, load_suite
+from harness.tasks import TaskSpec, make_task
+from harness.tasks.boxes import locations
 from harness.tasks.detection import DetectionTask, coco_evaluate
 from tests.conftest import CliResult
 
@@ -86,7 +86,7 @@ GEOMETRY = [Geometry((64, 64), CANVAS, scale=(0.5, 0.5))]  # the tensor is the s
 
 
 def _detect(**flags: object) -> np.ndarray:
-    task = make_task("detection", ("scores", "boxes"), {"strides": [8, 16, 32]} | flags)
+    task = make_task(TaskSpec("detection", ("scores", "boxes"), {"strides": [8, 16, 32]} | flags))
     rows = task.predictions(RAW, GEOMETRY)[0]
     return rows[~np.isnan(rows[:, 0])]
 
@@ -126,13 +126,13 @@ def test_post_processing_variants_on_constructed_outputs(flags: dict[str, object
 
 def test_rounding_and_clamped_decoding() -> None:
     raw = _raw({5: (0, 0.9, (4.3, 4.6, 20.2, 19.7))})
-    task = make_task("detection", ("scores", "boxes"), {"strides": [8, 16, 32], "round_boxes": True})
+    task = make_task(TaskSpec("detection", ("scores", "boxes"), {"strides": [8, 16, 32], "round_boxes": True}))
     rows = task.predictions(raw, [Geometry(CANVAS, CANVAS)])[0]
     assert rows[0, :4].tolist() == [4.0, 5.0, 20.0, 20.0]
     far = {"scores": raw["scores"], "boxes": np.full_like(raw["boxes"], 5.0)}
     wide = [Geometry((5000, 5000), CANVAS)]  # nothing clipped
-    clamped = make_task("detection", ("scores", "boxes"), {"strides": [8, 16, 32], "clamp": 1.0}).predictions(far, wide)
-    plain = make_task("detection", ("scores", "boxes"), {"strides": [8, 16, 32]}).predictions(far, wide)
+    clamped = make_task(TaskSpec("detection", ("scores", "boxes"), {"strides": [8, 16, 32], "clamp": 1.0})).predictions(far, wide)
+    plain = make_task(TaskSpec("detection", ("scores", "boxes"), {"strides": [8, 16, 32]})).predictions(far, wide)
     cx = locations(CANVAS, (8, 16, 32))[0][5, 0]
     assert clamped[0, 0, 2] == pytest.approx(cx + np.e * 8) and plain[0, 0, 2] == pytest.approx(cx + np.exp(5.0) * 8)
 

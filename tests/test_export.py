@@ -13,9 +13,9 @@ import torch
 
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
-from harness.errors import HarnessError
-from harness.pipeline import SuiteRun
-from harness.suite import Suite, load_suite
+from harness.core.errors import HarnessError
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite, load_suite
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,13 @@ def test_exported_batch_axis_is_dynamic(demo_run: SuiteRun, batch: int) -> None:
 def test_second_export_reuses_the_cache(demo_suite: Suite, demo_run: SuiteRun, cache: ArtifactCache) -> None:
     first = demo_run.artifacts.export_fp32()
     before = cache.entries()  # the session's cache: other tests may have added other artifacts
-    again = ModelArtifacts(cache, suite=demo_suite, parity_inputs=lambda: demo_run.inputs.tensors[:8])
+    again = ModelArtifacts(
+        cache,
+        model=demo_suite.model,
+        export=demo_suite.export,
+        input_hw=demo_suite.stack.input_hw,
+        parity_inputs=lambda: demo_run.inputs.tensors[:8],
+    )
     assert again.export_fp32() == first
     assert again.log[0].startswith("cached")
     assert cache.entries() == before and first.parent in [folder for _, folder, _ in before]

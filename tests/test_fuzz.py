@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from harness.dataset import load_dataset
-from harness.decoders import DECODERS, decoder_unavailable
-from harness.errors import HarnessError
-from harness.feed import DEFAULT_POLICY, decode_sample
-from harness.onnx_testdata import load_test_set
-from harness.schema import validate_suite
-from harness.stack import StackSpec
-from harness.suite import BUNDLED_DIR, load_suite
+from harness.analysis.onnx_testdata import load_test_set
+from harness.core.errors import HarnessError
+from harness.data.dataset import load_dataset
+from harness.data.decoders import DECODERS, decoder_unavailable
+from harness.data.feed import DEFAULT_POLICY, decode_sample
+from harness.data.stack import StackSpec
+from harness.spec.schema import validate_suite
+from harness.spec.suite import BUNDLED_DIR, load_suite, suite_names
 from tests.conftest import DEMO_TOML
 
 if sys.version_info >= (3, 11):
@@ -81,13 +81,13 @@ def _replace_leaf(tree: Any, path: list[int], value: Any) -> Any:
 @given(TREES)
 def test_suite_schema_on_random_trees(tree: Any) -> None:
     with contextlib.suppress(HarnessError):
-        validate_suite(tree if isinstance(tree, dict) else {"model": tree}, "fuzz.toml")
+        validate_suite(tree if isinstance(tree, dict) else {"model": tree}, "fuzz.toml", suite_names())
 
 
 @given(st.lists(st.integers(0, 50), min_size=1, max_size=4), LEAVES | TREES)
 def test_suite_schema_on_the_demo_with_one_value_replaced(path: list[int], value: Any) -> None:
     with contextlib.suppress(HarnessError):
-        validate_suite(_replace_leaf(_demo_tree(), path, value), "fuzz.toml")
+        validate_suite(_replace_leaf(_demo_tree(), path, value), "fuzz.toml", suite_names())
 
 
 @given(mutations(DEMO_TOML.read_bytes()))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
-from harness.stack import StackSpec, prepare, stack_from
+from harness.core.errors import HarnessError
+from harness.data.stack import StackSpec, prepare, stack_from
 
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255), "layout": "nhwc", "resize": "opencv-nearest"}
 MODES = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.golden import GoldenStore
+from harness.judge.golden import GoldenStore
 
 RUNTIMES = ("--runtime", "torch-fp32", "--runtime", "ort-fp32")
 

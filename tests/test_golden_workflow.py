@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from harness.golden import GoldenStore
-from harness.stages import attribute
+from harness.judge.attribution import attribute
+from harness.judge.golden import GoldenStore
 from tests.conftest import DEMO_DIR, CliResult
 
 RUNTIME = ("--runtime", "torch-fp32")

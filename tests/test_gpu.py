@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from exporters.cache import ArtifactCache
-from harness.dataset import load_dataset, read_sample
-from harness.decoders import DECODERS
-from harness.suite import Suite
-from harness.work import RunRequest, run_suite
+from harness.data.dataset import load_dataset, read_sample
+from harness.data.decoders import DECODERS
+from harness.judge.verdict import run_suite
+from harness.run.plan import RunRequest
+from harness.spec.suite import Suite
 
 
 @pytest.mark.gpu
@@ -28,7 +29,7 @@ def test_nvjpeg_decodes_like_libjpeg_turbo(demo_suite: Suite) -> None:
     """nvJPEG (torchvision.io.decode_jpeg on CUDA) on every kind of demo JPEG: same geometry, close pixels."""
     from tests.test_sysnoise_stacks import _kinds
 
-    for kind, sample in _kinds(load_dataset(demo_suite.manifest, "eval").samples).items():
+    for kind, sample in _kinds(load_dataset(demo_suite.data.manifest, "eval").samples).items():
         data = read_sample(sample)
         reference = DECODERS["pillow"](data, True).astype(int)
         pixels = DECODERS["nvjpeg"](data, True)

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.dataset import load_dataset
-from harness.decoders import DECODERS, decoder_unavailable
-from harness.errors import HarnessError
-from harness.feed import DecoderNotApplicable, decode_all
-from harness.intake import IntakePolicy
-from harness.stack import StackSpec
-from harness.suite import BUNDLED_DIR
+from harness.core.errors import HarnessError
+from harness.data.dataset import load_dataset
+from harness.data.decoders import DECODERS, decoder_unavailable
+from harness.data.feed import DecoderNotApplicable, decode_all
+from harness.data.intake import IntakePolicy
+from harness.data.stack import StackSpec
+from harness.spec.suite import BUNDLED_DIR
 from tests.conftest import CliResult, png_header_only
 
 DEMO_DATA = BUNDLED_DIR / "demo" / "data"

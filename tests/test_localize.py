@@ -12,10 +12,11 @@ import onnx
 import pytest
 
 from exporters.cache import ArtifactCache
-from harness.localize import Localizer, first_samples
-from harness.pipeline import SuiteRun, run_session
-from harness.sensitivity import Trials
-from harness.suite import Suite, load_suite
+from harness.analysis.localize import Localizer, first_samples
+from harness.analysis.sensitivity import Trials
+from harness.run.prepared import SuiteRun
+from harness.run.sessions import run_session
+from harness.spec.suite import Suite, load_suite
 from runtimes import get_runtime
 from tests.planted import planted_suite
 

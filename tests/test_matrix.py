@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import ArtifactCache
-from harness.decoders import DECODERS, decoder_unavailable
-from harness.matrix import AXES, CATASTROPHIC, MatrixReport, run_matrix
-from harness.pipeline import SuiteRun
-from harness.suite import Suite
+from harness.analysis.matrix import AXES, CATASTROPHIC, MatrixReport, run_matrix
+from harness.data.decoders import DECODERS, decoder_unavailable
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite
 from tests.conftest import CliResult
 
 LIMIT = 32

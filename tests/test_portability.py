@@ -20,14 +20,15 @@ from torch import nn
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
 from exporters.onnx_export import export_onnx
-from harness.environment import NUMERIC_ISA, compute_threads, environment, isa_features
-from harness.errors import HarnessError
-from harness.feed import batch_layout, padded_batch
-from harness.pipeline import SuiteRun
-from harness.provenance import numeric_changes, staleness
-from harness.stages import Tolerated, attribute
-from harness.suite import Suite
-from harness.work import RunRequest, measure
+from harness.core.environment import NUMERIC_ISA, compute_threads, environment, isa_features
+from harness.core.errors import HarnessError
+from harness.data.feed import batch_layout, padded_batch
+from harness.judge.attribution import Tolerated, attribute
+from harness.judge.provenance import numeric_changes, staleness
+from harness.run.execute import measure
+from harness.run.plan import RunRequest
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite
 from runtimes import get_runtime
 from runtimes.precision import judged_precision, onnx_compute_precisions, parse_counts, precision_note
 from tests.conftest import CliResult

@@ -13,11 +13,11 @@ import pytest
 
 from exporters.cache import ArtifactCache
 from exporters.int8 import CalibrationReader, quantize_int8
-from harness.dataset import load_dataset
-from harness.pipeline import SuiteRun
-from harness.report import RunReport
-from harness.suite import Suite, load_suite
-from harness.work import RunRequest, run_suite
+from harness.data.dataset import load_dataset
+from harness.judge.verdict import RunReport, run_suite
+from harness.run.plan import RunRequest
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite, load_suite
 from runtimes.precision import judged_precision
 
 VARIANTS = ["ort-fp16", "ort-int8", "ov-fp32", "ov-fp16", "ov-int8"]
@@ -39,7 +39,7 @@ def test_fp16_close_to_torch(variants_report: RunReport, demo_suite: Suite, runt
     comparison = _comparison(variants_report, runtime)
     profile = judged_precision("fp16", result.session["executed"])
     assert profile in ("fp16", "bf16")
-    assert 1e-5 < comparison.worst.max_abs < demo_suite.tolerance_for(profile).max_abs  # really reduced precision, still close
+    assert 1e-5 < comparison.worst.max_abs < demo_suite.tolerances.for_precision(profile).max_abs  # really reduced precision, still close
     assert comparison.top1_agreement >= 0.99 and comparison.passed
 
 
@@ -88,7 +88,7 @@ def test_int8_is_calibrated_on_the_calibration_split(demo_suite: Suite, cache: A
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     info = run.artifacts.provenance["onnx:int8"]
-    calib_ids = [s.id for s in load_dataset(demo_suite.manifest, "calib").samples]
+    calib_ids = [s.id for s in load_dataset(demo_suite.data.manifest, "calib").samples]
     assert info["calibration_samples"] == len(calib_ids) == 100
     assert info["calibration_ids_sha256"] == hashlib.sha256("\n".join(calib_ids).encode()).hexdigest()
     assert info["calibration_method"] == "minmax" and info["per_channel"] is True
@@ -100,7 +100,7 @@ def test_calibration_reader_feeds_every_calibration_sample_once(demo_suite: Suit
     reader = CalibrationReader(run.calibration, "images")
     info = quantize_int8(run.artifacts.onnx_path("fp32"), tmp_path / "q.onnx", reader, "percentile", per_channel=False)
     assert reader.fed_ids == list(run.calibration.ids)
-    assert not set(reader.fed_ids) & {s.id for s in load_dataset(demo_suite.manifest, "eval").samples}
+    assert not set(reader.fed_ids) & {s.id for s in load_dataset(demo_suite.data.manifest, "eval").samples}
     assert info["calibration_method"] == "percentile"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite import BUNDLED_DIR
+from harness.spec.suite import BUNDLED_DIR
 
 pytest_plugins = ["pytester"]
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from harness import api
-from harness.suite import tomllib
+from harness.spec.suite import tomllib
 
 
 class Net(nn.Module):

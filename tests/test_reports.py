@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.html_report import THUMBNAILS
-from harness.measured import RunOutputs
+from harness.report.html import THUMBNAILS
+from harness.run.outputs import RunOutputs
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]

@@ -15,8 +15,8 @@ from torch import nn
 from exporters.cache import ArtifactCache
 from exporters.onnx_export import export_onnx
 from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable, patch_torch, rewrite_onnx
-from harness.pipeline import SuiteRun
-from harness.suite import Suite
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite
 
 
 def _export(model: nn.Module, size: int, path: Path) -> np.ndarray:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import pytest
 
 from exporters.cache import ArtifactCache
-from harness.compare import Baseline
-from harness.errors import RuntimeUnavailable
-from harness.report import RunReport
-from harness.suite import Suite
-from harness.work import RunRequest, run_suite
+from harness.core.errors import RuntimeUnavailable
+from harness.judge.compare import Baseline
+from harness.judge.verdict import RunReport, run_suite
+from harness.run.plan import RunRequest
+from harness.spec.suite import Suite
 from runtimes import RUNTIMES, RuntimeSpec
 from runtimes.ort import OrtSession
 

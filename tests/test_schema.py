@@ -11,10 +11,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from harness.errors import HarnessError
-from harness.schema import suite_json_schema, validate_suite
-from harness.stack import StackSpec
-from harness.suite import bundled_suites, load_suite
+from harness.core.errors import HarnessError
+from harness.data.stack import StackSpec
+from harness.spec.schema import suite_json_schema, validate_suite
+from harness.spec.suite import bundled_suites, load_suite, suite_names
 from tests.conftest import DEMO_TOML, CliResult
 
 if sys.version_info >= (3, 11):
@@ -31,7 +31,7 @@ MINIMAL: dict[str, Any] = {
 
 def _error(data: dict[str, Any]) -> str:
     with pytest.raises(HarnessError) as info:
-        validate_suite(data, "suite.toml")
+        validate_suite(data, "suite.toml", suite_names())
     return str(info.value)
 
 
@@ -62,7 +62,9 @@ def test_missing_keys_and_tables_are_named() -> None:
 
 
 def test_valid_tables_keep_only_what_the_file_set() -> None:
-    spec = validate_suite(MINIMAL | {"stack": {"crop": 0, "mean": [0, 0, 0]}, "tolerance": {"fp16": {"max_flips": 3}}}, "suite.toml")
+    spec = validate_suite(
+        MINIMAL | {"stack": {"crop": 0, "mean": [0, 0, 0]}, "tolerance": {"fp16": {"max_flips": 3}}}, "suite.toml", suite_names()
+    )
     assert spec.stack.given() == {"crop": 0, "mean": (0, 0, 0)}
     assert spec.tolerance["fp16"].given() == {"max_flips": 3}
     assert spec.export.trt_batch == [1, 32, 64] and spec.run.reference == "torch-fp32"
@@ -73,7 +75,7 @@ def test_published_schema_validates_suite_files(harness_cli: Callable[..., CliRe
     result = harness_cli("schema")
     assert result.code == 0
     schema = json.loads(result.out)
-    assert schema == json.loads(json.dumps(suite_json_schema()))
+    assert schema == json.loads(json.dumps(suite_json_schema(suite_names())))
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
     demo = tomllib.loads(DEMO_TOML.read_text())

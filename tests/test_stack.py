@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.dataset import load_dataset, read_sample
-from harness.decoders import DECODERS, DecodeError
-from harness.resizers import RESIZERS
-from harness.stack import StackSpec, decode_and_preprocess
-from harness.suite import Suite
+from harness.data.dataset import load_dataset, read_sample
+from harness.data.decoders import DECODERS, DecodeError
+from harness.data.resizers import RESIZERS
+from harness.data.stack import StackSpec, decode_and_preprocess
+from harness.spec.suite import Suite
 
 
 def _jpeg(pixels: np.ndarray, **kwargs: object) -> bytes:
@@ -33,7 +33,7 @@ def test_reference_stack_normalises_a_flat_image_exactly() -> None:
 
 
 def test_exif_orientation_is_applied_or_ignored(demo_suite: Suite) -> None:
-    dataset = load_dataset(demo_suite.manifest, "eval")
+    dataset = load_dataset(demo_suite.data.manifest, "eval")
     rotated = next(s for s in dataset.samples if Image.open(s.path).getexif().get(0x0112) in (6, 8))
     data = read_sample(rotated)
     upright = DECODERS["pillow"](data, True)
@@ -43,7 +43,7 @@ def test_exif_orientation_is_applied_or_ignored(demo_suite: Suite) -> None:
 
 
 def test_grayscale_jpeg_decodes_to_three_equal_channels(demo_suite: Suite) -> None:
-    dataset = load_dataset(demo_suite.manifest, "eval")
+    dataset = load_dataset(demo_suite.data.manifest, "eval")
     gray = next(s for s in dataset.samples if Image.open(s.path).mode == "L")
     pixels = DECODERS["pillow"](read_sample(gray), True)
     assert pixels.shape[2] == 3 and np.array_equal(pixels[..., 0], pixels[..., 2])
@@ -51,7 +51,7 @@ def test_grayscale_jpeg_decodes_to_three_equal_channels(demo_suite: Suite) -> No
 
 @pytest.mark.parametrize("name", sorted(RESIZERS))
 def test_every_resizer_hits_the_target_shape(name: str, demo_suite: Suite) -> None:
-    sample = load_dataset(demo_suite.manifest, "eval").samples[0]
+    sample = load_dataset(demo_suite.data.manifest, "eval").samples[0]
     pixels = DECODERS["pillow"](read_sample(sample), True)
     out = RESIZERS[name](pixels, (37, 53))
     assert out.shape == (37, 53, 3) and out.dtype == np.uint8

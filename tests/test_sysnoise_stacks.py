@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from harness.dataset import Sample, load_dataset, read_sample
-from harness.decoders import DECODERS, DecodeError, decoder_unavailable
-from harness.errors import HarnessError
-from harness.resizers import RESIZERS
-from harness.stack import StackSpec, decode_and_preprocess, preprocess
-from harness.suite import Suite
+from harness.core.errors import HarnessError
+from harness.data.dataset import Sample, load_dataset, read_sample
+from harness.data.decoders import DECODERS, DecodeError, decoder_unavailable
+from harness.data.resizers import RESIZERS
+from harness.data.stack import StackSpec, decode_and_preprocess, preprocess
+from harness.spec.suite import Suite
 
 CPU_DECODERS = [d for d in DECODERS if not decoder_unavailable(d)]
 # Decoders sharing Pillow's libjpeg-turbo settings: bit-identical pixels.
@@ -33,7 +33,7 @@ def _kinds(samples: list[Sample]) -> dict[str, Sample]:
 
 @pytest.fixture(scope="module")
 def kinds(demo_suite: Suite) -> dict[str, Sample]:
-    return _kinds(load_dataset(demo_suite.manifest, "eval").samples)
+    return _kinds(load_dataset(demo_suite.data.manifest, "eval").samples)
 
 
 @pytest.mark.parametrize("decoder", CPU_DECODERS)
@@ -71,7 +71,7 @@ def test_decoders_that_really_differ_from_pillow(kinds: dict[str, Sample]) -> No
 
 
 def test_pillow_draft_scales_in_the_dct_domain(demo_suite: Suite) -> None:
-    samples = load_dataset(demo_suite.manifest, "eval").samples
+    samples = load_dataset(demo_suite.data.manifest, "eval").samples
     large = next(s for s in samples if min(Image.open(s.path).size) >= 300)
     full = DECODERS["pillow"](read_sample(large), True)
     small = DECODERS["pillow-draft"](read_sample(large), True, 72)

@@ -13,10 +13,11 @@ import pytest
 
 from exporters.cache import ArtifactCache
 from exporters.tensorrt_engine import EngineOptions, build_engine
-from harness.errors import HarnessError, RuntimeUnavailable
-from harness.pipeline import SuiteRun
-from harness.suite import Suite
-from harness.work import RunRequest, run_suite
+from harness.core.errors import HarnessError, RuntimeUnavailable
+from harness.judge.verdict import run_suite
+from harness.run.plan import RunRequest
+from harness.run.prepared import SuiteRun
+from harness.spec.suite import Suite
 from runtimes import RUNTIMES
 from runtimes.tensorrt import TensorRTSession
 from tests.fake_tensorrt import FakeDeviceMemory, make_fake_tensorrt
@@ -34,7 +35,7 @@ def fake_trt(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     memory = FakeDeviceMemory()
     trt = make_fake_tensorrt(request.param, memory)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr("exporters.tensorrt_engine.gpu_identity", lambda: {"gpu": "Fake GPU", "compute_capability": "9.0"})
+    monkeypatch.setattr("harness.core.devices.gpu_identity", lambda: {"gpu": "Fake GPU", "compute_capability": "9.0"})
     monkeypatch.setattr("runtimes.tensorrt.default_device_memory", lambda: memory)
     for name in TRT_RUNTIMES:
         monkeypatch.setitem(RUNTIMES, name, dataclasses.replace(RUNTIMES[name], probe=None))

@@ -20,16 +20,22 @@ import pytest
 from PIL import Image
 
 from exporters.cache import DEFAULT_CACHE_ENV, ArtifactCache
-from harness import work
-from harness.dataset import load_dataset
-from harness.errors import HarnessError
-from harness.feed import DecoderNotApplicable, build_inputs
-from harness.intake import IntakePolicy
-from harness.measured import RunOutputs
-from harness.parallel import Preparer
-from harness.stack import StackSpec
-from harness.suite import Suite, load_suite
-from harness.work import Execution, RunRequest, Worker, measure, plan_run, run_suite
+from harness.core.errors import HarnessError
+from harness.data.dataset import load_dataset
+from harness.data.feed import DecoderNotApplicable, build_inputs
+from harness.data.intake import IntakePolicy
+from harness.data.parallel import Preparer
+from harness.data.stack import StackSpec
+from harness.judge.verdict import run_suite
+from harness.run import execute as run_execute
+from harness.run import plan as run_plan
+from harness.run import worker as run_worker
+from harness.run.execute import measure
+from harness.run.executors.base import Execution
+from harness.run.outputs import RunOutputs
+from harness.run.plan import RunRequest, plan_run
+from harness.run.worker import Worker
+from harness.spec.suite import Suite, load_suite
 from tests.test_onnx_testdata import _case, _model, _write_pb
 
 HARNESS = Path(sys.executable).parent / "harness"
@@ -50,7 +56,7 @@ def test_plan_cuts_whole_batches_and_names_each_unit_by_what_it_reads(demo_suite
     assert all(u.runtimes == ("torch-fp32", "ort-fp32") and u.device == "cpu" for u in plan.units)
     assert plan.samples == 200 and plan.requested == ("ort-fp32",)
     unit = plan.units[1]
-    assert work.WorkUnit.from_dict(json.loads(json.dumps(unit.describe()))) == unit  # plain JSON, whole
+    assert run_plan.WorkUnit.from_dict(json.loads(json.dumps(unit.describe()))) == unit  # plain JSON, whole
     assert len({u.key for u in plan.units}) == 4
     other_stack = plan_run(demo_suite, RunRequest(("ort-fp32",), 32, limit=200, chunk=50, stack=demo_suite.stack_named("opencv-service")))
     edited = plan_run(load_suite(str(make_suite({"description = ": "description = 'edited' #"}))), RunRequest(("ort-fp32",), 32, limit=200))
@@ -60,7 +66,7 @@ def test_plan_cuts_whole_batches_and_names_each_unit_by_what_it_reads(demo_suite
 
 
 def test_gpu_runtimes_get_their_own_units_of_the_same_ranges(demo_suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(work, "validate_runtimes", lambda names: None)  # planning only: no GPU here
+    monkeypatch.setattr(run_plan, "validate_runtimes", lambda names: None)  # planning only: no GPU here
     plan = plan_run(demo_suite, RunRequest(("ort-fp32", "trt-fp16", "trt-int8"), 32, limit=100, chunk=64))
     assert [(u.start, u.device, u.runtimes) for u in plan.units] == [
         (0, "cpu", ("torch-fp32", "ort-fp32")),
@@ -161,7 +167,7 @@ def test_resume_after_the_suite_changed_redoes_every_unit(
 ) -> None:
     suite = make_suite()
     plan = plan_run(load_suite(str(suite)), RunRequest(("ort-fp32", "ov-fp32"), 32, repeat=2, chunk=32))
-    store = work.ResultStore(tmp_path / "r" / "units", plan)
+    store = run_worker.ResultStore(tmp_path / "r" / "units", plan)
     store.put(plan.units[0], Worker(cache).execute(plan.units[0]))  # one unit of the old suite done
     suite.write_text(suite.read_text().replace("description = ", "description = 'changed' #"))
     resumed = harness_cli(*_run_args(suite, tmp_path / "r", "--resume", "--limit", "64"))
@@ -183,10 +189,10 @@ def test_gpu_units_on_a_ray_cluster_without_gpus_are_refused(
     demo_suite: Suite, cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
-    monkeypatch.setattr(work, "validate_runtimes", lambda names: None)  # planned as on a GPU runner; never opened here
+    monkeypatch.setattr(run_plan, "validate_runtimes", lambda names: None)  # planned as on a GPU runner; never opened here
     plan = plan_run(demo_suite, RunRequest(("trt-fp16",), 32, limit=32, reference=False))
     with pytest.raises(HarnessError, match="work units of GPU runtimes, but the Ray cluster has no GPU"):
-        work.execute(plan, cache, Execution("ray", workers=1))
+        run_execute.execute(plan, cache, Execution("ray", workers=1))
 
 
 def test_ray_executor_without_ray_is_one_line(

@@ -1,7 +1,7 @@
 """Tasks as registered plugins (`harness.tasks.base`): classification and detection."""
 
 from harness.tasks import classification, detection  # noqa: F401  (registration)
-from harness.tasks.base import POSTPROCESS_KEYS, TASKS, Agreement, ClassDelta, Observed, Task, make_task, register_task
+from harness.tasks.base import POSTPROCESS_KEYS, TASKS, Agreement, ClassDelta, Observed, Task, TaskSpec, make_task, register_task
 from harness.tasks.classification import ClassificationTask
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ClassificationTask",
     "Observed",
     "Task",
+    "TaskSpec",
     "make_task",
     "register_task",
 ]

@@ -12,12 +12,12 @@ that calls `register_task`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from harness.stack import Geometry
+from harness.data.stack import Geometry
 
 
 class Observed(Protocol):
@@ -85,7 +85,20 @@ def register_task(factory: type) -> type:
     return factory
 
 
-def make_task(task: str, output_names: tuple[str, ...], postprocess: dict[str, Any] | None = None) -> Task:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task}")
-    return TASKS[task](output_names, **(postprocess or {}))
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a suite says of its task: the task's name, the model's outputs it reads, its post-processing flags."""
+
+    name: str
+    output_names: tuple[str, ...]
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+    def with_postprocess(self, flags: dict[str, Any]) -> TaskSpec:
+        """The same task with `flags` over the suite's post-processing (a matrix variant)."""
+        return replace(self, postprocess=self.postprocess | flags)
+
+
+def make_task(spec: TaskSpec) -> Task:
+    if spec.name not in TASKS:
+        raise ValueError(f"unknown task {spec.name}")
+    return TASKS[spec.name](spec.output_names, **spec.postprocess)

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.dataset import class_label
-from harness.stack import Geometry
+from harness.data.dataset import class_label
+from harness.data.stack import Geometry
 from harness.tasks.base import Agreement, ClassDelta, Observed, register_task
 
 

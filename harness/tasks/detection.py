@@ -1,7 +1,7 @@
 """Detection: box decoding + NMS in Python, COCO mAP with pycocotools, box-level agreement.
 
 Raw outputs are per-location class logits (`scores`) and log-distances to the box edges (`boxes`) of
-a feature pyramid (`harness.models.DemoDetector`).  Post-processing decodes them around each
+a feature pyramid (`harness.demo.models.DemoDetector`).  Post-processing decodes them around each
 location's centre, keeps scores over `score_threshold`, the `pre_nms_top_k` best, runs NMS per
 class (torchvision `batched_nms`) or across classes, keeps `max_detections`, and maps the boxes back
 to source pixels through each tensor's geometry.  Deployment differences are flags: `clamp` (bound
@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.boxes import decode, iou, locations
-from harness.stack import Geometry
-from harness.stages import digest
+from harness.core.hashing import digest
+from harness.data.stack import Geometry
 from harness.tasks.base import Agreement, ClassDelta, Observed, register_task
+from harness.tasks.boxes import decode, iou, locations
 
 MAX_OBJECTS = 128
 FLIP_SCORE = 0.3

@@ -1,0 +1,68 @@
+"""What the exporters are handed: export settings, the PyTorch model to export, calibration data.
+
+Small types and protocols of their own, so the exporters never see a suite or an input set: whoever
+prepares a run (`harness.run.prepared`) hands over the parts that fit them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How the model becomes files: ONNX export, precision variants, engines."""
+
+    opset: int = 18
+    atol: float = 1e-4
+    parity_samples: int = 32
+    fp16_op_block_list: tuple[str, ...] = ()
+    fp16_keep_fp32: tuple[str, ...] = ()  # layers (PyTorch module names) kept in FP32 in the FP16 model
+    int8_keep_fp32: tuple[str, ...] = ()  # layers kept in float in the Q/DQ model (`harness export --keep-fp32 auto` finds them)
+    int8_calibration: str = "minmax"
+    int8_per_channel: bool = True
+    trt_workspace_mb: int = 1024
+    trt_batch: tuple[int, int, int] = (1, 32, 64)
+
+    def keep_for(self, precision: str) -> tuple[str, ...]:
+        return {"fp16": self.fp16_keep_fp32, "int8": self.int8_keep_fp32}.get(precision, ())
+
+
+class TorchSource(Protocol):
+    """A PyTorch model as trained: what identifies it (builder, kwargs, weights) and how to build it."""
+
+    @property
+    def builder(self) -> str: ...
+
+    @property
+    def weights(self) -> Path: ...
+
+    @property
+    def kwargs(self) -> dict[str, Any]: ...
+
+    @property
+    def input_name(self) -> str: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+
+    def build(self) -> torch.nn.Module:
+        """The eval-mode module with its weights loaded."""
+        ...
+
+
+class CalibrationSet(Protocol):
+    """INT8 calibration data: sample ids and their input tensors, row for row."""
+
+    @property
+    def ids(self) -> np.ndarray: ...
+
+    @property
+    def tensors(self) -> np.ndarray: ...

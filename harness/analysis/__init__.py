@@ -1,0 +1,1 @@
+"""Analyses over runs: the SysNoise matrix, layer localization, sensitivity, ONNX test data."""

@@ -1,0 +1,37 @@
+"""Content hashes: files (sha256, the identity of weights, manifests and artifacts) and arrays (XXH3, every
+sample's bytes after each stage of the data flow)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest(value: bytes | np.ndarray) -> str:
+    """Short content hash (XXH3, 64 bits: every sample's decoded pixels are hashed, so it must cost next to
+    nothing); arrays include dtype and shape, so a reshaped or recast array differs."""
+    h = xxhash.xxh3_64()
+    if isinstance(value, np.ndarray):
+        h.update(f"{value.dtype.str}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))  # the bytes, not a copy of them
+    else:
+        h.update(value)
+    return h.hexdigest()
+
+
+def sample_digests(arrays: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """One hash per sample (row) over every array, in name order."""
+    names = sorted(arrays)
+    count = len(arrays[names[0]]) if names else 0
+    return tuple(digest(b"".join(digest(arrays[name][i]).encode() for name in names)) for i in range(count))

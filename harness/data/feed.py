@@ -1,0 +1,227 @@
+"""Feed: dataset samples -> one stack -> the input tensors every runtime gets.
+
+Decoding and pre-processing happen once per run; runtimes then see the very
+same array, batch by batch.  Batches are laid out on a fixed grid over the
+split (`batch_layout`): sample i always sits in slot i % B of a batch of
+exactly B rows, padded where a run holds only part of that batch, so its
+outputs do not depend on `--limit`, `--shard` or where the last batch ends
+(kernels are chosen per batch shape).  Each sample's encoded bytes, decoded pixels and
+tensor are hashed on the way (`harness.judge.attribution`), so a golden comparison can
+name the first stage that changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.core.errors import HarnessError
+from harness.core.hashing import digest
+from harness.data.dataset import Sample, read_sample
+from harness.data.decoders import DECODER_FORMATS, DecodeError, decoder_unavailable
+from harness.data.intake import IntakePolicy, check, conversion, convert, read_header
+from harness.data.stack import Geometry, StackSpec, decode, prepare
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded pixels of some samples, with the per-sample hashes of the first two stages."""
+
+    pixels: list[np.ndarray]
+    stages: dict[str, tuple[str, ...]]  # "encoded", "decoded"
+    intake: dict[str, int] = field(default_factory=dict)  # samples converted by an intake rule, per rule
+
+
+class DecoderNotApplicable(HarnessError):
+    """The stack's decoder cannot read the format of some samples (a PNG for a JPEG-only decoder)."""
+
+    def __init__(self, what: str, fix: str | None = None, image_format: str = "") -> None:
+        super().__init__(what, fix)
+        self.format = image_format
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """Pre-processed tensors of some samples through one stack."""
+
+    ids: tuple[str, ...]
+    labels: np.ndarray
+    tensors: np.ndarray
+    stack: StackSpec
+    stages: dict[str, tuple[str, ...]]  # per-sample hashes: "encoded", "decoded", "tensor"
+    positions: np.ndarray  # each sample's index in its split: where it sits on the batch grid
+    geometry: tuple[Geometry, ...] = ()  # per sample: source pixels -> tensor pixels (boxes map back through it)
+    intake: dict[str, int] = field(default_factory=dict)  # samples converted by an intake rule, per rule
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakePolicy) -> tuple[np.ndarray, str | None]:
+    """RGB uint8 pixels of one sample through the intake policy (`harness.data.intake`), and the rule applied if any."""
+    try:
+        header = read_header(data)
+        refused = check(header, policy)
+        if refused:
+            raise HarnessError(f"{sample.path}: image refused: {refused}", "shrink or remove the file, or raise [data] max_pixels")
+        kind = conversion(header)
+        if kind:
+            return convert(data, kind, stack.exif), kind
+        formats = DECODER_FORMATS.get(stack.decoder)
+        if formats and header.format not in formats:
+            raise DecoderNotApplicable(
+                f"{sample.path}: decoder '{stack.decoder}' cannot read {header.format} images (it reads {', '.join(sorted(formats))})",
+                "choose a decoder that reads every format of the dataset",
+                header.format,
+            )
+        return decode(data, stack), None
+    except DecodeError as exc:
+        raise HarnessError(
+            f"{sample.path}: cannot decode image with '{stack.decoder}': {exc}",
+            "replace the file with a valid image or remove it from the manifest",
+        ) from exc
+
+
+DEFAULT_POLICY = IntakePolicy()
+
+
+def decode_key(stack: StackSpec) -> tuple[str, bool, int]:
+    """Stacks with the same key decode every image to the same pixels (min side matters for DCT-domain scaling only)."""
+    return (stack.decoder, stack.exif, stack.resize_size if stack.decoder == "pillow-draft" else 0)
+
+
+def decode_part(
+    samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
+) -> tuple[Decoded, list[DecoderNotApplicable]]:
+    """Decoded pixels of the samples the stack's decoder can read, and one error per sample it cannot
+    (counted by the caller over all the parts it decodes, then reported once: `refuse_unreadable`)."""
+    reason = decoder_unavailable(stack.decoder)
+    if reason:
+        raise HarnessError(f"stack '{stack.name}': decoder '{stack.decoder}' cannot run here: {reason}", "choose another decoder")
+    pixels, encoded, intake = [], [], Counter[str]()
+    unreadable: list[DecoderNotApplicable] = []
+    for sample in samples:
+        data = read_sample(sample)
+        encoded.append(digest(data))
+        try:
+            image, kind = decode_sample(sample, stack, data, policy)
+        except DecoderNotApplicable as exc:
+            unreadable.append(exc)
+            continue
+        pixels.append(image)
+        if kind:
+            intake[kind] += 1
+        if advance:
+            advance()
+    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)}, dict(intake)), unreadable
+
+
+def refuse_unreadable(unreadable: Sequence[DecoderNotApplicable], total: int, decoder: str) -> None:
+    """One error for every sample of `total` the decoder cannot read, with their formats and the first file."""
+    if not unreadable:
+        return
+    formats = Counter(exc.format for exc in unreadable)
+    raise DecoderNotApplicable(
+        f"decoder '{decoder}' cannot read {len(unreadable)}/{total} samples "
+        f"({', '.join(f'{f} {n}' for f, n in sorted(formats.items()))}; first: {unreadable[0].what.split(': ')[0]})",
+        unreadable[0].fix,
+    )
+
+
+def decode_all(
+    samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
+) -> Decoded:
+    """Decoded pixels of every sample with the stack's decoder settings, through the intake policy."""
+    decoded, unreadable = decode_part(samples, stack, advance, policy)
+    refuse_unreadable(unreadable, len(samples), stack.decoder)
+    return decoded
+
+
+def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) -> InputSet:
+    """Pre-process decoded pixels through the rest of the stack; all tensors must share one shape."""
+    prepared = [prepare(p, stack) for p in decoded.pixels]
+    tensors = [p.tensor for p in prepared]
+    _one_shape(stack, {t.shape for t in tensors})
+    return InputSet(
+        ids=tuple(s.id for s in samples),
+        labels=np.stack([s.target for s in samples]) if samples else np.zeros(0, dtype=np.int64),
+        tensors=np.stack(tensors),
+        stack=stack,
+        stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},
+        positions=np.array([s.index for s in samples], dtype=np.int64),
+        geometry=tuple(p.geometry for p in prepared),
+        intake=decoded.intake,
+    )
+
+
+def _one_shape(stack: StackSpec, shapes: set[tuple[int, ...]]) -> None:
+    if len(shapes) > 1:
+        raise HarnessError(
+            f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}",
+            "add a crop or use resize_mode = 'direct', 'letterbox' or 'keep-ratio'",
+        )
+
+
+def build_inputs(
+    samples: Sequence[Sample], stack: StackSpec, advance: Callable[[], None] | None = None, policy: IntakePolicy = DEFAULT_POLICY
+) -> InputSet:
+    """Decode and pre-process every sample."""
+    return tensors_from(samples, decode_all(samples, stack, advance, policy), stack)
+
+
+def concat_inputs(parts: Sequence[InputSet]) -> InputSet:
+    """Input sets of consecutive parts of one sample list, through one stack, as one set."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    _one_shape(first.stack, {p.tensors.shape[1:] for p in parts})
+    return InputSet(
+        ids=tuple(i for p in parts for i in p.ids),
+        labels=np.concatenate([p.labels for p in parts]),
+        tensors=np.concatenate([p.tensors for p in parts]),
+        stack=first.stack,
+        stages={k: tuple(h for p in parts for h in p.stages[k]) for k in first.stages},
+        positions=np.concatenate([p.positions for p in parts]),
+        geometry=tuple(g for p in parts for g in p.geometry),
+        intake=dict(sum((Counter(p.intake) for p in parts), Counter())),
+    )
+
+
+def first_samples(inputs: InputSet, count: int) -> InputSet:
+    """The first `count` samples of an input set (their batch-grid positions kept)."""
+    count = min(count, len(inputs))
+    return dataclasses.replace(
+        inputs,
+        ids=inputs.ids[:count],
+        labels=inputs.labels[:count],
+        tensors=inputs.tensors[:count],
+        stages={k: v[:count] for k, v in inputs.stages.items()},
+        positions=inputs.positions[:count],
+        geometry=inputs.geometry[:count],
+    )
+
+
+def batch_slices(count: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))
+
+
+def batch_layout(positions: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows of the input set, their slots) per batch of the split's fixed grid: position p goes to
+    batch p // batch_size, slot p % batch_size; batches in grid order."""
+    grid = positions // batch_size
+    order = np.argsort(grid, kind="stable")
+    starts = np.flatnonzero(np.diff(grid[order])) + 1
+    for rows in np.split(order, starts) if len(order) else []:
+        yield rows, positions[rows] % batch_size
+
+
+def padded_batch(tensors: np.ndarray, rows: np.ndarray, slots: np.ndarray, batch_size: int) -> np.ndarray:
+    """A batch of exactly `batch_size` rows: the given rows in their slots, zeros in the others."""
+    batch = np.zeros((batch_size, *tensors.shape[1:]), dtype=tensors.dtype)
+    batch[slots] = tensors[rows]
+    return batch

@@ -1,0 +1,1 @@
+"""The bundled demos' models (reached by builder name, imported by nothing)."""

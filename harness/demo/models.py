@@ -1,0 +1,105 @@
+"""The bundled demos' models: a small ResNet classifier and an FCOS-style detector with a feature pyramid.
+
+They reach suites the way a user's model does, by builder name (`demo-resnet`, `demo-detector` are aliases
+of import paths in `harness.spec.models`); nothing of the harness imports this room.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv + BN, identity or 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class DemoResNet(nn.Module):
+    """Small ResNet for the bundled demo: conv stem, stride-2 3x3 max-pool with
+    padding (the op whose ceil mode runtimes disagree on), four residual stages."""
+
+    def __init__(self, num_classes: int = 12, widths: tuple[int, ...] = (24, 48, 96, 160)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        cin = widths[0]
+        for i, cout in enumerate(widths):
+            stages.append(BasicBlock(cin, cout, stride=1 if i == 0 else 2))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.pool(self.stem(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_demo_resnet(num_classes: int = 12) -> nn.Module:
+    return DemoResNet(num_classes=num_classes)
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DemoDetector(nn.Module):
+    """Small anchor-free detector with a feature pyramid (strides 8, 16, 32).
+
+    The top-down path upsamples with the functional `F.interpolate(mode="nearest")`, as most real
+    detectors do.  Per location of every level it predicts class logits and four log-distances to the
+    box edges (left, top, right, bottom, in units of the level's stride); `harness.tasks.detection`
+    decodes them (exp, times the stride, around the location's centre) and runs NMS.  Outputs:
+    `scores` (N, locations, classes) logits and `boxes` (N, locations, 4) log-distances.
+    """
+
+    STRIDES = (8, 16, 32)
+
+    def __init__(self, num_classes: int = 6, width: int = 48) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 16, 2), conv_bn(16, 24, 2))  # stride 4
+        self.c3 = nn.Sequential(conv_bn(24, 48, 2), conv_bn(48, 48))  # stride 8
+        self.c4 = nn.Sequential(conv_bn(48, 72, 2), conv_bn(72, 72))  # stride 16
+        self.c5 = nn.Sequential(conv_bn(72, 96, 2), conv_bn(96, 96))  # stride 32
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in (48, 72, 96))
+        self.smooth = nn.ModuleList(nn.Conv2d(width, width, 3, 1, 1) for _ in range(3))
+        self.tower = nn.Sequential(
+            nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True)
+        )
+        self.cls = nn.Conv2d(width, num_classes, 3, 1, 1)
+        self.reg = nn.Conv2d(width, 4, 3, 1, 1)
+        nn.init.constant_(self.cls.bias, -4.0)  # prior of 2% foreground: focal-loss training starts stable
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c3 = self.c3(self.stem(x))
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        p5 = self.lateral[2](c5)
+        p4 = self.lateral[1](c4) + nn.functional.interpolate(p5, scale_factor=2.0, mode="nearest")
+        p3 = self.lateral[0](c3) + nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest")
+        scores, boxes = [], []
+        for level, feature in enumerate((p3, p4, p5)):
+            t = self.tower(self.smooth[level](feature))
+            scores.append(self.cls(t).flatten(2).transpose(1, 2))
+            boxes.append(self.reg(t).flatten(2).transpose(1, 2))
+        return torch.cat(scores, 1), torch.cat(boxes, 1)
+
+
+def build_demo_detector(num_classes: int = 6) -> nn.Module:
+    return DemoDetector(num_classes=num_classes)

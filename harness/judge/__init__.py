@@ -1,0 +1,1 @@
+"""Judging: comparisons, stage attribution, goldens, provenance, the verdict of a run."""

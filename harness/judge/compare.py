@@ -1,0 +1,244 @@
+"""Comparison of one runtime's outputs with a baseline's, judged by a tolerance.
+
+Task-neutral numeric error per output (max/mean abs, max relative, relative
+L2, cosine per sample) here; the task plugin (`harness.tasks`) adds how far
+the predictions agree: agreement, flips (negative flips: right before, wrong
+now; positive flips: the reverse, as in the regression-free model update
+literature), per-class deltas, the metric delta and task details (top-5 and
+KL for classification; matched IoU, missing and extra boxes for detection).
+Each judged check is one PASS/FAIL line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.judge.attribution import Attribution
+from harness.spec.tolerance import Tolerance
+from harness.tasks import ClassDelta, Observed, Task
+
+REL_FLOOR = 1e-6
+WORST_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class OutputStats:
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    max_rel_l2: float
+    min_cosine: float
+    mean_cosine: float
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    limit: float
+    op: str  # "<=" or ">="
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value <= self.limit) if self.op == "<=" else bool(self.value >= self.limit)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "limit": self.limit, "op": self.op, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a runtime is compared with, resolved once: the suite's reference runtime, the runtime's golden, or
+    another measurement (`noise`); written `reference:<runtime>`, `golden`, `noise` in reports."""
+
+    kind: str
+    runtime: str | None = None  # reference: which runtime
+
+    @classmethod
+    def reference(cls, runtime: str) -> Baseline:
+        return cls("reference", runtime)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.runtime}" if self.runtime else self.kind
+
+
+GOLDEN = Baseline("golden")
+
+
+@dataclass
+class Comparison:
+    """One runtime against one baseline."""
+
+    runtime: str
+    against: Baseline
+    samples: int
+    outputs: dict[str, OutputStats]
+    top1_agreement: float  # the task's agreement: top-1 for classification, unchanged images for detection
+    flips: list[str]
+    negative_flips: list[str]
+    positive_flips: list[str]
+    per_class: list[ClassDelta]
+    worst_samples: list[tuple[str, float]]  # (id, max abs error), largest first
+    metric: float
+    metric_baseline: float
+    details: dict[str, float | None] = field(default_factory=dict)  # task-specific (top5_agreement, kl_mean, mean_iou, ...)
+    sample_max_abs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # worst over outputs, per sample
+    sample_min_cosine: np.ndarray = field(default_factory=lambda: np.ones(0))
+    checks: list[Check] = field(default_factory=list)
+    attribution: Attribution | None = None
+
+    def within(self, tolerance: Tolerance) -> np.ndarray:
+        """Per sample: are its raw outputs within the profile's numeric limits (max abs, cosine)?"""
+        return (self.sample_max_abs <= tolerance.max_abs) & (self.sample_min_cosine >= tolerance.min_cosine)
+
+    @property
+    def metric_delta(self) -> float:
+        return self.metric - self.metric_baseline
+
+    @property
+    def negative_flip_rate(self) -> float:
+        return len(self.negative_flips) / self.samples if self.samples else 0.0
+
+    @property
+    def positive_flip_rate(self) -> float:
+        return len(self.positive_flips) / self.samples if self.samples else 0.0
+
+    @property
+    def worst_class(self) -> ClassDelta | None:
+        return min(self.per_class, key=lambda c: c.delta) if self.per_class else None
+
+    @property
+    def worst(self) -> OutputStats:
+        """Worst value of each statistic over all outputs."""
+        stats = list(self.outputs.values())
+        return OutputStats(
+            max_abs=max(s.max_abs for s in stats),
+            mean_abs=max(s.mean_abs for s in stats),
+            max_rel=max(s.max_rel for s in stats),
+            max_rel_l2=max(s.max_rel_l2 for s in stats),
+            min_cosine=min(s.min_cosine for s in stats),
+            mean_cosine=min(s.mean_cosine for s in stats),
+        )
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def describe(self) -> dict[str, Any]:
+        worst_class = self.worst_class
+        return {
+            "runtime": self.runtime,
+            "against": str(self.against),
+            "samples": self.samples,
+            "outputs": {k: asdict(v) for k, v in self.outputs.items()},
+            "top1_agreement": self.top1_agreement,
+            **self.details,
+            "flips": self.flips,
+            "negative_flips": self.negative_flips,
+            "positive_flips": self.positive_flips,
+            "negative_flip_rate": self.negative_flip_rate,
+            "positive_flip_rate": self.positive_flip_rate,
+            "per_class": [asdict(c) | {"delta": c.delta} for c in self.per_class],
+            "worst_class": worst_class.label if worst_class else None,
+            "worst_samples": [{"id": i, "max_abs": e} for i, e in self.worst_samples],
+            "metric": self.metric,
+            "metric_baseline": self.metric_baseline,
+            "metric_delta": self.metric_delta,
+            "attribution": self.attribution.describe() if self.attribution else None,
+            "checks": [c.describe() for c in self.checks],
+            "passed": self.passed,
+        }
+
+
+def _rows(candidate: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sides as float64 rows (one per sample) and their absolute difference."""
+    if candidate.shape != baseline.shape:
+        raise ValueError(f"shape {candidate.shape} differs from baseline {baseline.shape}")
+    cand = candidate.reshape(len(candidate), -1).astype(np.float64)
+    base = baseline.reshape(len(baseline), -1).astype(np.float64)
+    return cand, base, np.abs(cand - base)
+
+
+def per_sample_max_abs(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    return _rows(candidate, baseline)[2].max(axis=1, initial=0.0)
+
+
+def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
+    return _stats_and_sample_errors(candidate, baseline)[0]
+
+
+def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray, np.ndarray]:
+    """Aggregated statistics, the per-sample max abs error and the per-sample cosine, from one pass over the difference."""
+    cand, base, diff = _rows(candidate, baseline)
+    base_norm = np.linalg.norm(base, axis=1)
+    norms = np.linalg.norm(cand, axis=1) * base_norm
+    dots = np.sum(cand * base, axis=1)
+    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(diff == 0, axis=1), 1.0, 0.0))
+    rel_l2 = np.linalg.norm(diff, axis=1) / np.maximum(base_norm, REL_FLOOR)
+    stats = OutputStats(
+        max_abs=float(diff.max(initial=0.0)),
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_rel=float((diff / np.maximum(np.abs(base), REL_FLOOR)).max(initial=0.0)),
+        max_rel_l2=float(rel_l2.max(initial=0.0)),
+        min_cosine=float(cosine.min(initial=1.0)),
+        mean_cosine=float(cosine.mean()) if cosine.size else 1.0,
+    )
+    return stats, diff.max(axis=1, initial=0.0), cosine
+
+
+def compare(
+    runtime: str,
+    against: Baseline,
+    ids: tuple[str, ...],
+    targets: np.ndarray,
+    candidate: Observed,
+    baseline: Observed,
+    task: Task,
+) -> Comparison:
+    """Candidate against baseline on the same samples: output statistics here, agreement from the task."""
+    measured = {name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs}
+    errors = np.sum([sample_errors for _, sample_errors, _ in measured.values()], axis=0)
+    worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
+    agreement = task.agree(ids, targets, candidate, baseline)
+    return Comparison(
+        runtime=runtime,
+        against=against,
+        samples=len(ids),
+        outputs={name: stats for name, (stats, _, _) in measured.items()},
+        top1_agreement=agreement.agreement,
+        flips=agreement.flips,
+        negative_flips=agreement.negative_flips,
+        positive_flips=agreement.positive_flips,
+        per_class=agreement.per_class,
+        worst_samples=[(ids[i], float(errors[i])) for i in worst],
+        metric=agreement.metric,
+        metric_baseline=agreement.metric_baseline,
+        details=agreement.details,
+        sample_max_abs=np.max([e for _, e, _ in measured.values()], axis=0),
+        sample_min_cosine=np.min([c for _, _, c in measured.values()], axis=0),
+    )
+
+
+CHECKS = ("max_abs", "min_cosine", "top1_agreement", "flips", "negative_flip_rate", "metric_delta")  # what `judge` checks
+DETECTION_CHECKS = ("mean_matched_iou",)  # and for detections
+
+
+def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
+    """Attach one check per tolerance key; returns the same comparison."""
+    worst = comparison.worst
+    measured: dict[str, tuple[float, float, str]] = {
+        "max_abs": (worst.max_abs, tolerance.max_abs, "<="),
+        "min_cosine": (worst.min_cosine, tolerance.min_cosine, ">="),
+        "top1_agreement": (comparison.top1_agreement, tolerance.min_top1_agreement, ">="),
+        "flips": (len(comparison.flips), tolerance.max_flips, "<="),
+        "negative_flip_rate": (comparison.negative_flip_rate, tolerance.max_negative_flip_rate, "<="),
+        "metric_delta": (abs(comparison.metric_delta), tolerance.max_metric_delta, "<="),
+    }
+    matched_iou = comparison.details.get("mean_matched_iou")
+    if matched_iou is not None:  # detection
+        measured["mean_matched_iou"] = (matched_iou, tolerance.min_mean_matched_iou, ">=")
+    comparison.checks = [Check(name, *measured[name]) for name in (*CHECKS, *DETECTION_CHECKS) if name in measured]
+    return comparison

@@ -1,0 +1,200 @@
+"""The verdict of a run: per runtime its metric and its comparisons (vs the reference, vs its golden), judged
+by the suite's tolerance profiles; `judge_run` makes it from what a run measured, `run_suite` measures then
+judges.  `RunReport.describe()` is the report's JSON (versioned schema, documented in README.md, "Report
+format"; bump `SCHEMA_VERSION` on any incompatible change); `harness.judge.verdict` renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from exporters.cache import ArtifactCache
+from harness.judge.attribution import Tolerated, attribute
+from harness.judge.compare import GOLDEN, Baseline, Comparison, compare, judge
+from harness.judge.golden import Golden, GoldenStore
+from harness.judge.provenance import executed_precision, numeric_changes, staleness
+from harness.run.execute import measure
+from harness.run.executors.base import Execution
+from harness.run.outputs import Determinism, Inference, RunOutputs
+from harness.run.plan import RunRequest
+from harness.run.sessions import Tracker, no_tracking, validate_runtimes
+from harness.spec.suite import Suite
+from harness.spec.tolerance import Tolerance
+from harness.tasks import Task, make_task
+from runtimes import get_runtime
+from runtimes.precision import judged_precision, parse_counts, precision_note
+
+SCHEMA_VERSION = "1.2"
+
+
+@dataclass
+class RuntimeResult:
+    runtime: str
+    session: dict[str, str]
+    metric: float
+    infer_seconds: float
+    comparisons: list[Comparison] = field(default_factory=list)
+    determinism: Determinism | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "session": self.session,
+            "metric": self.metric,
+            "infer_seconds": round(self.infer_seconds, 4),
+            "determinism": self.determinism.describe() if self.determinism else None,
+            "comparisons": [c.describe() for c in self.comparisons],
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class RunReport:
+    suite: str
+    task: str
+    metric_name: str
+    reference: str
+    samples: int
+    context: dict[str, Any]
+    results: list[RuntimeResult]
+    notes: list[str] = field(default_factory=list)
+    shard: tuple[int, int] = (1, 1)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    measured: RunOutputs | None = field(default=None, repr=False, compare=False)  # the raw outputs judged (`api.check`)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "suite-run",
+            "created": self.created,
+            "suite": self.suite,
+            "task": self.task,
+            "metric_name": self.metric_name,
+            "reference": self.reference,
+            "samples": self.samples,
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+            **self.context,
+            "notes": self.notes,
+            "results": [r.describe() for r in self.results],
+            "passed": self.passed,
+        }
+
+
+def judged_profile(suite: Suite, inference: Inference, golden: Golden | None = None) -> tuple[str, Tolerance]:
+    """The tolerance profile a runtime is judged by: that of the lowest precision it asked for or really executed
+    (against a golden, also the one the golden executed: fp16 now against a bf16 golden differs at bf16's scale)."""
+    requested = get_runtime(inference.runtime).precision
+    executed = [inference.session.get("executed", requested)]
+    if golden is not None and executed_precision(golden.metadata):
+        executed.append(str(executed_precision(golden.metadata)))
+    profile = judged_precision(requested, "+".join(executed))
+    return profile, suite.tolerances.for_precision(profile)
+
+
+def compare_to_reference(
+    suite: Suite, ids: tuple[str, ...], labels: np.ndarray, inference: Inference, reference: Inference, task: Task
+) -> Comparison:
+    """A runtime against the reference runtime on the same samples, judged by the profile of its precision."""
+    comparison = compare(inference.runtime, Baseline.reference(reference.runtime), ids, labels, inference, reference, task)
+    return judge(comparison, judged_profile(suite, inference)[1])
+
+
+def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden, task: Task, update_hint: str, suite: Suite) -> Comparison:
+    """The run against the golden's recorded outputs and predictions, with stage attribution that tells
+    numeric noise (within the judging profile) from a change, and names what differs in the environment."""
+    recorded = golden.select(measured.ids, update_hint)
+    comparison = compare(inference.runtime, GOLDEN, measured.ids, measured.labels, inference, recorded, task)
+    profile, tolerance = judged_profile(suite, inference, golden)
+    tolerated = Tolerated(comparison.within(tolerance), comparison.sample_max_abs, profile)
+    environment = numeric_changes(golden.metadata, measured.metadata(inference.runtime))
+    comparison.attribution = attribute(recorded.stages, measured.stages | inference.stages, len(measured.ids), tolerated, environment)
+    return comparison
+
+
+def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | None, goldens: dict[str, Golden] | None = None) -> RunReport:
+    """Compare each runtime with the reference and (when a store is given) with its golden (`goldens`: already loaded)."""
+    task = make_task(suite.task)
+    reference = suite.run.reference
+    ref = measured.inferences[reference]
+    if golden_store and goldens is None:
+        goldens = {r: golden_store.load(r) for r in measured.requested}
+    results: list[RuntimeResult] = []
+    notes: list[str] = []
+    stale: dict[str, list[str]] = {}  # staleness phrase -> runtimes whose golden it applies to
+    for name, inference in measured.inferences.items():
+        result = RuntimeResult(
+            name,
+            inference.session,
+            task.metric(inference.predictions, measured.labels),
+            inference.seconds,
+            determinism=measured.determinism.get(name),
+        )
+        requested = get_runtime(name).precision
+        note = precision_note(name, requested, parse_counts(inference.session.get("compute_ops", "")))
+        if note:
+            notes.append(note)
+        if name != reference:
+            result.comparisons.append(compare_to_reference(suite, measured.ids, measured.labels, inference, ref, task))
+        if goldens and name in goldens:
+            assert golden_store is not None
+            golden = goldens[name]
+            comparison = compare_to_golden(measured, inference, golden, task, golden_store.update_hint(name), suite)
+            assert comparison.attribution is not None
+            comparison = judge(comparison, suite.tolerances.for_precision(comparison.attribution.profile))  # the profile attribution used
+            result.comparisons.append(comparison)
+            if comparison.attribution and (not comparison.passed or comparison.attribution.noise):
+                notes.append(f"{name} vs golden: {comparison.attribution.message()}")
+            for phrase in staleness(golden.metadata, measured.metadata(name)):
+                stale.setdefault(phrase, []).append(name)
+        results.append(result)
+    notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
+    if measured.intake:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(measured.intake.items()))
+        count = sum(measured.intake.values())
+        notes.append(f"image intake converted {count}/{len(measured.ids)} samples ({kinds}): see README, Image intake")
+    return RunReport(
+        suite=suite.name,
+        task=suite.task.name,
+        metric_name=task.metric_name,
+        reference=reference,
+        samples=len(measured.ids),
+        context=measured.context,
+        results=results,
+        notes=notes,
+        shard=measured.shard,
+    )
+
+
+def run_suite(
+    suite: Suite,
+    request: RunRequest,
+    cache: ArtifactCache,
+    golden_store: GoldenStore | None = None,
+    execution: Execution | None = None,
+    track: Tracker = no_tracking,
+    golden_runtimes: Sequence[str] | None = None,
+) -> tuple[RunReport, RunOutputs]:
+    """Measure every runtime of `request` (the reference first), then judge against the reference and (with a store)
+    the goldens of `golden_runtimes` (default: every runtime); returns the report and what was measured."""
+    runtimes = list(request.runtimes)
+    validate_runtimes([suite.run.reference, *runtimes])
+    compared = runtimes if golden_runtimes is None else [r for r in runtimes if r in golden_runtimes]
+    goldens = {name: golden_store.load(name) for name in compared} if golden_store else {}  # missing or corrupt: fail before inference
+    execution = execution or Execution()
+    measured = measure(suite, request, cache, execution, track)
+    report = judge_run(suite, measured, golden_store, goldens)
+    report.context = report.context | {"execution": execution.record}  # the report's, not the goldens': how, not what
+    return report, measured

@@ -1,0 +1,1 @@
+"""Reports of a verdict: terminal and Markdown tables, HTML, JUnit, report diffs."""

@@ -1,0 +1,151 @@
+"""Self-contained HTML report: the verdict table, notes, and plots inline
+(per-sample error histograms per runtime, per-class delta bars, thumbnails
+of flipped samples), one file to attach to a CI run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from harness.judge.compare import per_sample_max_abs
+from harness.judge.verdict import RunReport
+from harness.report.tables import REPORT_HEADERS, report_rows
+from harness.run.outputs import RunOutputs
+from harness.tasks.detection import confident, valid_rows
+
+THUMBNAILS = 12
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,td:nth-child(2){text-align:left}
+tr.fail{background:#fdd}.pass{color:#070}.fail-v{color:#b00}figure{display:inline-block;margin:4px;font-size:11px;text-align:center}
+img.plot{max-width:100%}"""
+
+
+def _png(fig: object) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return f'<img class="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _error_histograms(report: RunReport, measured: RunOutputs) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = measured.inferences[report.reference]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for name, inference in measured.inferences.items():
+        if name == report.reference:
+            continue
+        errors = sum(per_sample_max_abs(inference.outputs[k], ref.outputs[k]) for k in ref.outputs)
+        ax.hist(np.log10(np.maximum(errors, 1e-9)), bins=40, histtype="step", linewidth=1.4, label=name)
+    ax.set_xlabel(f"log10 per-sample max abs error vs {report.reference}")
+    ax.set_ylabel("samples")
+    if len(measured.inferences) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _class_deltas(report: RunReport) -> str:
+    """Heat map: one row per comparison that moved some class, one column per class, delta in points."""
+    import matplotlib.pyplot as plt
+
+    comps = [(f"{r.runtime} vs {c.against}", c) for r in report.results for c in r.comparisons if any(d.delta for d in c.per_class)]
+    if not comps:
+        return "<p>no class changed accuracy</p>"
+    labels = [d.label for d in comps[0][1].per_class]
+    grid = np.array([[100 * d.delta for d in comp.per_class] for _, comp in comps])
+    limit = max(float(np.abs(grid).max()), 1e-9)
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.35 * len(comps)))
+    ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for (row, col), value in np.ndenumerate(grid):
+        if value:
+            ax.text(col, row, f"{value:+.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(labels)), [str(label) for label in labels])
+    ax.set_yticks(range(len(comps)), [name for name, _ in comps], fontsize=8)
+    ax.set_xlabel("class (accuracy delta in points)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+BOX_COLOURS = {"truth": (0, 200, 0), "baseline": (40, 90, 255), "runtime": (255, 40, 40)}
+
+
+def _thumbnail(path: Path, boxes: dict[str, np.ndarray] | None = None) -> str:
+    """A small JPEG of the sample; detection samples get their box sets drawn (truth green, baseline blue, runtime red)."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            side = 160 if boxes else 96
+            scale = min(side / image.width, side / image.height, 1.0)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+            draw = ImageDraw.Draw(image)
+            for kind, rows in (boxes or {}).items():
+                for row in rows:
+                    draw.rectangle([float(v) * scale for v in row[:4]], outline=BOX_COLOURS[kind])
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=85)
+    except OSError:
+        return "(unreadable)"
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
+    index = {sample_id: i for i, sample_id in enumerate(measured.ids)}
+    parts = []
+    for result in report.results:
+        predictions = measured.inferences[result.runtime].predictions
+        for comp in result.comparisons:
+            if not comp.flips:
+                continue
+            figures = []
+            baseline = measured.inferences.get(comp.against.runtime or "")
+            for sample_id in comp.flips[:THUMBNAILS]:
+                i = index[sample_id]
+                if predictions.ndim == 1:  # one label per sample
+                    caption, boxes = f"label {measured.labels[i]}, now {predictions[i]}", None
+                else:  # box lists: draw them
+                    boxes = {"truth": valid_rows(measured.labels[i]), "runtime": confident(predictions[i])}
+                    if baseline is not None:
+                        boxes["baseline"] = confident(baseline.predictions[i])
+                    caption = f"{len(boxes['truth'])} objects, {len(boxes['runtime'])} detections"
+                image = _thumbnail(image_root / sample_id, boxes)
+                figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")
+            more = f" (first {THUMBNAILS} of {len(comp.flips)})" if len(comp.flips) > THUMBNAILS else ""
+            parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(str(comp.against))}{more}</h3>" + "".join(figures))
+    return "".join(parts) or "<p>no flipped samples</p>"
+
+
+def html_report(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in REPORT_HEADERS)
+    rows = "".join(
+        f'<tr class="{"fail" if row[-1].startswith("FAIL") else ""}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in report_rows(report)
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
+    env = report.context.get("environment", {})
+    libraries = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
+    verdict = '<span class="pass">PASS</span>' if report.passed else '<span class="fail-v">FAIL</span>'
+    reference = f"<code>{html.escape(report.reference)}</code>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report.suite)} report</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(report.suite)}: {verdict}</h1>
+<p>{html.escape(report.metric_name)} on {report.samples} samples, reference {reference}, {report.created}.<br>
+CPU {html.escape(str(env.get("cpu")))} ({html.escape(", ".join(env.get("isa", [])))}), {env.get("threads")} threads,
+batch size {report.context.get("batch_size")}; {html.escape(libraries)}</p>
+<table><tr>{head}</tr>{rows}</table>
+<h2>Notes</h2><ul>{notes or "<li>none</li>"}</ul>
+<h2>Per-sample error vs the reference</h2>{_error_histograms(report, measured)}
+<h2>Per-class accuracy delta</h2>{_class_deltas(report)}
+<h2>Flipped samples</h2>{_flipped(report, measured, image_root)}
+</body></html>
+"""

@@ -1,0 +1,108 @@
+"""A suite prepared for inference in one process: its dataset, its task, the samples through its stack
+(decoded once, on first use) and its model artifacts (built lazily, per model variant)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from exporters.artifacts import ModelArtifacts
+from exporters.cache import ArtifactCache
+from exporters.rewrites import get_variant
+from harness.core.environment import environment
+from harness.core.errors import HarnessError
+from harness.data.dataset import Dataset, load_dataset
+from harness.data.feed import InputSet, build_inputs, first_samples
+from harness.data.stack import StackSpec
+from harness.run.outputs import Inference
+from harness.run.sessions import Sessions, Tracker, batches, no_tracking
+from harness.spec.suite import Suite
+from harness.tasks import Task, make_task
+
+
+class SuiteRun:
+    """A suite prepared for inference: dataset, input tensors, lazy model artifacts."""
+
+    def __init__(
+        self, suite: Suite, cache: ArtifactCache, limit: int | None = None, track: Tracker = no_tracking, stack: StackSpec | None = None
+    ) -> None:
+        self.suite = suite
+        self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack
+        self.track = track
+        self.task: Task = make_task(suite.task)
+        self.dataset: Dataset = load_dataset(suite.data.manifest, suite.data.split, self.task.target)
+        self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
+        self.cache = cache
+        self._inputs: InputSet | None = None
+        self._first: dict[int, InputSet] = {}
+        self._variants: dict[str, ModelArtifacts] = {}
+        self.artifacts = self.artifacts_for(None)
+
+    def artifacts_for(self, variant: str | None) -> ModelArtifacts:
+        """The suite's model artifacts, or those of a model variant (`exporters.rewrites`), built lazily and shared."""
+        key = variant or ""
+        if key not in self._variants:
+            self._variants[key] = ModelArtifacts(
+                self.cache,
+                model=self.suite.model,
+                export=self.suite.export,
+                input_hw=self.suite.stack.input_hw,
+                parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).tensors,
+                calibration_inputs=lambda: self.calibration,
+                variant=get_variant(variant) if variant else None,
+            )
+        return self._variants[key]
+
+    @property
+    def inputs(self) -> InputSet:
+        """The samples through the suite's stack, decoded on first use."""
+        if self._inputs is None:
+            track = self.track(f"decode + {self.stack.name} stack", len(self.samples))
+            self._inputs = build_inputs(self.samples, self.stack, track, self.suite.data.intake)
+        return self._inputs
+
+    def first_inputs(self, count: int) -> InputSet:
+        """The first `count` samples through the run's stack (the export's parity check), decoding only those
+        unless every sample already is."""
+        if self._inputs is not None:
+            return first_samples(self._inputs, count)
+        if count not in self._first:
+            self._first[count] = build_inputs(self.samples[:count], self.stack, None, self.suite.data.intake)
+        return self._first[count]
+
+    @cached_property
+    def calibration(self) -> InputSet:
+        """The calibration split through the reference stack (INT8 quantization data)."""
+        if not self.suite.data.calibration_split:
+            raise HarnessError(f"{self.suite.path}: no [data] calibration_split", "int8 variants need calibration data")
+        samples = load_dataset(self.suite.data.manifest, self.suite.data.calibration_split, self.task.target).samples
+        return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)), self.suite.data.intake)
+
+    def infer(
+        self,
+        runtime: str,
+        batch_size: int,
+        inputs: InputSet | None = None,
+        variant: str | None = None,
+        artifacts: ModelArtifacts | None = None,
+    ) -> Inference:
+        """Outputs of `runtime` on `inputs` (default: the suite's stack) with the model, one of its variants, or
+        `artifacts` derived from them (other recipe steps)."""
+        inputs = inputs or self.inputs
+        artifacts = artifacts or self.artifacts_for(variant)
+        sessions = Sessions()  # one session, closed after these inputs
+        try:
+            return sessions.infer(
+                (runtime,), runtime, artifacts, inputs, batch_size, self.task, self.track(f"infer {runtime}", batches(inputs, batch_size))
+            )
+        finally:
+            sessions.close()
+
+    def context(self) -> dict[str, Any]:
+        """Provenance shared by reports and goldens."""
+        return {
+            "model": {"builder": self.suite.model.builder, "weights_sha256": self.artifacts.weights_sha256},
+            "dataset": {"manifest": self.dataset.manifest.name, "sha256": self.dataset.manifest_sha256, "split": self.dataset.split},
+            "stack": self.stack.describe(),
+            "environment": environment(),
+        }

@@ -1,0 +1,293 @@
+"""The schema of suite files, checked by pydantic when a suite loads and
+published as JSON Schema (`harness schema`) for editors.
+
+Every key is typed strictly (`resize_size = "72"` and `exif = "no"` are
+errors, not a traceback later or a silent `true`), ranges are checked, names
+that refer to a registry (decoders, resizers, colour paths, runtimes, ...)
+list the allowed values, and an unknown key names the closest valid one.
+The registries' names are handed in (`Names`, filled by `harness.spec.suite`
+from the registries' owners), so plugins registered later are valid names
+and this module imports no registry.
+A validation failure becomes one `HarnessError` line naming the file, the
+table, the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, model_validator
+
+from harness.core.errors import HarnessError
+from harness.data.intake import IntakePolicy
+
+INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
+EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names a suite file may use, by registry: decoders, resizers, colour paths, stack modes, runtimes, and each
+    task's post-processing keys with their types."""
+
+    decoder: Iterable[str]
+    resize: Iterable[str]
+    colour: Iterable[str]
+    resize_mode: Iterable[str]
+    order: Iterable[str]
+    rounding: Iterable[str]
+    layout: Iterable[str]
+    runtime: Iterable[str]
+    postprocess: Mapping[str, Mapping[str, type]]  # task -> key -> type
+
+    def of(self, registry: str) -> list[str]:
+        if registry == "int8_calibration":
+            return sorted(INT8_CALIBRATIONS)
+        return sorted(self.postprocess if registry == "task" else getattr(self, registry))
+
+
+NAMES_KEY = "x-names"  # JSON Schema placeholder of a registry's names, filled in by `suite_json_schema`
+
+
+def _names(info: ValidationInfo) -> Names:
+    if not isinstance(info.context, dict) or not isinstance(info.context.get("names"), Names):
+        raise TypeError("validate suites through validate_suite(data, origin, names)")
+    return info.context["names"]
+
+
+def one_of(registry: str, extra: tuple[str, ...] = ()) -> Any:
+    """A string that must name an entry of a registry; the JSON Schema lists the entries as an enum."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        allowed = sorted({*_names(info).of(registry), *extra})
+        if value not in allowed:
+            raise ValueError(f"unknown {registry} '{value}'{did_you_mean(value, allowed)}: choose one of {allowed}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", NAMES_KEY: [registry, *extra]})]
+
+
+Decoder = one_of("decoder")
+ResizeMode = one_of("resize_mode")
+Order = one_of("order")
+Rounding = one_of("rounding")
+Layout = one_of("layout")
+Calibration = one_of("int8_calibration")
+TaskName = one_of("task")
+Resizer = one_of("resize")
+Colour = one_of("colour")
+Runtime = one_of("runtime")
+RuntimeOrAll = one_of("runtime", extra=("all",))
+Number = Annotated[float, Field(ge=0)]
+Triple = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class Table(BaseModel):
+    """A TOML table: strict types, no unknown keys (the closest valid key is named)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    hint = did_you_mean(key, cls.model_fields)
+                    raise ValueError(f"unknown key '{key}'{hint}; allowed: {', '.join(cls.model_fields)}")
+        return data
+
+    def given(self) -> dict[str, Any]:
+        """The keys the file set (not the defaults), lists as tuples."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump(exclude_unset=True).items()}
+
+
+class ModelTable(Table):
+    builder: str = Field(description="registry name (e.g. demo-resnet) or package.module:function")
+    weights: str = Field(description="safetensors or state-dict file, relative to the suite file")
+    kwargs: dict[str, Any] = {}
+    input_name: str = "input"
+    output_names: Annotated[list[str], Field(min_length=1)]
+
+
+class DataTable(Table):
+    manifest: str = Field(description="JSON manifest, relative to the suite file")
+    split: str = "eval"
+    calibration_split: str | None = None
+    max_pixels: Annotated[int, Field(ge=1, description="larger images are refused, for every decoder")] = IntakePolicy.max_pixels
+    min_side: Annotated[int, Field(ge=1, description="images with a shorter side are refused")] = IntakePolicy.min_side
+
+
+class StackTable(Table):
+    """Pre-processing keys; in [stacks.<name>] each one overrides the reference [stack]."""
+
+    decoder: Decoder | None = None
+    exif: bool | None = None
+    colour: Colour | None = None
+    resize: Resizer | None = None
+    resize_size: Annotated[int, Field(ge=1)] | None = None
+    resize_mode: ResizeMode | None = None
+    crop: Annotated[int, Field(ge=0, description="0: no crop")] | None = None
+    order: Order | None = None
+    rounding: Rounding | None = None
+    mean: Triple | None = None
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = None
+    layout: Layout | None = None
+    max_size: Annotated[int, Field(ge=1, description="keep-ratio: longer-side limit and canvas size")] | None = None
+    pad_value: Annotated[int, Field(ge=0, le=255, description="letterbox / keep-ratio padding, before normalisation")] | None = None
+
+
+class ExportTable(Table):
+    opset: Annotated[int, Field(ge=7)] = 18
+    atol: Annotated[float, Field(gt=0)] = 1e-4
+    parity_samples: Annotated[int, Field(ge=1)] = 32
+    fp16_op_block_list: list[str] = []
+    fp16_keep_fp32: Annotated[list[str], Field(description="layers (PyTorch module names) kept in FP32 in the FP16 model")] = []
+    int8_keep_fp32: Annotated[list[str], Field(description="layers kept in float in the Q/DQ INT8 model")] = []
+    int8_calibration: Calibration = "minmax"
+    int8_per_channel: bool = True
+    trt_workspace_mb: Annotated[int, Field(ge=1)] = 1024
+    trt_batch: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=3, max_length=3, description="min, opt, max batch")] = [
+        1,
+        32,
+        64,
+    ]
+
+    @model_validator(mode="after")
+    def _ordered_batch(self) -> ExportTable:
+        low, opt, high = self.trt_batch
+        if not low <= opt <= high:
+            raise ValueError(f"trt_batch {self.trt_batch} must be [min, opt, max] with min <= opt <= max")
+        return self
+
+
+class ToleranceTable(Table):
+    max_abs: Number | None = None
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_flips: Annotated[int, Field(ge=0)] | None = None
+    max_metric_delta: Number | None = None
+    max_negative_flip_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_mean_matched_iou: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_layer_rel_l2: Annotated[float, Field(gt=0)] | None = None
+
+
+class GoldenTable(Table):
+    dir: str | None = None
+
+
+class RunTable(Table):
+    reference: Runtime = "torch-fp32"
+    runtimes: list[RuntimeOrAll] = ["torch-fp32", "ort-fp32"]
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    xfail: dict[Runtime, str] = {}  # runtime -> why its checks are expected to fail (the pytest plugin marks them xfail)
+
+
+class SuiteFile(Table):
+    """A suite file: which model, which data, which reference stack, which tolerances."""
+
+    name: str | None = None
+    task: TaskName = "classification"
+    description: str = ""
+    model: ModelTable
+    data: DataTable
+    stack: StackTable
+    stacks: dict[str, StackTable] = {}
+    postprocess: dict[str, Any] = {}
+    export: ExportTable = ExportTable()
+    tolerance: dict[str, ToleranceTable] = {}
+    golden: GoldenTable = GoldenTable()
+    run: RunTable = RunTable()
+
+    @model_validator(mode="after")
+    def _task_keys(self, info: ValidationInfo) -> SuiteFile:
+        allowed = _names(info).postprocess[self.task]
+        for key, value in self.postprocess.items():
+            if key not in allowed:
+                hint = did_you_mean(key, allowed)
+                raise ValueError(f"[postprocess] has unknown key '{key}'{hint}: {self.task} takes {sorted(allowed)}")
+            if type(value) is not allowed[key]:
+                expected = EXPECTED.get(f"{allowed[key].__name__}_type", allowed[key].__name__)
+                raise ValueError(f"[postprocess] {key} = {value!r}: expected {expected}")
+        if "reference" in self.stacks:
+            raise ValueError("[stacks.reference]: 'reference' is the name of [stack]; give the named stack another name")
+        return self
+
+
+def validate_suite(data: dict[str, Any], origin: str, names: Names) -> SuiteFile:
+    """The parsed TOML of a suite file, validated against the registries' `names`; the first problem is one
+    HarnessError line."""
+    try:
+        return SuiteFile.model_validate(data, context={"names": names})
+    except ValidationError as exc:
+        raise HarnessError(f"{origin}: {describe_error(exc.errors()[0])}", "see `harness schema` or harness/suites/demo.toml") from exc
+
+
+def describe_error(error: Any) -> str:
+    """One pydantic error as '[stack] resize_size = '72': expected an integer'."""
+    loc: list[str] = []
+    for part in error["loc"]:  # list positions stay with their key: runtimes[1]
+        if isinstance(part, int) and loc:
+            loc[-1] += f"[{part}]"
+        else:
+            loc.append(str(part))
+    value = error.get("input")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"[{'.'.join(loc[:-1])}] needs '{loc[-1]}'" if len(loc) > 1 else f"missing [{loc[0]}] table"
+    if isinstance(value, dict) or not loc:  # a check of a whole table
+        return f"[{'.'.join(loc)}] {message}" if loc else message
+    where = f"[{'.'.join(loc[:-1])}] {loc[-1]}" if len(loc) > 1 else loc[0]
+    return f"{where} = {value!r}: {_expected(error, message)}"
+
+
+def _expected(error: Any, message: str) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in EXPECTED:
+        return f"expected {EXPECTED[kind]}"
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "")
+        return f"expected a value {bounds[kind]} {limit}"
+    if kind == "too_short":
+        return f"expected at least {ctx.get('min_length')} items"
+    if kind == "too_long":
+        return f"expected at most {ctx.get('max_length')} items"
+    return message
+
+
+def _fill_names(node: Any, names: Names) -> Any:
+    """The schema with each registry placeholder replaced by the registry's names as an enum."""
+    if isinstance(node, list):
+        return [_fill_names(item, names) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if NAMES_KEY in node:
+        registry, *extra = node[NAMES_KEY]
+        node = {k: v for k, v in node.items() if k != NAMES_KEY} | {"enum": sorted({*names.of(registry), *extra})}
+    return {key: _fill_names(value, names) for key, value in node.items()}
+
+
+def suite_json_schema(names: Names) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of suite files, for editors and CI linting."""
+    schema = _fill_names(SuiteFile.model_json_schema(), names)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "sysnoise-harness suite file"
+    return schema

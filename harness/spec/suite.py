@@ -1,0 +1,222 @@
+"""Suite files: which model, which data, which reference stack, which tolerances.
+
+A suite is a TOML file; paths inside it are relative to the file.  The
+bundled demo is `harness/suites/demo.toml`; users point `--suite` at their own.
+It is parsed once into typed parts, one per table, each owned by the layer
+that reads it: `ModelSpec` ([model]), `DataSpec` ([data]), `StackSpec`
+([stack], [stacks.*]; `harness.data.stack`), `TaskSpec` (task, [postprocess];
+`harness.tasks`), `ExportSpec` ([export]; `exporters.spec`), `Tolerances`
+([tolerance.*]), `RunSpec` ([run]).  A function takes the part it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporters.spec import ExportSpec
+from harness.core.errors import HarnessError
+from harness.core.hashing import sha256_file
+from harness.data.colour import COLOUR_PATHS
+from harness.data.decoders import DECODERS
+from harness.data.intake import IntakePolicy
+from harness.data.resizers import RESIZERS
+from harness.data.stack import LAYOUTS, ORDERS, RESIZE_MODES, ROUNDINGS, StackSpec, stack_from
+from harness.spec.tolerance import Tolerances, merge_profiles
+from harness.tasks import POSTPROCESS_KEYS
+from harness.tasks.base import TaskSpec
+from runtimes import RUNTIMES
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.spec.schema import Names
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """[model]: the PyTorch model as trained (an `exporters.spec.TorchSource`)."""
+
+    builder: str
+    weights: Path
+    kwargs: dict[str, Any]
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def build(self) -> torch.nn.Module:
+        from harness.spec.models import build_model  # torch is imported by the commands that build a model
+
+        return build_model(self.builder, self.weights, self.kwargs)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """[data]: the manifest, the split judged, the split INT8 calibrates on, what images are accepted."""
+
+    manifest: Path
+    split: str
+    calibration_split: str | None
+    intake: IntakePolicy
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """[run]: the reference runtime, the runtimes run by default, the batch size, expected failures."""
+
+    reference: str
+    runtimes: tuple[str, ...]
+    batch_size: int
+    xfail: dict[str, str] = field(default_factory=dict)  # runtime -> why its checks are expected to fail (pytest plugin)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    task: TaskSpec
+    model: ModelSpec
+    data: DataSpec
+    stack: StackSpec
+    stacks: dict[str, StackSpec]  # named alternatives, each overriding keys of the reference stack
+    export: ExportSpec
+    tolerances: Tolerances
+    golden_dir: Path
+    run: RunSpec
+    description: str = ""
+    source: dict[str, Any] | None = None  # the mapping of a suite built without a file (`suite_from_mapping`)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], base: Path | None = None) -> Suite:
+        """A suite without a TOML file: the same keys and schema; relative paths against `base` (default: the
+        working directory)."""
+        return suite_from_mapping(data, base or Path.cwd())
+
+    def sha256(self) -> str:
+        """What the suite says, hashed: its file, or its mapping."""
+        text = json.dumps(self.source, sort_keys=True) if self.source is not None else None
+        return hashlib.sha256(text.encode()).hexdigest() if text is not None else sha256_file(self.path)
+
+    def definition(self) -> str:
+        """How another process finds the suite again: its file's path, or its mapping and base as JSON."""
+        if self.source is None:
+            return str(self.path)
+        return json.dumps({"mapping": self.source, "base": str(self.path.parent), "name": self.path.stem}, sort_keys=True)
+
+    def stack_named(self, name: str) -> StackSpec:
+        if name == self.stack.name:
+            return self.stack
+        if name not in self.stacks:
+            raise HarnessError(
+                f"{self.path}: no stack named '{name}'", f"declare [stacks.{name}] in the suite; known: {', '.join(self.stack_names)}"
+            )
+        return self.stacks[name]
+
+    @property
+    def stack_names(self) -> list[str]:
+        return [self.stack.name, *self.stacks]
+
+
+def suite_names() -> Names:
+    """The names suite files may use, read from the registries now (plugins registered since are included)."""
+    from harness.spec.schema import Names
+
+    return Names(
+        decoder=DECODERS,
+        resize=RESIZERS,
+        colour=COLOUR_PATHS,
+        resize_mode=RESIZE_MODES,
+        order=ORDERS,
+        rounding=ROUNDINGS,
+        layout=LAYOUTS,
+        runtime=RUNTIMES,
+        postprocess=POSTPROCESS_KEYS,
+    )
+
+
+def bundled_suites() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.toml"))
+
+
+def suite_from_definition(definition: str) -> Suite:
+    """The inverse of `Suite.definition`."""
+    if definition.startswith("{"):
+        data = json.loads(definition)
+        return _suite(data["mapping"], Path(data["base"]) / f"{data['name']}.toml", data["mapping"])
+    return load_suite(definition)
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise HarnessError(f"suite file not found: {path}", "pass an existing .toml file or a bundled suite name")
+        return path
+    bundled = BUNDLED_DIR / f"{name_or_path}.toml"
+    if not bundled.is_file():
+        raise HarnessError(f"unknown suite '{name_or_path}'", f"bundled suites: {', '.join(bundled_suites())}; or pass a .toml path")
+    return bundled
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Read and validate a suite file (`harness.spec.schema`); every problem is one HarnessError line."""
+    path = resolve_suite_path(name_or_path).resolve()
+    origin = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"{origin}: malformed suite file: {exc}", "fix the TOML syntax") from exc
+    return _suite(data, path, None)
+
+
+def suite_from_mapping(data: dict[str, Any], base: Path) -> Suite:
+    """A suite from the mapping a suite file would hold (the same schema), relative paths against `base`."""
+    name = data.get("name") if isinstance(data.get("name"), str) else "suite"
+    source = json.loads(json.dumps(data, default=str))  # plain data: what work units carry to other processes
+    return _suite(source, base.resolve() / f"{name}.toml", source)
+
+
+def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> Suite:
+    from harness.spec.schema import validate_suite  # pydantic builds its models on import: only commands that read a suite pay
+
+    origin = str(path) if source is None else f"suite '{path.stem}' (from a mapping)"
+    spec = validate_suite(data, origin, suite_names())
+    base = path.parent
+    reference_stack = stack_from("reference", spec.stack.given(), origin)
+    stacks = {name: stack_from(name, table.given(), origin, base=reference_stack) for name, table in spec.stacks.items()}
+    return Suite(
+        name=spec.name or path.stem,
+        path=path,
+        task=TaskSpec(spec.task, tuple(spec.model.output_names), dict(spec.postprocess)),
+        model=ModelSpec(
+            builder=spec.model.builder,
+            weights=base / spec.model.weights,
+            kwargs=dict(spec.model.kwargs),
+            input_name=spec.model.input_name,
+            output_names=tuple(spec.model.output_names),
+        ),
+        data=DataSpec(
+            manifest=base / spec.data.manifest,
+            split=spec.data.split,
+            calibration_split=spec.data.calibration_split,
+            intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
+        ),
+        stack=reference_stack,
+        stacks=stacks,
+        export=ExportSpec(**spec.export.given()),
+        tolerances=Tolerances(merge_profiles({precision: table.given() for precision, table in spec.tolerance.items()})),
+        golden_dir=(base / (spec.golden.dir or f"golden/{path.stem}")).resolve(),
+        run=RunSpec(spec.run.reference, tuple(spec.run.runtimes), spec.run.batch_size, dict(spec.run.xfail)),
+        description=spec.description,
+        source=source,
+    )
