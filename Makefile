@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/harness run --suite demo --report-dir reports/demo
-	$(BIN)/harness run --suite detect --report-dir reports/detect
+	$(BIN)/harness run --suite demo
+	$(BIN)/harness run --suite detect
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE_ENV = "HARNESS_CACHE_DIR"
-CACHE_FORMAT = 2  # bump when the layout of a cached artifact folder changes
+CACHE_FORMAT = 3  # bump when the layout or the bytes of a cached artifact change (3: exports without path-bearing metadata)
 
 
 def default_cache_dir() -> Path:

@@ -35,6 +35,26 @@ class OutputParity:
         return f"[{mark}] {self.name}: max abs diff {self.max_abs:.3e} (atol {self.atol:.0e})"
 
 
+# Node metadata that records where the exporter ran, not what the model is: the stack traces name the checkout's
+# and the environment's absolute paths, so the file's bytes (and every hash of it) would depend on the folder.
+VOLATILE_NODE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_volatile(graph: onnx.GraphProto) -> None:
+    """Drop path-bearing metadata and doc strings from every node (subgraphs too), keeping the name scopes that
+    label layers (`exporters.graph`): an export is byte-identical wherever the project lives."""
+    for node in graph.node:
+        node.ClearField("doc_string")
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key not in VOLATILE_NODE_METADATA]
+        del node.metadata_props[:]
+        for key, value in kept:
+            node.metadata_props.add(key=key, value=value)
+        for attribute in node.attribute:
+            for subgraph in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                strip_volatile(subgraph)
+    graph.ClearField("doc_string")
+
+
 def export_onnx(
     model: torch.nn.Module,
     example: np.ndarray,
@@ -64,6 +84,7 @@ def export_onnx(
     except Exception as exc:
         raise HarnessError(f"ONNX export failed: {str(exc).splitlines()[0]}", "the model must be traceable by torch.export") from exc
     proto = program.model_proto
+    strip_volatile(proto.graph)
     for key, value in sorted(metadata.items()):
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)

@@ -6,6 +6,7 @@ prepares a run (`harness.run.prepared`) hands over the parts that fit them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,7 +63,7 @@ class CalibrationSet(Protocol):
     """INT8 calibration data: sample ids and their input tensors, row for row."""
 
     @property
-    def ids(self) -> np.ndarray: ...
+    def ids(self) -> Sequence[str]: ...
 
     @property
     def tensors(self) -> np.ndarray: ...

@@ -25,7 +25,7 @@ from exporters.cache import ArtifactCache, default_cache_dir
 from harness.core.errors import HarnessError
 from harness.data.stack import StackSpec
 from harness.judge.compare import Check
-from harness.judge.golden import GoldenStore
+from harness.judge.golden import GoldenStore, golden_store
 from harness.judge.review import GoldenChange, blocked, review
 from harness.judge.review import write as write_goldens
 from harness.judge.verdict import RunReport, run_suite
@@ -91,7 +91,7 @@ def check(
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     specs = resolve_runtimes(runtimes or suite.run.runtimes)
     stack_spec = suite.stack_named(stack) if isinstance(stack, str) else stack
-    store = GoldenStore(golden_dir or suite.golden_dir, suite.name) if golden else None
+    store = golden_store(suite, stack_spec, golden_dir) if golden else None  # a named stack's goldens are its own
     cache = ArtifactCache(cache_dir or default_cache_dir())
     names = [spec.name for spec in specs]
     compared = None if isinstance(golden, bool) else [spec.name for spec in resolve_runtimes(golden)]
@@ -124,18 +124,22 @@ def review_goldens(
     suite: Suite | str,
     runtimes: Sequence[str] | None = None,
     *,
+    stack: str | StackSpec | None = None,
     batch_size: int | None = None,
     golden_dir: Path | None = None,
     cache_dir: Path | None = None,
     track: Tracker = no_tracking,
 ) -> tuple[GoldenStore, list[GoldenChange]]:
-    """Measure the runtimes on the whole split: what recording their goldens would change (nothing is written)."""
+    """Measure the runtimes on the whole split through `stack` (default: the reference stack): what recording their
+    goldens would change (nothing is written)."""
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     names = tuple(spec.name for spec in resolve_runtimes(runtimes or suite.run.runtimes))
     validate_runtimes(list(names))
-    store = GoldenStore(golden_dir or suite.golden_dir, suite.name)
+    stack_spec = suite.stack_named(stack) if isinstance(stack, str) else stack
+    store = golden_store(suite, stack_spec, golden_dir)
     cache = ArtifactCache(cache_dir or default_cache_dir())
-    measured = measure(suite, RunRequest(names, batch_size or suite.run.batch_size, reference=False), cache, track=track)
+    request = RunRequest(names, batch_size or suite.run.batch_size, stack=stack_spec, reference=False)
+    measured = measure(suite, request, cache, track=track)
     return store, review(suite, measured, store)
 
 

@@ -32,7 +32,7 @@ from harness.core.errors import HarnessError, exit_interrupted
 from harness.data.colour import COLOUR_PATHS
 from harness.data.decoders import DECODERS, decoder_unavailable
 from harness.data.resizers import RESIZERS
-from harness.judge.golden import GoldenStore
+from harness.judge.golden import GoldenStore, golden_store
 from harness.judge.review import GoldenChange
 from harness.judge.verdict import RunReport, judge_run
 from harness.report.diff import DIFF_HEADERS, diff_reports, load_report
@@ -63,9 +63,28 @@ golden_dir_option = click.option("--golden-dir", type=click.Path(path_type=Path)
 batch_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Batch size fed to every runtime (default: the suite's)."
 )
+stack_option = click.option(
+    "--stack",
+    "stack_name",
+    metavar="NAME",
+    help="Feed the suite through its [stacks.NAME] instead of the reference stack (its goldens: GOLDEN_DIR/stacks/NAME).",
+)
 runtime_option = click.option(
     "--runtime", "runtimes", multiple=True, metavar="NAME", help="Runtime to run (repeatable); 'all' = every available one."
 )
+
+
+def report_dir_option(command: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    return click.option(
+        "--report-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=f"Folder of the report files (default: reports/<suite>/{command}: suites and commands never share one).",
+    )
+
+
+def report_folder(given: Path | None, suite: str, command: str) -> Path:
+    return given or Path("reports") / suite / command
 
 
 @contextmanager
@@ -181,7 +200,7 @@ EXPORT_TARGETS = ("onnx", "openvino", "tensorrt")
     "--runtime", "judge_runtime", metavar="NAME", help="With --keep-fp32 auto: the runtime that judges (default: ort-<precision>)."
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --keep-fp32 auto: judge on the first N samples.")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/fallback"), show_default=True)
+@report_dir_option("export")
 @cache_option
 def export(
     suite_name: str | None,
@@ -190,7 +209,7 @@ def export(
     keep_fp32: str | None,
     judge_runtime: str | None,
     limit: int | None,
-    report_dir: Path,
+    report_dir: Path | None,
     cache_dir: Path | None,
 ) -> None:
     """Export to ONNX (parity-checked against PyTorch), a precision variant, OpenVINO IR or a TensorRT engine."""
@@ -202,7 +221,7 @@ def export(
         run = SuiteRun(suite, _cache(cache_dir), limit=limit if auto else suite.export.parity_samples, track=track)
         artifacts = run.artifacts
         if auto:
-            artifacts = _fallback(run, judge_runtime or f"ort-{precision}", report_dir)
+            artifacts = _fallback(run, judge_runtime or f"ort-{precision}", report_folder(report_dir, suite.name, "export"))
         elif keep_fp32:
             artifacts = artifacts.derive(keep_fp32={precision: tuple(k.strip() for k in keep_fp32.split(",") if k.strip())})
         builders = {"onnx": artifacts.onnx_path, "openvino": artifacts.openvino_ir, "tensorrt": artifacts.tensorrt_engine}
@@ -260,7 +279,7 @@ def _fallback(run: SuiteRun, runtime: str, report_dir: Path) -> ModelArtifacts:
 @click.option("--levels", default="0.05,0.1,0.2", show_default=True, metavar="S,S", help="Noise levels (std relative to the output's).")
 @batch_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/sensitivity"), show_default=True)
+@report_dir_option("sensitivity")
 @cache_option
 def sensitivity(
     suite_name: str | None,
@@ -269,7 +288,7 @@ def sensitivity(
     levels: str,
     batch_size: int | None,
     limit: int | None,
-    report_dir: Path,
+    report_dir: Path | None,
     cache_dir: Path | None,
 ) -> None:
     """Per-layer sensitivity: one layer kept in FP32 at a time (ranked), and noise injected at each layer's output."""
@@ -289,7 +308,7 @@ def sensitivity(
     render_table(console, f"{runtime}: one layer kept in FP32 at a time ({ranked.samples} samples)", TRIAL_HEADERS, ranked.rows())
     if injected:
         render_table(console, f"noise at each layer's output ({injected.metric_name})", injected.headers(), injected.rows())
-    for path in write_sensitivity(report_dir, suite.name, ranked, [], injected):
+    for path in write_sensitivity(report_folder(report_dir, suite.name, "sensitivity"), suite.name, ranked, [], injected):
         console.print(f"wrote {path}")
 
 
@@ -352,10 +371,10 @@ def doctor() -> None:
     help="With --onnx: folder in ONNX test-data layout (test_data_set_N/input_K.pb).",
 )
 @runtime_option
-@click.option("--stack", "stack_name", metavar="NAME", help="Feed the suite through its [stacks.NAME] instead of the reference stack.")
+@stack_option
 @batch_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@report_dir_option("run")
 @golden_dir_option
 @click.option("--no-golden", is_flag=True, help="Compare against the reference runtime only.")
 @click.option("--shard", "shard_spec", metavar="I/N", help="Run only block I of N of the samples (merge the reports with `harness merge`).")
@@ -394,7 +413,7 @@ def run(
     stack_name: str | None,
     batch_size: int | None,
     limit: int | None,
-    report_dir: Path,
+    report_dir: Path | None,
     golden_dir: Path | None,
     no_golden: bool,
     shard_spec: str | None,
@@ -416,10 +435,11 @@ def run(
             )
         testdata = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol, _cache(cache_dir))
         testdata.render(console)
-        for path in write_report_files(report_dir, testdata.describe(), testdata.to_markdown()):
+        for path in write_report_files(report_folder(report_dir, onnx_model.stem, "run"), testdata.describe(), testdata.to_markdown()):
             console.print(f"wrote {path}")
         ctx.exit(0 if testdata.passed else 1)
     suite = _require_suite(suite_name)
+    report_dir = report_folder(report_dir, suite.name, "run")
     execution = Execution(executor, workers, address, report_dir / UNITS_DIR, resume)
     with tracking() as track:
         report = api.check(
@@ -468,7 +488,7 @@ def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: 
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Compare on the first K samples.")
 @click.option("--per-round", type=click.IntRange(min=1), default=6, show_default=True, help="Tensors exposed per session.")
 @batch_option
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/localize"), show_default=True)
+@report_dir_option("localize")
 @cache_option
 def localize_cmd(
     suite_name: str | None,
@@ -477,7 +497,7 @@ def localize_cmd(
     samples: int,
     per_round: int,
     batch_size: int | None,
-    report_dir: Path,
+    report_dir: Path | None,
     cache_dir: Path | None,
 ) -> None:
     """Which layer? The first intermediate tensor beyond the precision's tolerance, and the one adding the most error."""
@@ -495,7 +515,7 @@ def localize_cmd(
         console.print(f"recipe: {escape(' -> '.join(result.recipe))}; {probed}")
         for note in result.notes():
             console.print(f"note: {escape(note)}")
-    for path in localize.write(results, run, report_dir):
+    for path in localize.write(results, run, report_folder(report_dir, suite.name, "localize")):
         console.print(f"wrote {path}")
 
 
@@ -504,18 +524,23 @@ def localize_cmd(
 @suite_option
 @golden_dir_option
 @click.option("--no-golden", is_flag=True, help="Compare against the reference runtime only.")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/merged"), show_default=True)
+@report_dir_option("merge")
 @click.pass_context
 def merge(
-    ctx: click.Context, shard_dirs: tuple[Path, ...], suite_name: str | None, golden_dir: Path | None, no_golden: bool, report_dir: Path
+    ctx: click.Context,
+    shard_dirs: tuple[Path, ...],
+    suite_name: str | None,
+    golden_dir: Path | None,
+    no_golden: bool,
+    report_dir: Path | None,
 ) -> None:
     """Merge the report folders of `harness run --shard I/N` jobs into the report of the whole run."""
     suite = _require_suite(suite_name)
     merged = merge_outputs([RunOutputs.load(d) for d in shard_dirs])
     if merged.suite != suite.name:
         raise HarnessError(f"the shards ran suite '{merged.suite}', not '{suite.name}'", f"pass --suite {merged.suite}")
-    store = None if no_golden else GoldenStore(golden_dir or suite.golden_dir, suite.name)
-    _finish(ctx, judge_run(suite, merged, store), merged, suite, report_dir)
+    store = None if no_golden else golden_store(suite, root=golden_dir)
+    _finish(ctx, judge_run(suite, merged, store), merged, suite, report_folder(report_dir, suite.name, "merge"))
 
 
 @cli.command("report")
@@ -548,7 +573,7 @@ def _split_axes(value: str | None) -> list[str]:
 @click.option("--skip", multiple=True, metavar="[AXIS:]VARIANT", help="Leave a variant out (repeatable), e.g. colour:bgr.")
 @batch_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/matrix"), show_default=True)
+@report_dir_option("matrix")
 @click.option(
     "--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True, help="Samples in memory at a time (whole batches)."
 )
@@ -560,7 +585,7 @@ def matrix(
     skip: tuple[str, ...],
     batch_size: int | None,
     limit: int | None,
-    report_dir: Path,
+    report_dir: Path | None,
     chunk: int,
     cache_dir: Path | None,
 ) -> None:
@@ -572,12 +597,12 @@ def matrix(
         matrix_runtimes = _expand_runtimes(runtimes, (suite.run.reference,))
         report = run_matrix(suite, chosen, matrix_runtimes, run, batch_size or suite.run.batch_size, set(skip), chunk)
     title = f"{suite.name}: SysNoise per axis ({report.metric_name} delta in points, {report.samples} samples)"
-    render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows())
-    render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows())
+    render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows(), report.SUMMARY_DROP)
+    render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows(), report.ROW_DROP)
     for note in report.notes:
         console.print(f"note: {escape(note)}")
     console.print(f"{report.decodes} image decodes, {report.seconds:.1f} s")
-    for path in report.write(report_dir):
+    for path in report.write(report_folder(report_dir, suite.name, "matrix")):
         console.print(f"wrote {path}")
 
 
@@ -587,13 +612,20 @@ def golden() -> None:
 
 
 def _review(
-    suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None
+    suite_name: str | None,
+    runtimes: tuple[str, ...],
+    stack_name: str | None,
+    batch_size: int | None,
+    golden_dir: Path | None,
+    cache_dir: Path | None,
 ) -> tuple[Suite, GoldenStore, list[GoldenChange]]:
     """Measure the runtimes on the whole split and print what an update of their goldens would change."""
     suite = _require_suite(suite_name)
     names = _expand_runtimes(runtimes, suite.run.runtimes)
     with tracking() as track:
-        store, changes = api.review_goldens(suite, names, batch_size=batch_size, golden_dir=golden_dir, cache_dir=cache_dir, track=track)
+        store, changes = api.review_goldens(
+            suite, names, stack=stack_name, batch_size=batch_size, golden_dir=golden_dir, cache_dir=cache_dir, track=track
+        )
     for change in changes:
         console.print(f"[bold]{change.runtime}[/bold] ({store.folder(change.runtime)})")
         for line in change.lines():
@@ -601,7 +633,7 @@ def _review(
     return suite, store, changes
 
 
-golden_options = [suite_option, runtime_option, batch_option, golden_dir_option, cache_option]
+golden_options = [suite_option, runtime_option, stack_option, batch_option, golden_dir_option, cache_option]
 
 
 def _with_golden_options(fn: Callable[..., None]) -> Callable[..., None]:
@@ -613,20 +645,31 @@ def _with_golden_options(fn: Callable[..., None]) -> Callable[..., None]:
 @golden.command("diff")
 @_with_golden_options
 def golden_diff(
-    suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None
+    suite_name: str | None,
+    runtimes: tuple[str, ...],
+    stack_name: str | None,
+    batch_size: int | None,
+    golden_dir: Path | None,
+    cache_dir: Path | None,
 ) -> None:
     """Show what `golden update` would change (metric, flips, max abs change, stages, metadata); writes nothing."""
-    _review(suite_name, runtimes, batch_size, golden_dir, cache_dir)
+    _review(suite_name, runtimes, stack_name, batch_size, golden_dir, cache_dir)
 
 
 @golden.command("update")
 @_with_golden_options
 @click.option("--force", is_flag=True, help="Write even though the model weights or the dataset differ from the goldens'.")
 def golden_update(
-    suite_name: str | None, runtimes: tuple[str, ...], batch_size: int | None, golden_dir: Path | None, cache_dir: Path | None, force: bool
+    suite_name: str | None,
+    runtimes: tuple[str, ...],
+    stack_name: str | None,
+    batch_size: int | None,
+    golden_dir: Path | None,
+    cache_dir: Path | None,
+    force: bool,
 ) -> None:
     """Show the diff, then record the goldens of the given runtimes (default: the suite's), atomically and under a lock."""
-    _suite, store, changes = _review(suite_name, runtimes, batch_size, golden_dir, cache_dir)
+    _suite, store, changes = _review(suite_name, runtimes, stack_name, batch_size, golden_dir, cache_dir)
     api.commit_goldens(store, changes, force)
     console.print(f"wrote {len(changes)} golden(s) under {store.root}")
 

@@ -6,6 +6,8 @@
   listed in the suite's `[run] xfail = {"ort-int8" = "why"}` is expected to fail.
 - Fixtures: `harness_suite` (the first `--harness-suite`; override it to build one with `Suite.from_mapping`)
   and `conformance`, a callable running `api.assert_conformant`.
+- `--harness-only` runs the generated tests alone inside a project that has tests of its own (its test files are
+  not even collected); the generated tests count in pytest's "collected N items".
 - `--harness-update-goldens` records the goldens of the checked runtimes first and prints what changed
   (pytest-regressions style: never silently, never without the flag).
 - pytest-xdist: every test of a suite carries `xdist_group(<suite>)`, so `-n 2 --dist loadgroup` runs a suite
@@ -37,6 +39,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--harness-update-goldens", action="store_true", help="record the goldens of the checked runtimes (the diff is printed) first"
     )
+    group.addoption(
+        "--harness-only",
+        action="store_true",
+        help="with --harness-suite: run the generated conformance tests alone, not the project's tests",
+    )
+
+
+def pytest_ignore_collect(collection_path: Any, config: pytest.Config) -> bool | None:
+    """With --harness-only, no test file is collected at all (not collected and deselected: never imported)."""
+    return True if config.getoption("harness_only") and config.getoption("harness_suite") else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,7 +64,7 @@ class _Runs:
 
     def report(self, suite: Suite, runtimes: list[str]) -> RunReport:
         from harness import api
-        from harness.judge.golden import GoldenStore
+        from harness.judge.golden import golden_store
 
         key = f"{suite.definition()}|{','.join(runtimes)}"
         runs = self.config.stash[RUNS]
@@ -61,7 +73,7 @@ class _Runs:
             if self.config.getoption("harness_update_goldens"):
                 for change in api.record_goldens(suite, runtimes):
                     _say(self.config, f"harness: golden of {change.runtime} ({suite.name}): " + "; ".join(change.lines()))
-            store = GoldenStore(suite.golden_dir, suite.name)
+            store = golden_store(suite)
             recorded = [r for r in runtimes if store.exists(r)]  # a runtime without one fails its golden tests only
             runs[key] = api.check(suite, runtimes, limit=limit, golden=recorded)
         return runs[key]
@@ -85,7 +97,7 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         from harness.core.errors import HarnessError
-        from harness.judge.golden import GoldenStore
+        from harness.judge.golden import golden_store
 
         try:
             report = _Runs(self.config).report(self.suite, self.runtimes)
@@ -94,7 +106,7 @@ class CheckItem(pytest.Item):
         result = next(r for r in report.results if r.runtime == self.runtime)
         comparison = next((c for c in result.comparisons if (c.against.kind == "golden") == (self.baseline == "golden")), None)
         if comparison is None:  # only goldens can be missing: the reference runs in every check
-            store = GoldenStore(self.suite.golden_dir, self.suite.name)
+            store = golden_store(self.suite)
             raise CheckFailure(
                 f"no golden for runtime '{self.runtime}' in {store.folder(self.runtime)}: record it with --harness-update-goldens "
                 f"or `{store.update_hint(self.runtime)}`"
@@ -157,7 +169,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         except HarnessError as exc:
             raise pytest.UsageError(f"--harness-suite {name}: {exc}") from exc
         collector = SuiteCollector.from_parent(session, name=suite.name, nodeid=suite.name, suite=suite, runtimes=runtimes)
-        items.extend(collector.collect())
+        generated = list(collector.collect())
+        config.hook.pytest_collectreport(report=pytest.CollectReport(collector.nodeid, "passed", None, generated))  # counted as collected
+        items.extend(generated)
 
 
 @pytest.fixture
@@ -182,7 +196,7 @@ def conformance(request: pytest.FixtureRequest, harness_suite: Suite) -> Callabl
 
         chosen = suite or harness_suite
         try:
-            names = [s.name for s in api.resolve_runtimes(runtimes or chosen.default_runtimes)]
+            names = [s.name for s in api.resolve_runtimes(runtimes or chosen.run.runtimes)]
             report = _Runs(request.config).report(chosen, names)
         except HarnessError as exc:
             pytest.fail(str(exc), pytrace=False)

@@ -145,9 +145,22 @@ def test_merge_of_a_folder_without_outputs(harness_cli: Callable[..., object], t
 
 
 def test_missing_golden(make_suite: Callable[..., Path], harness_cli: Callable[..., object], tmp_path: Path) -> None:
-    result = harness_cli("run", "--suite", make_suite(), "--runtime", "ort-fp32")
+    suite = make_suite()
+    result = harness_cli("run", "--suite", suite, "--runtime", "ort-fp32")
     _assert_one_line_error(result, f"no golden for runtime 'ort-fp32' in {tmp_path / 'golden' / 'ort-fp32'}")
-    assert "harness golden update --suite demo --runtime" in result.err
+    assert f"harness golden update --suite {suite.resolve()} --runtime ort-fp32" in result.err and "--no-golden" in result.err
+
+
+def test_missing_goldens_are_named_together_with_the_command_that_records_them(
+    make_suite: Callable[..., Path], harness_cli: Callable[..., object], tmp_path: Path
+) -> None:
+    suite = make_suite()
+    result = harness_cli("run", "--suite", suite, "--runtime", "ort-fp32", "--runtime", "ov-fp32", "--limit", "8")
+    _assert_one_line_error(result, f"no goldens for runtimes ort-fp32, ov-fp32 in {tmp_path / 'golden'}")
+    hint = f"harness golden update --suite {suite.resolve()} --runtime ort-fp32 --runtime ov-fp32"
+    assert hint in result.err and "--no-golden" in result.err
+    recorded = harness_cli(*hint.split()[1:])  # the command it names works as printed
+    assert recorded.code == 0, recorded.err
 
 
 def test_onnx_file_that_fails_to_load(tmp_path: Path, harness_cli: Callable[..., object]) -> None:

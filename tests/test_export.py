@@ -76,3 +76,36 @@ def test_export_cli_prints_parity_lines(harness_cli: Callable[..., object]) -> N
     result = harness_cli("export", "--suite", "demo")
     assert result.code == 0, result.err
     assert "[✓] logits: max abs diff" in result.out and "onnx fp32: " in result.out
+
+
+def test_an_export_is_byte_identical_wherever_the_project_lives(tmp_path: Path) -> None:
+    """The same model source in two folders exports to the same bytes: no absolute path (stack traces of the
+    checkout or the environment) reaches the file, and the name scopes that label layers stay."""
+    import hashlib
+    import importlib.util
+    import shutil
+
+    from exporters.graph import SCOPE_KEY
+    from exporters.onnx_export import export_onnx
+
+    source = Path(__file__).resolve().parent.parent / "harness" / "demo" / "models.py"
+    example = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    digests, paths = [], []
+    for folder in (tmp_path / "a", tmp_path / "b" / "elsewhere"):
+        folder.mkdir(parents=True)
+        shutil.copy(source, folder / "models.py")
+        spec = importlib.util.spec_from_file_location("relocated_demo_models", folder / "models.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        torch.manual_seed(0)
+        model = module.build_demo_resnet(num_classes=4).eval()
+        out = folder / "model.onnx"
+        export_onnx(model, example, out, "images", ("logits",), 18, {})
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        paths.append(str(folder))
+    assert digests[0] == digests[1]
+    data = (tmp_path / "a" / "model.onnx").read_bytes()
+    assert all(p.encode() not in data for p in (*paths, str(Path(torch.__file__).parent)))
+    nodes = onnx.load(str(tmp_path / "a" / "model.onnx")).graph.node
+    assert any(p.key == SCOPE_KEY for node in nodes for p in node.metadata_props)

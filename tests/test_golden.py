@@ -76,7 +76,7 @@ def test_corrupt_golden_is_detected(recorded: tuple[Path, GoldenStore], harness_
     result = harness_cli("run", "--suite", suite, *RUNTIMES, "--limit", "8")
     assert result.code == 2
     assert "outputs.npz: checksum differs from golden.json" in result.err
-    assert "harness golden update --suite demo --runtime ort-fp32" in result.err
+    assert f"harness golden update --suite {suite.resolve()} --runtime ort-fp32" in result.err  # the command as it works
 
 
 def test_committed_demo_goldens_pass(harness_cli: Callable[..., object], tmp_path: Path) -> None:
@@ -84,3 +84,23 @@ def test_committed_demo_goldens_pass(harness_cli: Callable[..., object], tmp_pat
     result = harness_cli("run", "--suite", "demo", "--report-dir", tmp_path / "rep")
     assert result.code == 0, result.out
     assert result.out.count("PASS") == 13  # 6 runtimes x (reference, golden) + torch-fp32 golden
+
+
+def test_a_named_stack_has_goldens_of_its_own(
+    recorded: tuple[Path, GoldenStore], harness_cli: Callable[..., object], tmp_path: Path
+) -> None:
+    """A run through [stacks.opencv-service] is never judged by the reference stack's goldens: without its own it
+    names the command that records them; with them it passes, and the report names the stack."""
+    suite, store = recorded
+    missing = harness_cli("run", "--suite", suite, "--stack", "opencv-service", *RUNTIMES, "--limit", "32")
+    assert missing.code == 2 and "no goldens for runtimes torch-fp32, ort-fp32" in missing.err
+    hint = f"harness golden update --suite {suite.resolve()} --stack opencv-service --runtime torch-fp32 --runtime ort-fp32"
+    assert hint in missing.err
+    before = _snapshot(store.root / "torch-fp32")
+    assert harness_cli(*hint.split()[1:]).code == 0
+    assert _snapshot(store.root / "torch-fp32") == before  # the reference stack's goldens are untouched
+    assert (store.root / "stacks" / "opencv-service" / "ort-fp32" / "golden.json").is_file()
+    ran = harness_cli("run", "--suite", suite, "--stack", "opencv-service", *RUNTIMES, "--limit", "32", "--report-dir", tmp_path / "r")
+    assert ran.code == 0, ran.out + ran.err
+    assert "opencv-service stack" in ran.out
+    assert "through the <code>opencv-service</code> stack" in (tmp_path / "r" / "report.html").read_text()

@@ -92,3 +92,15 @@ def test_generated_tests_name_runtime_and_check_and_fail_in_one_line(pytester: p
     assert sorted(p.name for p in (pytester.path / "golden").iterdir() if p.is_dir()) == ["ort-fp32", "ort-int8", "ov-int8"]
     again = pytester.runpytest_subprocess(*args, *runtimes, "-n", "2", "--dist", "loadgroup")  # one worker per suite: one run
     again.assert_outcomes(failed=1, passed=23, **{k: v for k, v in outcomes.items() if k in ("xfailed", "xpassed")})
+
+
+def test_harness_only_runs_the_generated_tests_alone_and_counts_them(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_own="def test_the_projects_own():\n    raise AssertionError('must not run')\n")
+    suite = _suite_file(pytester.path)
+    args = ["-p", "no:cacheprovider", "--harness-suite", str(suite), "--harness-runtime", "ort-fp32", "--harness-limit", "32"]
+    alone = pytester.runpytest_subprocess(*args, "--harness-only", "-k", "not golden")
+    alone.stdout.fnmatch_lines(["collected 12 items / 6 deselected / 6 selected"])
+    alone.assert_outcomes(passed=6)
+    both = pytester.runpytest_subprocess(*args, "-k", "not golden")
+    both.stdout.fnmatch_lines(["collected 13 items / 6 deselected / 7 selected"])
+    both.assert_outcomes(passed=6, failed=1)

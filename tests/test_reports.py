@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
 RUNTIMES = ("--runtime", "torch-fp32", "--runtime", "ort-fp32", "--runtime", "ort-int8")
+DEMO_GOLDENS = Path(__file__).resolve().parent.parent / "golden" / "demo"
 VOLATILE = {"created", "infer_seconds", "shard", "seconds", "execution"}  # execution: how it ran (3 shards or 1 run), not what
 
 
@@ -85,8 +87,17 @@ def _check_junit(root: ET.Element) -> None:
                 assert failure.get("message") and failure.get("type")
 
 
+def _drifted_goldens(tmp_path: Path, stack: str) -> Path:
+    """A golden folder whose goldens of `stack` are the reference stack's: the run through `stack` drifts from them."""
+    root = tmp_path / "goldens"
+    shutil.copytree(DEMO_GOLDENS, root / "stacks" / stack)
+    return root
+
+
 def test_junit_has_one_case_per_runtime_and_check(harness_cli: Cli, tmp_path: Path) -> None:
-    result = harness_cli("run", "--suite", "demo", "--stack", "camera-nv12", *RUNTIMES, "--limit", "60", "--report-dir", tmp_path)
+    goldens = _drifted_goldens(tmp_path, "camera-nv12")
+    args = ("--stack", "camera-nv12", *RUNTIMES, "--limit", "60", "--report-dir", tmp_path, "--golden-dir", goldens)
+    result = harness_cli("run", "--suite", "demo", *args)
     root = ET.parse(tmp_path / "report.xml").getroot()
     _check_junit(root)
     cases = root.findall("testsuite/testcase")
@@ -113,7 +124,7 @@ def test_html_report_is_self_contained(harness_cli: Cli, tmp_path: Path) -> None
 
 def test_report_command_compares_two_runs(harness_cli: Cli, tmp_path: Path) -> None:
     assert _run(harness_cli, tmp_path / "old").code == 0
-    _run(harness_cli, tmp_path / "new", "--stack", "opencv-service")
+    _run(harness_cli, tmp_path / "new", "--stack", "opencv-service", "--golden-dir", str(_drifted_goldens(tmp_path, "opencv-service")))
     result = harness_cli("report", tmp_path / "old" / "report.json", tmp_path / "new" / "report.json")
     assert result.code == 1 and "PASS -> FAIL" in result.out
     assert "changed: stack.resize: pillow-bilinear -> opencv-linear" in result.out
@@ -132,3 +143,31 @@ def test_repeat_reports_determinism(harness_cli: Cli, tmp_path: Path) -> None:
     det = {r["runtime"]: r["determinism"] for r in report["results"]}
     assert det["ort-fp32"] == {"repeats": 3, "bit_identical": True, "max_abs_spread": 0.0, "prediction_changes": 0}
     assert "3 repeats bit-identical" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_tables_fit_the_terminal_without_cutting_a_runtime_name_or_a_number(demo_suite: Any, cache: Any, width: int) -> None:
+    """The run table at 80, 120 and 200 columns: every line fits, no cell is elided, the columns that stay are whole."""
+    import io
+
+    from rich.console import Console
+
+    from harness.judge.verdict import run_suite
+    from harness.report.tables import REPORT_HEADERS, render_report, report_rows
+    from harness.run.plan import RunRequest
+
+    report, _ = run_suite(demo_suite, RunRequest(("ort-fp32", "ort-int8", "ov-fp16"), 32, limit=32), cache)
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    render_report(console, report)
+    text = console.file.getvalue()
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines), "\n".join(lines)
+    assert "…" not in text
+    table_rows = [line for line in lines if line.startswith("│")]
+    for row in report_rows(report):
+        assert any(line.startswith(f"│ {row[0]} ") for line in table_rows), row[0]  # runtime names whole
+        assert any(f" {row[REPORT_HEADERS.index('delta pts')]} " in line for line in table_rows) or not row[4]
+    if width >= 200:
+        assert "left out" not in text
+    else:
+        assert "left out to fit" in text

@@ -224,8 +224,10 @@ class MatrixReport:
             "notes": self.notes,
         }
 
-    SUMMARY_HEADERS = ("axis", "runtime", "variants", "mean (max) delta", "mean (max) flips", "max logit err", "worst variant")
-    ROW_HEADERS = ("axis", "variant", "runtime", "metric", "delta", "flips", "max abs", "mean abs")
+    SUMMARY_HEADERS = ("axis", "runtime", "variants", "mean (max) delta pts", "mean (max) flips", "max logit err", "worst variant")
+    SUMMARY_DROP = ("max logit err", "variants", "mean (max) flips")  # left out first to last on narrow terminals
+    ROW_HEADERS = ("axis", "variant", "runtime", "metric %", "delta pts", "flips", "max abs", "mean abs")
+    ROW_DROP = ("mean abs", "max abs", "metric %")
 
     def summary_rows(self) -> list[list[str]]:
         return [

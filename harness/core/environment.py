@@ -121,6 +121,7 @@ def environment() -> dict[str, Any]:
 
 # Environment keys whose change can move numbers; `platform` (kernel build) and `cpus` are recorded, never noted.
 NUMERIC_KEYS = ("libraries", "machine", "cpu", "threads", "gpu")
+VOLATILE_KEYS = ("platform", "cpus")
 
 
 def isa_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:

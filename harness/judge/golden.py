@@ -17,7 +17,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,9 @@ import numpy as np
 
 from harness.core.errors import HarnessError
 from harness.core.files import atomic_write
+from harness.data.stack import StackSpec
 from harness.run.outputs import Inference, RunOutputs
+from harness.spec.suite import Suite
 
 SCHEMA_VERSION = 2  # 1: an npz layout of its own (ids, predictions, output/*, stage/*)
 LOCK_FILE = ".lock"
@@ -68,12 +70,25 @@ class Golden:
 class GoldenStore:
     """Goldens of one suite, one folder per runtime."""
 
-    def __init__(self, root: Path, suite: str) -> None:
+    def __init__(self, root: Path, suite: str, stack: str | None = None) -> None:
         self.root = root
-        self.suite = suite
+        self.suite = suite  # how the command line names the suite (`Suite.command_name`)
+        self.stack = stack  # a named stack's goldens (`golden_store`); None: the reference stack's
 
-    def update_hint(self, runtime: str) -> str:
-        return f"harness golden update --suite {self.suite} --runtime {runtime}"
+    def update_hint(self, *runtimes: str) -> str:
+        stack = f"--stack {self.stack} " if self.stack else ""
+        return f"harness golden update --suite {self.suite} {stack}" + " ".join(f"--runtime {runtime}" for runtime in runtimes)
+
+    def load_all(self, runtimes: Iterable[str]) -> dict[str, Golden]:
+        """The goldens of `runtimes`; those missing are named together, with the command that records them all."""
+        runtimes = list(runtimes)
+        missing = [runtime for runtime in runtimes if not self.exists(runtime)]
+        if len(missing) > 1:
+            raise HarnessError(
+                f"no goldens for runtimes {', '.join(missing)} in {self.root}",
+                f"record them with `{self.update_hint(*missing)}`, or run with --no-golden to compare with the reference only",
+            )
+        return {runtime: self.load(runtime) for runtime in runtimes}
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -100,7 +115,10 @@ class GoldenStore:
         folder = self.folder(runtime)
         meta_path, npz_path = folder / "golden.json", folder / "outputs.npz"
         if not meta_path.is_file() or not npz_path.is_file():
-            raise HarnessError(f"no golden for runtime '{runtime}' in {folder}", f"record one with `{self.update_hint(runtime)}`")
+            raise HarnessError(
+                f"no golden for runtime '{runtime}' in {folder}",
+                f"record one with `{self.update_hint(runtime)}`, or run with --no-golden to compare with the reference only",
+            )
         try:
             meta = json.loads(meta_path.read_text())
             expected_sha = meta["outputs_sha256"]
@@ -158,3 +176,12 @@ class GoldenStore:
         atomic_write(folder / "outputs.npz", blob)
         atomic_write(folder / "golden.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
         return folder
+
+
+def golden_store(suite: Suite, stack: StackSpec | None = None, root: Path | None = None) -> GoldenStore:
+    """The goldens of `suite`'s runs through `stack` (default: its reference stack) under `root` (default: the
+    suite's golden folder): a named stack's live in `stacks/<name>` there, never beside the reference stack's."""
+    base = root or suite.golden_dir
+    if stack is None or stack == suite.stack:
+        return GoldenStore(base, suite.command_name)
+    return GoldenStore(base / "stacks" / stack.name, suite.command_name, stack.name)

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.core.environment import environment_changes, isa_changes
+from harness.core.environment import VOLATILE_KEYS, environment_changes, isa_changes
 from harness.core.records import metadata_changes
 
 STALENESS_KEYS = ("model", "dataset", "stack", "artifacts", "batch_size")  # and the environment, by `staleness`
+
+
+def comparable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata without the environment facts that are recorded but never a change (`VOLATILE_KEYS`: a VM's kernel
+    build tag, the core count); `harness doctor` shows them."""
+    environment = {k: v for k, v in metadata.get("environment", {}).items() if k not in VOLATILE_KEYS}
+    return metadata | {"environment": environment} if "environment" in metadata else metadata
 
 
 def executed_precision(metadata: dict[str, Any]) -> str | None:

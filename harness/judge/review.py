@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from harness.core.records import metadata_changes
 from harness.judge.compare import Comparison
 from harness.judge.golden import Golden, GoldenStore
+from harness.judge.provenance import comparable
 from harness.judge.verdict import compare_to_golden
 from harness.run.outputs import Inference, RunOutputs
 from harness.spec.suite import Suite
@@ -82,7 +83,7 @@ def review(suite: Suite, measured: RunOutputs, store: GoldenStore) -> list[Golde
                 before, after = old.metadata.get(section, {}).get(key), new.metadata.get(section, {}).get(key)
                 if before != after:
                     identity.append(f"{section}.{key}: {before} -> {after}")
-        metadata = metadata_changes(old.metadata, new.metadata) if old else []
+        metadata = metadata_changes(comparable(old.metadata), comparable(new.metadata)) if old else []
         changes.append(GoldenChange(name, new, old, comparison, metadata, identity))
     return changes
 

@@ -75,6 +75,11 @@ class RunReport:
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
+    @property
+    def stack(self) -> str:
+        """The name of the stack the samples went through ("reference", or a named stack of the suite)."""
+        return str(self.context.get("stack", {}).get("name", "reference"))
+
     def describe(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -130,7 +135,7 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
     reference = suite.run.reference
     ref = measured.inferences[reference]
     if golden_store and goldens is None:
-        goldens = {r: golden_store.load(r) for r in measured.requested}
+        goldens = golden_store.load_all(measured.requested)
     results: list[RuntimeResult] = []
     notes: list[str] = []
     stale: dict[str, list[str]] = {}  # staleness phrase -> runtimes whose golden it applies to
@@ -192,7 +197,7 @@ def run_suite(
     runtimes = list(request.runtimes)
     validate_runtimes([suite.run.reference, *runtimes])
     compared = runtimes if golden_runtimes is None else [r for r in runtimes if r in golden_runtimes]
-    goldens = {name: golden_store.load(name) for name in compared} if golden_store else {}  # missing or corrupt: fail before inference
+    goldens = golden_store.load_all(compared) if golden_store else {}  # missing or corrupt: fail before inference
     execution = execution or Execution()
     measured = measure(suite, request, cache, execution, track)
     report = judge_run(suite, measured, golden_store, goldens)

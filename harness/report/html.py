@@ -139,7 +139,8 @@ def html_report(report: RunReport, measured: RunOutputs, image_root: Path) -> st
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report.suite)} report</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(report.suite)}: {verdict}</h1>
-<p>{html.escape(report.metric_name)} on {report.samples} samples, reference {reference}, {report.created}.<br>
+<p>{html.escape(report.metric_name)} on {report.samples} samples through the <code>{html.escape(report.stack)}</code> stack,
+reference {reference}, {report.created}.<br>
 CPU {html.escape(str(env.get("cpu")))} ({html.escape(", ".join(env.get("isa", [])))}), {env.get("threads")} threads,
 batch size {report.context.get("batch_size")}; {html.escape(libraries)}</p>
 <table><tr>{head}</tr>{rows}</table>

@@ -11,14 +11,33 @@ from rich.table import Table
 
 from harness.judge.verdict import RunReport
 
+LEFT = ("runtime", "executed", "vs", "verdict", "set", "output", "axis", "variant", "worst variant", "layer")
+BORDER = 3  # a column's padding and its rule in rich's default box
 
-def render_table(console: Console, title: str, headers: tuple[str, ...], rows: list[list[str]]) -> None:
-    """Rich table; rows whose last cell starts with FAIL are red."""
-    table = Table(title=title)
-    for header in headers:
-        table.add_column(header, justify="left" if header in ("runtime", "executed", "vs", "verdict", "set", "output") else "right")
+
+def fitting(console: Console, headers: tuple[str, ...], rows: list[list[str]], drop: tuple[str, ...]) -> list[int]:
+    """Indices of the columns shown: those named in `drop` are left out, first to last, until the table fits the
+    console; a column that stays is never cut (a runtime name or a number reads whole or not at all)."""
+    widths = [max([len(header), *(len(row[i]) for row in rows)]) + BORDER for i, header in enumerate(headers)]
+    shown = list(range(len(headers)))
+    for name in drop:
+        if sum(widths[i] for i in shown) + 1 <= console.width:
+            break
+        shown.remove(headers.index(name))
+    return shown
+
+
+def render_table(console: Console, title: str, headers: tuple[str, ...], rows: list[list[str]], drop: tuple[str, ...] = ()) -> None:
+    """Rich table that fits the console (`fitting`; the last column wraps when it must); rows whose last cell
+    starts with FAIL are red."""
+    shown = fitting(console, headers, rows, drop)
+    left_out = [headers[i] for i in range(len(headers)) if i not in shown]
+    table = Table(title=title, caption=f"{', '.join(left_out)} left out to fit {console.width} columns" if left_out else None)
+    for i in shown:
+        last = i == shown[-1]
+        table.add_column(headers[i], justify="left" if headers[i] in LEFT else "right", no_wrap=not last, overflow="fold")
     for row in rows:
-        table.add_row(*row, style="red" if row[-1].startswith("FAIL") else None)
+        table.add_row(*(row[i] for i in shown), style="red" if row[-1].startswith("FAIL") else None)
     console.print(table)
 
 
@@ -41,7 +60,7 @@ def report_rows(report: RunReport) -> list[list[str]]:
     for result in report.results:
         executed = result.session.get("executed", "")
         if not result.comparisons:
-            rows.append([result.runtime, executed, "-", f"{result.metric:.4f}", "", "", "", "", "", "", "", "reference"])
+            rows.append([result.runtime, executed, "-", f"{100 * result.metric:.2f}", "", "", "", "", "", "", "", "reference"])
         for comp in result.comparisons:
             worst = comp.worst
             failed = [c.name for c in comp.checks if not c.passed]
@@ -50,12 +69,12 @@ def report_rows(report: RunReport) -> list[list[str]]:
                     result.runtime,
                     executed,
                     str(comp.against),
-                    f"{comp.metric:.4f}",
-                    f"{comp.metric_delta:+.4f}",
+                    f"{100 * comp.metric:.2f}",
+                    f"{100 * comp.metric_delta:+.2f}",
                     f"{worst.max_abs:.2e}",
                     f"{worst.mean_abs:.2e}",
                     f"{worst.min_cosine:.6f}",
-                    f"{comp.top1_agreement:.4f}",
+                    f"{100 * comp.top1_agreement:.2f}",
                     str(len(comp.flips)),
                     f"{len(comp.negative_flips)}/{len(comp.positive_flips)}",
                     "PASS" if comp.passed else "FAIL: " + ", ".join(failed),
@@ -64,12 +83,26 @@ def report_rows(report: RunReport) -> list[list[str]]:
     return rows
 
 
-REPORT_HEADERS = ("runtime", "executed", "vs", "metric", "delta", "max abs", "mean abs", "min cos", "agree", "flips", "neg/pos", "verdict")
+REPORT_HEADERS = (
+    "runtime",
+    "executed",
+    "vs",
+    "metric %",
+    "delta pts",
+    "max abs",
+    "mean abs",
+    "min cos",
+    "agree %",
+    "flips",
+    "neg/pos",
+    "verdict",
+)
+REPORT_DROP = ("mean abs", "min cos", "neg/pos", "agree %", "executed", "max abs", "metric %")  # left out first to last on narrow terminals
 
 
 def render_report(console: Console, report: RunReport) -> None:
-    title = f"{report.suite}: {report.metric_name} on {report.samples} samples (reference {report.reference})"
-    render_table(console, title, REPORT_HEADERS, report_rows(report))
+    title = f"{report.suite}: {report.metric_name} on {report.samples} samples, {report.stack} stack (reference {report.reference})"
+    render_table(console, title, REPORT_HEADERS, report_rows(report), REPORT_DROP)
     for note in report.notes:
         console.print(f"note: {note}")
     console.print("[green]all checks passed[/green]" if report.passed else "[red]some checks failed[/red]")
@@ -79,7 +112,8 @@ def report_markdown(report: RunReport) -> str:
     lines = [
         f"# {report.suite}: {'PASS' if report.passed else 'FAIL'}",
         "",
-        f"{report.metric_name} on {report.samples} samples, reference `{report.reference}`, {report.created}.",
+        f"{report.metric_name} on {report.samples} samples through the `{report.stack}` stack, reference `{report.reference}`,"
+        f" {report.created}.",
         "",
         *markdown_table(REPORT_HEADERS, report_rows(report)),
     ]

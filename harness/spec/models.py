@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -35,17 +36,27 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return add
 
 
-def resolve_builder(name: str) -> ModelBuilder:
+def resolve_builder(name: str, folder: Path | None = None) -> ModelBuilder:
+    """The builder a suite names; a `module:function` path is looked up in `folder` (the suite file's) first."""
     found = MODEL_BUILDERS.get(name, name)
     if callable(found):
         return found
     module_name, _, attr = found.partition(":")
     if not attr:
         raise HarnessError(f"unknown model builder '{name}'", f"use one of {sorted(MODEL_BUILDERS)} or 'package.module:function'")
+    searched = [str(folder)] if folder is not None and str(folder) not in sys.path else []
+    sys.path[:0] = searched
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise HarnessError(f"cannot import model builder '{name}': {exc}", "check the [model] builder path in the suite") from exc
+        where = f" beside the suite ({folder})" if folder is not None else ""
+        raise HarnessError(
+            f"cannot import model builder '{name}': {first_line(exc)}",
+            f"put {module_name.split('.')[0]}.py{where}, or install its package (pip install -e), or fix [model] builder",
+        ) from exc
+    finally:
+        for entry in searched:
+            sys.path.remove(entry)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -70,12 +81,37 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def build_model(builder: str, weights: Path, kwargs: dict[str, object]) -> nn.Module:
+def mismatch(model: nn.Module, state: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """How a state dict differs from a model's: the first keys missing, unexpected or of another shape, with shapes."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    given = {key: tuple(value.shape) for key, value in state.items()}
+    parts = []
+    for what, keys in (
+        ("shape differs", [k for k in expected if k in given and expected[k] != given[k]]),
+        ("missing in the weights", [k for k in expected if k not in given]),
+        ("not in the model", [k for k in given if k not in expected]),
+    ):
+        if keys:
+            listed = ", ".join(
+                f"{k} {list(given[k])} in the weights vs {list(expected[k])} in the model"
+                if what == "shape differs"
+                else f"{k} {list(expected.get(k) or given[k])}"
+                for k in keys[:shown]
+            )
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {what}: {listed}{more}")
+    return "; ".join(parts)
+
+
+def build_model(builder: str, weights: Path, kwargs: dict[str, object], folder: Path | None = None) -> nn.Module:
     """Build the model, load its weights strictly, and put it in eval mode."""
-    model = resolve_builder(builder)(**kwargs)
+    model = resolve_builder(builder, folder)(**kwargs)
+    state = load_state_dict(weights)
     try:
-        model.load_state_dict(load_state_dict(weights), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise HarnessError(f"weights {weights} do not fit builder '{builder}': {first}", "check [model] builder and weights") from exc
+        reason = mismatch(model, state) or first_line(exc)
+        raise HarnessError(
+            f"weights {weights} do not fit builder '{builder}': {reason}", "check [model] builder, kwargs and weights"
+        ) from exc
     return model.eval()

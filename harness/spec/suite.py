@@ -53,11 +53,12 @@ class ModelSpec:
     kwargs: dict[str, Any]
     input_name: str
     output_names: tuple[str, ...]
+    folder: Path  # the suite file's: a `module:function` builder is looked up here first
 
     def build(self) -> torch.nn.Module:
         from harness.spec.models import build_model  # torch is imported by the commands that build a model
 
-        return build_model(self.builder, self.weights, self.kwargs)
+        return build_model(self.builder, self.weights, self.kwargs, self.folder)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,11 @@ class Suite:
         if self.source is None:
             return str(self.path)
         return json.dumps({"mapping": self.source, "base": str(self.path.parent), "name": self.path.stem}, sort_keys=True)
+
+    @property
+    def command_name(self) -> str:
+        """How the command line names this suite: a bundled suite by its name, any other by its file."""
+        return self.path.stem if self.path.parent == BUNDLED_DIR else str(self.path)
 
     def stack_named(self, name: str) -> StackSpec:
         if name == self.stack.name:
@@ -204,6 +210,7 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
             kwargs=dict(spec.model.kwargs),
             input_name=spec.model.input_name,
             output_names=tuple(spec.model.output_names),
+            folder=base,
         ),
         data=DataSpec(
             manifest=base / spec.data.manifest,
