@@ -87,9 +87,36 @@ def report_folder(given: Path | None, suite: str, command: str) -> Path:
     return given or Path("reports") / suite / command
 
 
+PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal (a CI log)
+
+
+def progress_lines() -> Callable[[str, int], Callable[[], None]]:
+    """A tracker for logs: a stage that runs longer than PROGRESS_EVERY seconds says how far it got every
+    PROGRESS_EVERY seconds and when it completes; a quick one says nothing (as a terminal's bars vanish)."""
+    every, start = PROGRESS_EVERY, time.monotonic()
+
+    def track(description: str, total: int) -> Callable[[], None]:
+        done, said, talking = 0, time.monotonic(), False
+
+        def advance() -> None:
+            nonlocal done, said, talking
+            done += 1
+            now = time.monotonic()
+            if now - said >= every or (talking and done == total):
+                said, talking = now, True
+                progress_console.print(f"{description}: {done}/{total} ({now - start:.0f} s)", highlight=False)
+
+        return advance
+
+    return track
+
+
 @contextmanager
 def tracking() -> Iterator[Callable[[str, int], Callable[[], None]]]:
-    """Rich progress bars on stderr, handed to the pipeline as a tracker."""
+    """Rich progress bars on stderr, handed to the pipeline as a tracker; progress lines when stderr is a log."""
+    if not progress_console.is_terminal:
+        yield progress_lines()
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=progress_console, transient=True) as progress:
 
@@ -245,17 +272,17 @@ def _fallback(run: SuiteRun, runtime: str, report_dir: Path) -> ModelArtifacts:
     from harness.analysis.sensitivity import TRIAL_HEADERS, Trials, write_sensitivity
 
     trials = Trials(run, runtime, run.suite.run.batch_size)
-    sensitivity = trials.sensitivity()
+    baseline = trials.trial(())
+    if baseline.passed:  # nothing to rank: every layer's trial would be wasted
+        console.print(f"{runtime} already passes with no layer kept in FP32: nothing to keep")
+        return run.artifacts
+    sensitivity = trials.sensitivity(baseline)
     render_table(console, f"{runtime}: one layer kept in FP32 at a time ({sensitivity.samples} samples)", TRIAL_HEADERS, sensitivity.rows())
-    steps = [] if sensitivity.baseline.passed else trials.fallback(sensitivity.ranking())
-    if steps:
-        render_table(console, "fallback: layers kept in sensitivity order", TRIAL_HEADERS, [t.row(str(i + 1)) for i, t in enumerate(steps)])
+    steps = trials.fallback(sensitivity.ranking())
+    render_table(console, "fallback: layers kept in sensitivity order", TRIAL_HEADERS, [t.row(str(i + 1)) for i, t in enumerate(steps)])
     for path in write_sensitivity(report_dir, run.suite.name, sensitivity, steps, None):
         console.print(f"wrote {path}")
     base = sensitivity.baseline
-    if base.passed:
-        console.print(f"{runtime} already passes with no layer kept in FP32: nothing to keep")
-        return run.artifacts
     final = steps[-1]
     if not final.passed:
         raise HarnessError(
@@ -337,6 +364,34 @@ def cache_clear(cache_dir: Path | None) -> None:
     """Delete every cached artifact."""
     store = _cache(cache_dir)
     console.print(f"removed {store.clear()} artifacts from {store.root}")
+
+
+@cli.command()
+@click.option(
+    "--images", type=click.Path(path_type=Path), required=True, help="Image folder: one sub-folder per class (eval/, calib/ optional)."
+)
+@click.option("--builder", required=True, metavar="MODULE:FUNCTION", help="Builds your model, e.g. torchvision.models:resnet18.")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Its weights: safetensors or a state dict.")
+@click.option("--kwargs", "kwargs_json", default="{}", metavar="JSON", help="Builder arguments, e.g. '{\"num_classes\": 10}'.")
+@click.option("--name", help="Suite name (default: the image folder's name).")
+@click.option("--input-size", type=click.IntRange(min=8), default=224, show_default=True, help="The model's input side (crop).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Folder of the suite file.")
+def init(images: Path, builder: str, weights: Path, kwargs_json: str, name: str | None, input_size: int, out: Path) -> None:
+    """Write a suite file and the image folder's manifest for your own model (then: golden update, run)."""
+    from harness.spec.scaffold import NewSuite, write_new_suite
+
+    try:
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"--kwargs {kwargs_json!r} is not JSON: {exc}", "e.g. --kwargs '{\"num_classes\": 10}'") from exc
+    if not isinstance(kwargs, dict):
+        raise HarnessError(f"--kwargs {kwargs_json!r} is not a JSON object", "e.g. --kwargs '{\"num_classes\": 10}'")
+    calibration = "calib" if (images / "calib").is_dir() else None
+    new = NewSuite(name or images.resolve().name, builder, weights, images, kwargs, input_size, calibration)
+    suite_path, manifest_path = write_new_suite(new, out)
+    suite = load_suite(str(suite_path))  # what was written reads back as a valid suite
+    console.print(f"wrote {suite_path} and {manifest_path}")
+    console.print(f"next: harness golden update --suite {suite.command_name}   then: harness run --suite {suite.command_name}")
 
 
 @cli.command()
@@ -476,7 +531,7 @@ def _parse_shard(spec: str | None) -> tuple[int, int]:
 def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: Suite, report_dir: Path) -> None:
     """Print the verdict, write every report file, exit 0 (pass) or 1 (a check failed)."""
     render_report(console, report)
-    for path in publish(report_dir, report, measured, suite.data.manifest.parent):
+    for path in publish(report_dir, report, measured, suite.data.root):
         console.print(f"wrote {path}")
     ctx.exit(0 if report.passed else 1)
 

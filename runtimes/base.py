@@ -92,9 +92,10 @@ class RuntimeSpec:
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if missing:
             return f"python module {', '.join(missing)} not installed ({self.install_hint})"
-        if probe:
-            return self.probe() if self.probe else None
-        return device_missing(self.device)
+        absent = device_missing(self.device)  # no device: no probe, and no hint to install a library for it
+        if absent or not probe:
+            return absent
+        return self.probe() if self.probe else None
 
     def require_available(self) -> None:
         reason = self.unavailable_reason()

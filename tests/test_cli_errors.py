@@ -188,3 +188,14 @@ def test_corrupt_weights(make_suite: Callable[..., Path], harness_cli: Callable[
     bad.write_bytes(hashlib.sha256(b"x").digest() * 10)
     suite = make_suite({f"{BUNDLED_DIR}/demo/weights.safetensors": str(bad)})
     _assert_one_line_error(harness_cli("export", "--suite", suite), f"cannot read weights {bad}")
+
+
+def test_a_run_logged_to_a_file_prints_progress_lines(
+    harness_cli: Callable[..., object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stderr is no terminal here (as in a CI log): each stage says how far it got, in lines, not bars (every
+    PROGRESS_EVERY seconds: here every sample)."""
+    monkeypatch.setattr("harness.cli.PROGRESS_EVERY", 0.0)
+    result = harness_cli("run", "--suite", "demo", "--runtime", "ort-fp32", "--limit", "40", "--no-golden", "--report-dir", tmp_path)
+    assert result.code == 0, result.err
+    assert "decode + reference stack: 40/40 (" in result.err and "infer ort-fp32: 2/2 (" in result.err

@@ -160,3 +160,12 @@ def test_sensitivity_cli_with_noise_injection(harness_cli: Callable, tmp_path: P
     agree = noise["agreement"]["additive"]
     assert np.mean([v[1] for v in agree.values()]) <= np.mean([v[0] for v in agree.values()])
     assert (tmp_path / "noise.png").is_file()
+
+
+def test_keep_fp32_auto_stops_at_once_when_nothing_needs_keeping(harness_cli: Callable, tmp_path: Path) -> None:
+    result = harness_cli(
+        "export", "--suite", "demo", "--precision", "fp16", "--keep-fp32", "auto", "--limit", "32", "--report-dir", tmp_path
+    )
+    assert result.code == 0, result.err
+    assert "ort-fp16 already passes with no layer kept in FP32: nothing to keep" in result.out
+    assert "one layer kept in FP32 at a time" not in result.out  # no layer was ranked

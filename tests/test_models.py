@@ -60,3 +60,32 @@ def test_a_missing_builder_module_says_where_it_was_looked_for(make_suite: Calla
     where = rf"No module named 'nowhere_to_be_found'.*put nowhere_to_be_found.py beside the suite \({tmp_path}\)"
     with pytest.raises(HarnessError, match=where):
         suite.model.build()
+
+
+FAINT = '''
+from harness.demo.models import DemoResNet
+
+
+class Faint(DemoResNet):
+    """The demo classifier with its logits scaled to ~1e-12: every error check passes whatever a runtime does."""
+
+    def forward(self, x):
+        return super().forward(x) * 1e-12
+
+
+def faint(num_classes: int = 12):
+    return Faint(num_classes=num_classes)
+'''
+
+
+def test_a_reference_too_faint_to_fail_any_check_is_noted(make_suite: Callable[..., Path], tmp_path: Path) -> None:
+    from harness import api
+
+    (tmp_path / "faint_models.py").write_text(FAINT)
+    suite = make_suite({'builder = "demo-resnet"': 'builder = "faint_models:faint"'})
+    report = api.check(str(suite), ["ort-fp32"], limit=32, golden=False)
+    assert any("torch-fp32's output logits is at most" in note and "pass trivially" in note for note in report.notes), report.notes
+    assert repr(report).startswith("<RunReport demo: PASS, 2 runtimes on 32 samples")
+    summary = report.summary().splitlines()
+    assert summary[0] == "demo: PASS (top1, 32 samples, reference stack)"
+    assert summary[2].startswith("  ort-fp32 vs reference:torch-fp32: ") and summary[2].endswith("0 flips, PASS")

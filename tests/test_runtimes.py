@@ -73,3 +73,13 @@ def test_missing_library_is_reported_with_install_hint(monkeypatch: pytest.Monke
     assert result.err.strip() == (
         "error: runtime 'ghost-fp32' is unavailable: python module ghost_runtime_that_is_not_installed not installed (pip install ghost)"
     )
+
+
+def test_a_gpu_runtime_without_a_gpu_says_so_instead_of_suggesting_an_install() -> None:
+    from harness.core.devices import device_missing
+
+    if device_missing("cuda") is None:
+        pytest.skip("this machine has a CUDA device")
+    for name in ("ort-cuda-fp32", "ort-trt-int8"):
+        reason = RUNTIMES[name].unavailable_reason() or ""
+        assert reason.startswith("no CUDA device on this machine") and "pip" not in reason, reason

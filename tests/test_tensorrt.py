@@ -37,6 +37,7 @@ def fake_trt(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr("harness.core.devices.gpu_identity", lambda: {"gpu": "Fake GPU", "compute_capability": "9.0"})
     monkeypatch.setattr("runtimes.tensorrt.default_device_memory", lambda: memory)
+    monkeypatch.setattr("runtimes.base.device_missing", lambda device: None)  # the fake GPU is there
     for name in TRT_RUNTIMES:
         monkeypatch.setitem(RUNTIMES, name, dataclasses.replace(RUNTIMES[name], probe=None))
     return trt, memory

@@ -128,8 +128,10 @@ class Trials:
         comparison = compare_to_reference(run.suite, run.inputs.ids, run.inputs.labels, inference, self.reference, run.task)
         return Trial(kept, comparison, initializer_bytes(artifacts.onnx_path(self.spec.precision)))
 
-    def sensitivity(self) -> Sensitivity:
-        baseline = self.trial(())
+    def sensitivity(self, baseline: Trial | None = None) -> Sensitivity:
+        """Every candidate layer kept in FP32 alone, ranked by the error left (`baseline`: the trial keeping none,
+        when already run)."""
+        baseline = baseline or self.trial(())
         ranked = sorted((self.trial((layer,)) for layer in self.layers()), key=Trial.error_left)
         return Sensitivity(self.runtime, self.spec.precision, self.run.suite.run.reference, len(self.run.inputs), baseline, ranked)
 

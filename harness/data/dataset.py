@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import HarnessError
+from harness.core.hashing import sha256_file
 
 TargetParser = Callable[[dict[str, Any], int], np.ndarray]
 
@@ -56,9 +57,37 @@ class Dataset:
     samples: tuple[Sample, ...]
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_folder(root: Path, split: str) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """The classes and manifest entries ({file, label, sha256}, files relative to `root`) of an image folder in
+    torchvision's ImageFolder layout: one sub-folder per class.  `root/<split>/` is the split when it exists;
+    otherwise a folder of class folders alone is the `eval` split (and no other: INT8 never calibrates on it)."""
+    if not root.is_dir():
+        raise HarnessError(f"image folder not found: {root}", "fix [data] image_folder in the suite")
+    base = root / split if (root / split).is_dir() else root
+    if base == root and split != "eval":
+        raise HarnessError(f"{root}: no folder '{split}' with one sub-folder per class", f"add {root / split}/<class>/<image> files")
+    classes = tuple(sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    entries = [
+        {"file": path.relative_to(root).as_posix(), "label": label, "sha256": sha256_file(path)}
+        for label, name in enumerate(classes)
+        for path in sorted((base / name).rglob("*"))
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not entries:
+        raise HarnessError(f"{base}: no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders", "one sub-folder per class")
+    return classes, entries
+
+
 def load_dataset(manifest: Path, split: str, target: TargetParser = class_label) -> Dataset:
-    """Read one split of a manifest; each entry's target is parsed by the task (`target`); every problem names
-    the manifest or the file."""
+    """Read one split of a manifest (or of an image folder, `image_folder`); each entry's target is parsed by the
+    task (`target`); every problem names the manifest or the file."""
+    if manifest.is_dir():
+        classes, entries = image_folder(manifest, split)
+        listing = json.dumps({"classes": classes, "splits": {split: entries}}, sort_keys=True).encode()
+        return _dataset(manifest, listing, classes, split, entries, target)
     if not manifest.is_file():
         raise HarnessError(f"dataset manifest not found: {manifest}", "fix [data] manifest in the suite")
     raw = manifest.read_bytes()
@@ -74,7 +103,14 @@ def load_dataset(manifest: Path, split: str, target: TargetParser = class_label)
         raise HarnessError(f"{manifest}: malformed manifest ({exc})", "'classes' is a list of names, 'splits' maps names to lists") from exc
     if not isinstance(entries, list):
         raise HarnessError(f"{manifest}: split '{split}' is not a list of entries", "each split is a list of {file, label, sha256?}")
-    root = manifest.parent.resolve()
+    return _dataset(manifest, raw, classes, split, entries, target)
+
+
+def _dataset(
+    manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, entries: list[Any], target: TargetParser
+) -> Dataset:
+    """The samples of `entries`, files relative to the manifest's folder (an image folder's: the folder)."""
+    root = (manifest if manifest.is_dir() else manifest.parent).resolve()
     samples = []
     for index, entry in enumerate(entries):
         try:

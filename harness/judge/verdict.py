@@ -57,7 +57,7 @@ class RuntimeResult:
         }
 
 
-@dataclass
+@dataclass(repr=False)
 class RunReport:
     suite: str
     task: str
@@ -74,6 +74,23 @@ class RunReport:
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
+
+    def __repr__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"<RunReport {self.suite}: {verdict}, {len(self.results)} runtimes on {self.samples} samples; .summary() for more>"
+
+    def summary(self) -> str:
+        """The verdict, then a line per runtime and baseline: metric, delta in points, failed checks."""
+        lines = [f"{self.suite}: {'PASS' if self.passed else 'FAIL'} ({self.metric_name}, {self.samples} samples, {self.stack} stack)"]
+        for result in self.results:
+            if not result.comparisons:
+                lines.append(f"  {result.runtime}: {self.metric_name} {100 * result.metric:.2f}% (reference)")
+            for comp in result.comparisons:
+                failed = [c.name for c in comp.checks if not c.passed]
+                verdict = "FAIL " + ", ".join(failed) if failed else "PASS"
+                metric = f"{100 * comp.metric:.2f}% ({100 * comp.metric_delta:+.2f} pts)"
+                lines.append(f"  {result.runtime} vs {comp.against}: {metric}, {len(comp.flips)} flips, {verdict}")
+        return "\n".join(lines + [f"  note: {note}" for note in self.notes])
 
     @property
     def stack(self) -> str:
@@ -129,6 +146,20 @@ def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden
     return comparison
 
 
+def degenerate(inference: Inference, max_abs: float) -> str | None:
+    """Why `inference`'s outputs cannot tell runtimes apart, when they cannot: so small that no error check of
+    `max_abs` can fail, or the same for every sample (random or untrained weights, a broken export)."""
+    for name, values in inference.outputs.items():
+        values = np.asarray(values, dtype=np.float64)
+        scale = float(np.max(np.abs(values))) if values.size else 0.0
+        if scale <= max_abs:
+            return f"{inference.runtime}'s output {name} is at most {scale:.1e}, within max_abs {max_abs:g}: no error check can fail"
+        spread = float(np.max(np.std(values, axis=0))) if len(values) > 1 else scale
+        if spread <= 1e-6 * scale:
+            return f"{inference.runtime}'s output {name} is the same for every sample (spread {spread:.1e} of {scale:.1e})"
+    return None
+
+
 def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | None, goldens: dict[str, Golden] | None = None) -> RunReport:
     """Compare each runtime with the reference and (when a store is given) with its golden (`goldens`: already loaded)."""
     task = make_task(suite.task)
@@ -166,6 +197,9 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
                 stale.setdefault(phrase, []).append(name)
         results.append(result)
     notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
+    degenerate_reference = degenerate(ref, suite.tolerances.for_precision("fp32").max_abs)
+    if degenerate_reference:
+        notes.append(f"{degenerate_reference}: the checks pass trivially; are the weights the trained ones?")
     if measured.intake:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(measured.intake.items()))
         count = sum(measured.intake.values())

@@ -128,11 +128,19 @@ class ModelTable(Table):
 
 
 class DataTable(Table):
-    manifest: str = Field(description="JSON manifest, relative to the suite file")
+    manifest: str | None = Field(None, description="JSON manifest, relative to the suite file")
+    image_folder: str | None = Field(None, description="instead of a manifest: one sub-folder per class (torchvision ImageFolder)")
     split: str = "eval"
     calibration_split: str | None = None
     max_pixels: Annotated[int, Field(ge=1, description="larger images are refused, for every decoder")] = IntakePolicy.max_pixels
     min_side: Annotated[int, Field(ge=1, description="images with a shorter side are refused")] = IntakePolicy.min_side
+
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataTable:
+        if (self.manifest is None) == (self.image_folder is None):
+            raise ValueError("needs either 'manifest' or 'image_folder' (one of them)")
+        return self
 
 
 class StackTable(Table):

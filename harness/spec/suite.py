@@ -63,12 +63,17 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """[data]: the manifest, the split judged, the split INT8 calibrates on, what images are accepted."""
+    """[data]: the manifest (or image folder), the split judged, the split INT8 calibrates on, what images are accepted."""
 
-    manifest: Path
+    manifest: Path  # a JSON manifest, or an image folder (`harness.data.dataset.image_folder`)
     split: str
     calibration_split: str | None
     intake: IntakePolicy
+
+    @property
+    def root(self) -> Path:
+        """The folder the samples' paths are relative to."""
+        return self.manifest if self.manifest.is_dir() else self.manifest.parent
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,7 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
             folder=base,
         ),
         data=DataSpec(
-            manifest=base / spec.data.manifest,
+            manifest=base / (spec.data.manifest or spec.data.image_folder or ""),
             split=spec.data.split,
             calibration_split=spec.data.calibration_split,
             intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
