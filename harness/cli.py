@@ -531,7 +531,7 @@ def _parse_shard(spec: str | None) -> tuple[int, int]:
 def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: Suite, report_dir: Path) -> None:
     """Print the verdict, write every report file, exit 0 (pass) or 1 (a check failed)."""
     render_report(console, report)
-    for path in publish(report_dir, report, measured, suite.data.root):
+    for path in publish(report_dir, report, measured, suite.data):
         console.print(f"wrote {path}")
     ctx.exit(0 if report.passed else 1)
 

@@ -171,3 +171,57 @@ def test_tables_fit_the_terminal_without_cutting_a_runtime_name_or_a_number(demo
         assert "left out" not in text
     else:
         assert "left out to fit" in text
+
+
+PROBE = """<script>window.addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter((image) => !(image.complete && image.naturalWidth > 0)).length;
+  document.title = `IMAGES ${images.length} BROKEN ${broken}`;
+});</script>"""
+
+
+def test_the_html_report_renders_in_a_real_browser(harness_cli: Cli, tmp_path: Path) -> None:
+    """Headless Chromium opens report.html (with flipped samples and a class heat map): no console error, and
+    every image (plots, thumbnails) loads."""
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium here (.ci/run installs Debian's chromium)")
+    goldens = _drifted_goldens(tmp_path, "camera-nv12")
+    args = ("--stack", "camera-nv12", *RUNTIMES, "--limit", "120", "--report-dir", tmp_path / "r", "--golden-dir", goldens)
+    assert harness_cli("run", "--suite", "demo", *args).code == 1  # drifted: flips, class deltas, thumbnails
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "triangle" in page and "truth " in page  # class names in the captions
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]
+    done = subprocess.run(
+        [browser, *flags, "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    title = done.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith("IMAGES") and int(title.split()[1]) >= 4 and title.endswith("BROKEN 0"), title
+    assert [line for line in done.stderr.splitlines() if ":CONSOLE" in line] == []
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_matrix_tables_fit_the_terminal(width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from harness.analysis.matrix import MatrixReport
+    from harness.report.tables import render_table
+
+    summary = [["decoder", "ort-int8", "4", "-0.25 (-1.00)", "0.5 (2)", "1.23e-01", "opencv-nearest + letterbox"]] * 3
+    variants = [["resize", "torchvision-bilinear-noaa", "ort-int8", "93.20", "-1.00", "5", "1.23e-01", "4.56e-03"]] * 3
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    render_table(console, "summary", MatrixReport.SUMMARY_HEADERS, summary, MatrixReport.SUMMARY_DROP)
+    render_table(console, "every variant", MatrixReport.ROW_HEADERS, variants, MatrixReport.ROW_DROP)
+    text = console.file.getvalue()
+    assert all(len(line) <= width for line in text.splitlines()) and "…" not in text
+    assert "opencv-nearest + letterbox" in text and "torchvision-bilinear-noaa" in text and "-1.00" in text

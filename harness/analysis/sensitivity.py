@@ -32,6 +32,7 @@ from runtimes import get_runtime
 
 NOISE_KINDS = ("additive", "multiplicative")
 TRIAL_HEADERS = ("rank", "kept in fp32", "metric", "delta", "max abs", "mean abs", "agree", "flips", "size MB", "verdict")
+LABELLED_LAYERS = 8  # noise.png names this many layers per panel, by the metric they cost; the rest are grey
 
 
 def candidate_layers(model: onnx.ModelProto) -> list[str]:
@@ -200,13 +201,24 @@ class Noise:
         import matplotlib.pyplot as plt
 
         figure, axes = plt.subplots(1, len(NOISE_KINDS), figsize=(12, 4.5), sharey=True)
+        colours = plt.get_cmap("tab10").colors
         for ax, kind in zip(axes, NOISE_KINDS, strict=True):
+            drop = {layer: self.reference_metric - min(values) for layer, values in self.metric[kind].items()}
+            telling = [layer for layer in sorted(drop, key=lambda layer: -drop[layer]) if drop[layer] > 0][:LABELLED_LAYERS]
             for layer, values in self.metric[kind].items():
-                ax.plot([0.0, *self.levels], [self.reference_metric, *values], marker="o", markersize=3, label=layer)
+                points = ([0.0, *self.levels], [self.reference_metric, *values])
+                if layer in telling:
+                    rank = telling.index(layer)
+                    ax.plot(*points, marker="o", markersize=3, color=colours[rank % 10], label=f"{layer} (-{100 * drop[layer]:.1f})")
+                else:
+                    ax.plot(*points, color="0.75", linewidth=0.8, zorder=0)
             ax.set_title(f"{kind} Gaussian noise at one layer's output")
             ax.set_xlabel("noise level s")
+            if telling:  # the layers that matter, named; the rest grey
+                ax.legend(fontsize=6, title=f"most sensitive ({self.metric_name} drop, points); others grey", title_fontsize=6)
+            else:
+                ax.text(0.5, 0.5, f"no layer moves {self.metric_name}", transform=ax.transAxes, ha="center", color="0.4")
         axes[0].set_ylabel(self.metric_name)
-        axes[-1].legend(fontsize=6, ncol=2)
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)

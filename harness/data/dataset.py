@@ -81,6 +81,18 @@ def image_folder(root: Path, split: str) -> tuple[tuple[str, ...], list[dict[str
     return classes, entries
 
 
+def class_names(manifest: Path) -> tuple[str, ...]:
+    """The class names of a manifest (or image folder) without reading its splits or hashing its files; () when
+    it has none to give."""
+    if manifest.is_dir():
+        base = manifest / "eval" if (manifest / "eval").is_dir() else manifest
+        return tuple(sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    try:
+        return tuple(str(c) for c in json.loads(manifest.read_bytes())["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
 def load_dataset(manifest: Path, split: str, target: TargetParser = class_label) -> Dataset:
     """Read one split of a manifest (or of an image folder, `image_folder`); each entry's target is parsed by the
     task (`target`); every problem names the manifest or the file."""
@@ -106,9 +118,7 @@ def load_dataset(manifest: Path, split: str, target: TargetParser = class_label)
     return _dataset(manifest, raw, classes, split, entries, target)
 
 
-def _dataset(
-    manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, entries: list[Any], target: TargetParser
-) -> Dataset:
+def _dataset(manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, entries: list[Any], target: TargetParser) -> Dataset:
     """The samples of `entries`, files relative to the manifest's folder (an image folder's: the folder)."""
     root = (manifest if manifest.is_dir() else manifest.parent).resolve()
     samples = []

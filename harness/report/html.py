@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,15 @@ def _error_histograms(report: RunReport, measured: RunOutputs) -> str:
     return _png(fig)
 
 
-def _class_deltas(report: RunReport) -> str:
-    """Heat map: one row per comparison that moved some class, one column per class, delta in points."""
+def _name(label: object, classes: Sequence[str]) -> str:
+    """A class index as its name (the index when the manifest names no classes)."""
+    index = int(label)  # type: ignore[call-overload]
+    return classes[index] if 0 <= index < len(classes) else str(index)
+
+
+def _class_deltas(report: RunReport, classes: Sequence[str]) -> str:
+    """Heat map: one row per comparison that moved some class, one column per class (by name), delta in points,
+    with a colour bar; a cell's number is white on the dark colours."""
     import matplotlib.pyplot as plt
 
     comps = [(f"{r.runtime} vs {c.against}", c) for r in report.results for c in r.comparisons if any(d.delta for d in c.per_class)]
@@ -65,14 +73,16 @@ def _class_deltas(report: RunReport) -> str:
     labels = [d.label for d in comps[0][1].per_class]
     grid = np.array([[100 * d.delta for d in comp.per_class] for _, comp in comps])
     limit = max(float(np.abs(grid).max()), 1e-9)
-    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.35 * len(comps)))
-    ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.35 * len(comps)))
+    shown = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for (row, col), value in np.ndenumerate(grid):
         if value:
-            ax.text(col, row, f"{value:+.1f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(labels)), [str(label) for label in labels])
+            colour = "white" if abs(value) > 0.6 * limit else "black"
+            ax.text(col, row, f"{value:+.1f}", ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(labels)), [_name(label, classes) for label in labels], rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(comps)), [name for name, _ in comps], fontsize=8)
-    ax.set_xlabel("class (accuracy delta in points)")
+    ax.set_xlabel("class")
+    fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.02).set_label("delta, points", fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
@@ -99,7 +109,12 @@ def _thumbnail(path: Path, boxes: dict[str, np.ndarray] | None = None) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
+LEGEND = " ".join(
+    f'<span style="color:rgb{colour}">&#9632; {kind}</span>' for kind, colour in BOX_COLOURS.items()
+)  # the box colours of detection thumbnails
+
+
+def _flipped(report: RunReport, measured: RunOutputs, image_root: Path, classes: Sequence[str]) -> str:
     index = {sample_id: i for i, sample_id in enumerate(measured.ids)}
     parts = []
     for result in report.results:
@@ -112,7 +127,9 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
             for sample_id in comp.flips[:THUMBNAILS]:
                 i = index[sample_id]
                 if predictions.ndim == 1:  # one label per sample
-                    caption, boxes = f"label {measured.labels[i]}, now {predictions[i]}", None
+                    was = f"{comp.against}: {_name(baseline.predictions[i], classes)}<br>" if baseline is not None else ""
+                    now = f"{result.runtime}: {_name(predictions[i], classes)}"
+                    caption, boxes = f"truth {html.escape(_name(measured.labels[i], classes))}<br>{html.escape(was + now)}", None
                 else:  # box lists: draw them
                     boxes = {"truth": valid_rows(measured.labels[i]), "runtime": confident(predictions[i])}
                     if baseline is not None:
@@ -121,11 +138,12 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
                 image = _thumbnail(image_root / sample_id, boxes)
                 figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")
             more = f" (first {THUMBNAILS} of {len(comp.flips)})" if len(comp.flips) > THUMBNAILS else ""
-            parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(str(comp.against))}{more}</h3>" + "".join(figures))
+            legend = f"<p>boxes: {LEGEND}</p>" if predictions.ndim > 1 else ""
+            parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(str(comp.against))}{more}</h3>{legend}" + "".join(figures))
     return "".join(parts) or "<p>no flipped samples</p>"
 
 
-def html_report(report: RunReport, measured: RunOutputs, image_root: Path) -> str:
+def html_report(report: RunReport, measured: RunOutputs, image_root: Path, classes: Sequence[str] = ()) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in REPORT_HEADERS)
     rows = "".join(
         f'<tr class="{"fail" if row[-1].startswith("FAIL") else ""}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
@@ -146,7 +164,7 @@ batch size {report.context.get("batch_size")}; {html.escape(libraries)}</p>
 <table><tr>{head}</tr>{rows}</table>
 <h2>Notes</h2><ul>{notes or "<li>none</li>"}</ul>
 <h2>Per-sample error vs the reference</h2>{_error_histograms(report, measured)}
-<h2>Per-class accuracy delta</h2>{_class_deltas(report)}
-<h2>Flipped samples</h2>{_flipped(report, measured, image_root)}
+<h2>Per-class accuracy delta</h2>{_class_deltas(report, classes)}
+<h2>Flipped samples</h2>{_flipped(report, measured, image_root, classes)}
 </body></html>
 """

@@ -135,7 +135,6 @@ class DataTable(Table):
     max_pixels: Annotated[int, Field(ge=1, description="larger images are refused, for every decoder")] = IntakePolicy.max_pixels
     min_side: Annotated[int, Field(ge=1, description="images with a shorter side are refused")] = IntakePolicy.min_side
 
-
     @model_validator(mode="after")
     def _one_source(self) -> DataTable:
         if (self.manifest is None) == (self.image_folder is None):
