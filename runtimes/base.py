@@ -33,7 +33,7 @@ class TensorInfo(NamedTuple):
 
 
 class Artifacts(Protocol):
-    """The model files a runtime consumes, built on first request (`exporters.artifacts.Artifacts`)."""
+    """The model files a runtime consumes, built on first request (`exporters.artifacts.ModelArtifacts`)."""
 
     @property
     def input_names(self) -> tuple[str, ...]: ...

@@ -89,3 +89,18 @@ def test_a_reference_too_faint_to_fail_any_check_is_noted(make_suite: Callable[.
     summary = report.summary().splitlines()
     assert summary[0] == "demo: PASS (top1, 32 samples, reference stack)"
     assert summary[2].startswith("  ort-fp32 vs reference:torch-fp32: ") and summary[2].endswith("0 flips, PASS")
+
+
+def test_a_builder_registered_from_python_is_found_by_name(make_suite: Callable[..., Path]) -> None:
+    from harness.demo.models import DemoResNet
+    from harness.spec.models import MODEL_BUILDERS, register_model
+
+    @register_model("registered-demo")
+    def build(num_classes: int = 12) -> torch.nn.Module:
+        return DemoResNet(num_classes=num_classes)
+
+    try:
+        suite = load_suite(str(make_suite({'builder = "demo-resnet"': 'builder = "registered-demo"'})))
+        assert isinstance(suite.model.build(), DemoResNet)
+    finally:
+        del MODEL_BUILDERS["registered-demo"]

@@ -1,7 +1,7 @@
 """The verdict of a run: per runtime its metric and its comparisons (vs the reference, vs its golden), judged
 by the suite's tolerance profiles; `judge_run` makes it from what a run measured, `run_suite` measures then
 judges.  `RunReport.describe()` is the report's JSON (versioned schema, documented in README.md, "Report
-format"; bump `SCHEMA_VERSION` on any incompatible change); `harness.judge.verdict` renders it.
+format"; bump `SCHEMA_VERSION` on any incompatible change); `harness.report` renders it.
 """
 
 from __future__ import annotations
