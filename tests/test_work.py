@@ -225,3 +225,29 @@ def test_start_up_imports_no_torch_and_no_backend_it_does_not_use(tmp_path: Path
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] in ("0 []", "None []"), done.stdout[-500:]
+
+
+def test_an_executor_of_ones_own_is_a_registered_name(demo_suite: Suite, cache: ArtifactCache) -> None:
+    """`register_executor` adds an executor the run machinery finds by name (it imports none): units in reverse
+    order on one Worker give what the local executor measures; an unknown name is one line."""
+    from harness.run.executors import EXECUTORS, register_executor
+
+    class Backwards:
+        def __init__(self, cache: ArtifactCache, execution: Execution, _prepared: object = None) -> None:
+            self.worker = Worker(cache)
+
+        def run(self, plan: object, todo: list, store: run_worker.ResultStore, progress: object, execution: Execution) -> None:
+            execution.log.append(f"backwards: {len(todo)} units")
+            for unit in reversed(todo):
+                store.put(unit, self.worker.execute(unit))
+
+    register_executor("backwards")(Backwards)
+    try:
+        request = RunRequest(("ort-fp32",), 32, limit=96, chunk=32)
+        backwards = Execution("backwards")
+        _same_measurements(measure(demo_suite, request, cache), measure(demo_suite, request, cache, backwards))
+        assert backwards.log == ["backwards: 3 units"]  # 3 ranges of 32 samples, torch-fp32 and ort-fp32 in one cpu unit each
+    finally:
+        del EXECUTORS["backwards"]
+    with pytest.raises(HarnessError, match="unknown executor 'backwards'"):
+        measure(demo_suite, request, cache, Execution("backwards"))

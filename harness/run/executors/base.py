@@ -52,7 +52,7 @@ class Executor(Protocol):
 
 
 # name -> factory(cache, execution, prepared run or None): the executors `--executor` may name
-ExecutorFactory = Callable[[ArtifactCache, Execution, "SuiteRun | None"], Executor]
+ExecutorFactory = Callable[[ArtifactCache, Execution, SuiteRun | None], Executor]
 EXECUTORS: dict[str, ExecutorFactory] = {}
 
 
