@@ -60,16 +60,26 @@ class Dataset:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def _split_folder(root: Path, split: str) -> Path:
+    """The folder of one split of an image folder: `root/<split>/` when it exists, else `root` itself."""
+    return root / split if (root / split).is_dir() else root
+
+
+def _class_folders(base: Path) -> tuple[str, ...]:
+    """The class names of a split's folder: its sub-folders (hidden ones aside), sorted; index = label."""
+    return tuple(sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")))
+
+
 def image_folder(root: Path, split: str) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """The classes and manifest entries ({file, label, sha256}, files relative to `root`) of an image folder in
     torchvision's ImageFolder layout: one sub-folder per class.  `root/<split>/` is the split when it exists;
     otherwise a folder of class folders alone is the `eval` split (and no other: INT8 never calibrates on it)."""
     if not root.is_dir():
         raise HarnessError(f"image folder not found: {root}", "fix [data] image_folder in the suite")
-    base = root / split if (root / split).is_dir() else root
+    base = _split_folder(root, split)
     if base == root and split != "eval":
         raise HarnessError(f"{root}: no folder '{split}' with one sub-folder per class", f"add {root / split}/<class>/<image> files")
-    classes = tuple(sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    classes = _class_folders(base)
     entries = [
         {"file": path.relative_to(root).as_posix(), "label": label, "sha256": sha256_file(path)}
         for label, name in enumerate(classes)
@@ -85,8 +95,7 @@ def class_names(manifest: Path) -> tuple[str, ...]:
     """The class names of a manifest (or image folder) without reading its splits or hashing its files; () when
     it has none to give."""
     if manifest.is_dir():
-        base = manifest / "eval" if (manifest / "eval").is_dir() else manifest
-        return tuple(sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")))
+        return _class_folders(_split_folder(manifest, "eval"))
     try:
         return tuple(str(c) for c in json.loads(manifest.read_bytes())["classes"])
     except (OSError, ValueError, KeyError, TypeError):
