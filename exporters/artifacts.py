@@ -118,10 +118,24 @@ class ModelArtifacts:
 
     @cached_property
     def weights_sha256(self) -> str:
-        assert self.model is not None
-        if not self.model.weights.is_file():
-            raise HarnessError(f"weights file not found: {self.model.weights}", "fix [model] weights in the suite")
-        return sha256_file(self.model.weights)
+        """The hash of what holds the trained weights: the weights file, or the ready ONNX file."""
+        path = self.model.weights if self.model else self._onnx_file
+        assert path is not None
+        if not path.is_file():
+            raise HarnessError(f"weights file not found: {path}", "fix [model] weights in the suite")
+        return sha256_file(path)
+
+    @cached_property
+    def fixed_batch(self) -> int | None:
+        """The batch size a ready ONNX file's input is fixed to (every runtime is then fed at that size)."""
+        if self._onnx_file is None:
+            return None
+        import onnx
+
+        graph = onnx.load(str(self._onnx_file), load_external_data=False).graph
+        declared = next(i for i in graph.input if i.name == self.input_names[0])
+        dims = declared.type.tensor_type.shape.dim
+        return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
 
     @cached_property
     def _onnx_io(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -237,7 +251,7 @@ class ModelArtifacts:
         import onnxruntime
 
         from exporters.fp16 import convert_fp16
-        from exporters.int8 import CalibrationReader, calibration_hash, quantize_int8
+        from exporters.int8 import QDQ_OPSET, CalibrationReader, calibration_hash, quantize_int8
 
         source = self._precision_onnx("fp32")
         fields: dict[str, Any] = {
@@ -255,6 +269,7 @@ class ModelArtifacts:
             )
         calibration = self.calibration_inputs()
         fields |= {
+            "qdq_opset": QDQ_OPSET,
             "method": self.export.int8_calibration,
             "per_channel": self.export.int8_per_channel,
             "calibration": calibration_hash(calibration),

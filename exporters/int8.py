@@ -21,7 +21,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from exporters.spec import CalibrationSet
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, first_line
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 
@@ -61,6 +61,7 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
     with tempfile.TemporaryDirectory() as tmp, redirect_stdout(io.StringIO()):  # the calibrators print progress
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        upgraded = _qdq_opset(prepared)
         quantize_static(
             str(prepared),
             str(out),
@@ -80,4 +81,28 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         "calibration_samples": len(reader.fed_ids),
         "calibration_sha256": calibration_hash(reader.inputs),
         "calibration_ids_sha256": hashlib.sha256("\n".join(reader.fed_ids).encode()).hexdigest(),
-    }
+    } | ({"opset_upgraded": upgraded} if upgraded else {})
+
+
+QDQ_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear (their `axis`), and what TensorRT's explicit quantization needs
+
+
+def _qdq_opset(path: Path) -> str | None:
+    """A model of an older opset (a ready file, e.g. opset 12) is converted to QDQ_OPSET in place first; returns
+    'old -> new' when it was."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    if opset >= QDQ_OPSET:
+        return None
+    try:
+        converted = version_converter.convert_version(model, QDQ_OPSET)
+    except Exception as exc:
+        raise HarnessError(
+            f"{path.name}: opset {opset} has no per-channel Q/DQ, and converting it to opset {QDQ_OPSET} failed ({first_line(exc)})",
+            "export the model at opset 13 or newer, or set [export] int8_per_channel = false",
+        ) from exc
+    onnx.save(converted, str(path))
+    return f"{opset} -> {QDQ_OPSET}"

@@ -67,7 +67,7 @@ def test_valid_tables_keep_only_what_the_file_set() -> None:
     )
     assert spec.stack.given() == {"crop": 0, "mean": (0, 0, 0)}
     assert spec.tolerance["fp16"].given() == {"max_flips": 3}
-    assert spec.export.trt_batch == [1, 32, 64] and spec.run.reference == "torch-fp32"
+    assert spec.export.trt_batch == [1, 32, 64] and spec.run.reference is None  # the default follows the model (torch-fp32 here)
     assert StackSpec(**spec.stack.given()).crop == 0
 
 

@@ -131,6 +131,7 @@ def _dataset(manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, e
     """The samples of `entries`, files relative to the manifest's folder (an image folder's: the folder)."""
     root = (manifest if manifest.is_dir() else manifest.parent).resolve()
     samples = []
+    seen: dict[str, int] = {}  # file -> its first entry: a sample's id is its file, goldens and attribution key on it
     for index, entry in enumerate(entries):
         try:
             rel, sha256 = entry["file"], entry.get("sha256")
@@ -140,6 +141,12 @@ def _dataset(manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, e
             raise HarnessError(
                 f"{manifest}: bad entry {entry!r}"[:300], "entries need a string 'file' and an optional string 'sha256'"
             ) from exc
+        if rel in seen:
+            raise HarnessError(
+                f"{manifest}: split '{split}' lists {rel} twice (entries {seen[rel]} and {index})",
+                "list each file once (the sample would count twice and two samples would share one id)",
+            )
+        seen[rel] = index
         try:
             parsed = target(entry, len(classes))
         except ValueError as exc:

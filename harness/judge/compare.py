@@ -89,10 +89,20 @@ class Comparison:
     sample_min_cosine: np.ndarray = field(default_factory=lambda: np.ones(0))
     checks: list[Check] = field(default_factory=list)
     attribution: Attribution | None = None
+    sample_errors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # output -> per-sample max abs, cosine
+    by_profile: bool = False  # the task has no predictions: agreement = share of samples within the judging profile
+    ids: tuple[str, ...] = ()
 
     def within(self, tolerance: Tolerance) -> np.ndarray:
-        """Per sample: are its raw outputs within the profile's numeric limits (max abs, cosine)?"""
-        return (self.sample_max_abs <= tolerance.max_abs) & (self.sample_min_cosine >= tolerance.min_cosine)
+        """Per sample: are its raw outputs within the profile's numeric limits (max abs, cosine; an output's own
+        limits where the profile gives them)?"""
+        if not self.sample_errors:
+            return (self.sample_max_abs <= tolerance.max_abs) & (self.sample_min_cosine >= tolerance.min_cosine)
+        inside = np.ones(self.samples, dtype=bool)
+        for name, (max_abs, cosine) in self.sample_errors.items():
+            limits = tolerance.for_output(name)
+            inside &= (max_abs <= limits.max_abs) & (cosine >= limits.min_cosine)
+        return inside
 
     @property
     def metric_delta(self) -> float:
@@ -219,6 +229,9 @@ def compare(
         details=agreement.details,
         sample_max_abs=np.max([e for _, e, _ in measured.values()], axis=0),
         sample_min_cosine=np.min([c for _, _, c in measured.values()], axis=0),
+        sample_errors={name: (errors, cosine) for name, (_, errors, cosine) in measured.items()},
+        by_profile=getattr(task, "agreement_by_profile", False),
+        ids=ids,
     )
 
 
@@ -226,12 +239,38 @@ CHECKS = ("max_abs", "min_cosine", "top1_agreement", "flips", "negative_flip_rat
 DETECTION_CHECKS = ("mean_matched_iou",)  # and for detections
 
 
+def _numeric(comparison: Comparison, tolerance: Tolerance) -> dict[str, tuple[float, float, str]]:
+    """max_abs and min_cosine over the outputs without limits of their own, then per output with them
+    (`max_abs[boxes]`)."""
+    own = [name for name in comparison.outputs if name in tolerance.outputs]
+    plain = [stats for name, stats in comparison.outputs.items() if name not in tolerance.outputs]
+    measured: dict[str, tuple[float, float, str]] = {}
+    if plain:
+        measured["max_abs"] = (max(s.max_abs for s in plain), tolerance.max_abs, "<=")
+        measured["min_cosine"] = (min(s.min_cosine for s in plain), tolerance.min_cosine, ">=")
+    for name in own:
+        stats, limits = comparison.outputs[name], tolerance.for_output(name)
+        measured[f"max_abs[{name}]"] = (stats.max_abs, limits.max_abs, "<=")
+        measured[f"min_cosine[{name}]"] = (stats.min_cosine, limits.min_cosine, ">=")
+    return measured
+
+
+def by_profile(comparison: Comparison, tolerance: Tolerance) -> None:
+    """A task without predictions (raw outputs): a sample agrees when its outputs are within `tolerance`; the
+    share that agrees is both the agreement and the metric (the baseline agrees with itself: 1.0)."""
+    inside = comparison.within(tolerance)
+    share = float(inside.mean()) if len(inside) else 1.0
+    comparison.top1_agreement = comparison.metric = share
+    comparison.metric_baseline = 1.0
+    comparison.flips = [comparison.ids[i] for i in np.flatnonzero(~inside)]  # no right or wrong: no negative flips
+
+
 def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
     """Attach one check per tolerance key; returns the same comparison."""
-    worst = comparison.worst
-    measured: dict[str, tuple[float, float, str]] = {
-        "max_abs": (worst.max_abs, tolerance.max_abs, "<="),
-        "min_cosine": (worst.min_cosine, tolerance.min_cosine, ">="),
+    if comparison.by_profile:
+        by_profile(comparison, tolerance)
+    measured = _numeric(comparison, tolerance)
+    measured |= {
         "top1_agreement": (comparison.top1_agreement, tolerance.min_top1_agreement, ">="),
         "flips": (len(comparison.flips), tolerance.max_flips, "<="),
         "negative_flip_rate": (comparison.negative_flip_rate, tolerance.max_negative_flip_rate, "<="),
@@ -240,5 +279,6 @@ def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
     matched_iou = comparison.details.get("mean_matched_iou")
     if matched_iou is not None:  # detection
         measured["mean_matched_iou"] = (matched_iou, tolerance.min_mean_matched_iou, ">=")
-    comparison.checks = [Check(name, *measured[name]) for name in (*CHECKS, *DETECTION_CHECKS) if name in measured]
+    order = [*CHECKS, *DETECTION_CHECKS]
+    comparison.checks = [Check(name, *measured[name]) for name in sorted(measured, key=lambda n: order.index(n.split("[")[0]))]
     return comparison

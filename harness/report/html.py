@@ -126,7 +126,9 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path, classes:
             baseline = measured.inferences.get(comp.against.runtime or "")
             for sample_id in comp.flips[:THUMBNAILS]:
                 i = index[sample_id]
-                if predictions.ndim == 1:  # one label per sample
+                if predictions.size == 0:  # raw outputs: no predictions, the sample's outputs left the profile
+                    caption, boxes = f"outputs outside the profile: max abs {comp.sample_max_abs[i]:.3g}", None
+                elif predictions.ndim == 1:  # one label per sample
                     was = f"{comp.against}: {_name(baseline.predictions[i], classes)}<br>" if baseline is not None else ""
                     now = f"{result.runtime}: {_name(predictions[i], classes)}"
                     caption, boxes = f"truth {html.escape(_name(measured.labels[i], classes))}<br>{html.escape(was + now)}", None
@@ -138,7 +140,7 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path, classes:
                 image = _thumbnail(image_root / sample_id, boxes)
                 figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")
             more = f" (first {THUMBNAILS} of {len(comp.flips)})" if len(comp.flips) > THUMBNAILS else ""
-            legend = f"<p>boxes: {LEGEND}</p>" if predictions.ndim > 1 else ""
+            legend = f"<p>boxes: {LEGEND}</p>" if predictions.ndim > 1 and predictions.size else ""
             parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(str(comp.against))}{more}</h3>{legend}" + "".join(figures))
     return "".join(parts) or "<p>no flipped samples</p>"
 

@@ -158,7 +158,7 @@ def plan_run(suite: Suite, request: RunRequest, run: SuiteRun | None = None) -> 
     bounds = np.linspace(0, total, count + 1).round().astype(int)
     start, stop = int(bounds[index - 1]), int(bounds[index])
     if not suite.model.weights.is_file():
-        raise HarnessError(f"weights file not found: {suite.model.weights}", "fix [model] weights in the suite")
+        raise HarnessError(f"weights file not found: {suite.model.weights}", "fix [model] weights (or onnx) in the suite")
     identity = run_identity(suite, dataset, run.artifacts.weights_sha256 if run else sha256_file(suite.model.weights))
     groups: dict[str, list[str]] = {}
     for name in order:

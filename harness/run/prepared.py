@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
@@ -18,6 +21,7 @@ from harness.run.outputs import Inference
 from harness.run.sessions import Sessions, Tracker, batches, no_tracking
 from harness.spec.suite import Suite
 from harness.tasks import Task, make_task
+from harness.tasks.base import Shapes, shapes_of
 
 
 class SuiteRun:
@@ -37,14 +41,27 @@ class SuiteRun:
         self._first: dict[int, InputSet] = {}
         self._variants: dict[str, ModelArtifacts] = {}
         self.artifacts = self.artifacts_for(None)
+        if suite.model.onnx:  # the declared outputs, before anything runs
+            self._check_shapes({o.name: o.dims for o in suite.model.onnx.outputs})
+
+    def _check_shapes(self, shapes: Shapes) -> None:
+        contract = getattr(self.task, "check_outputs", None)  # optional for a plugin's task: without one, any outputs fit
+        if contract is not None:
+            contract(shapes, len(self.dataset.classes))
+
+    def check_outputs(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """The task's output contract on one batch of real outputs."""
+        self._check_shapes(shapes_of(outputs))
 
     def artifacts_for(self, variant: str | None) -> ModelArtifacts:
         """The suite's model artifacts, or those of a model variant (`exporters.rewrites`), built lazily and shared."""
         key = variant or ""
         if key not in self._variants:
+            model = self.suite.model
             self._variants[key] = ModelArtifacts(
                 self.cache,
-                model=self.suite.model,
+                model=None if model.onnx else model,
+                onnx_file=model.weights if model.onnx else None,
                 export=self.suite.export,
                 input_hw=self.suite.stack.input_hw,
                 parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).tensors,
@@ -92,16 +109,15 @@ class SuiteRun:
         artifacts = artifacts or self.artifacts_for(variant)
         sessions = Sessions()  # one session, closed after these inputs
         try:
-            return sessions.infer(
-                (runtime,), runtime, artifacts, inputs, batch_size, self.task, self.track(f"infer {runtime}", batches(inputs, batch_size))
-            )
+            track = self.track(f"infer {runtime}", batches(inputs, artifacts.fixed_batch or batch_size))
+            return sessions.infer((runtime,), runtime, artifacts, inputs, batch_size, self.task, track, self.check_outputs)
         finally:
             sessions.close()
 
     def context(self) -> dict[str, Any]:
         """Provenance shared by reports and goldens."""
         return {
-            "model": {"builder": self.suite.model.builder, "weights_sha256": self.artifacts.weights_sha256},
+            "model": self.suite.model.identity() | {"weights_sha256": self.artifacts.weights_sha256},
             "dataset": {"manifest": self.dataset.manifest.name, "sha256": self.dataset.manifest_sha256, "split": self.dataset.split},
             "stack": self.stack.describe(),
             "environment": environment(),

@@ -26,11 +26,15 @@ def no_tracking(_description: str, _total: int) -> Callable[[], None]:
     return lambda: None
 
 
+OutputCheck = Callable[[dict[str, np.ndarray]], None]
+
+
 def feed_session(
-    session: Session, input_name: str, inputs: InputSet, batch_size: int, advance: Callable[[], None]
+    session: Session, input_name: str, inputs: InputSet, batch_size: int, advance: Callable[[], None], check: OutputCheck | None = None
 ) -> tuple[dict[str, np.ndarray], float]:
     """Feed `inputs` in full batches of the split's fixed grid (`feed.batch_layout`); returns each sample's
-    outputs (padding rows dropped) and the inference seconds."""
+    outputs (padding rows dropped) and the inference seconds.  `check` sees the first batch's outputs (the task's
+    output contract), before any more is run."""
     outputs: dict[str, np.ndarray] = {}
     seconds = 0.0
     for rows, slots in batch_layout(inputs.positions, batch_size):
@@ -38,6 +42,8 @@ def feed_session(
         start = time.perf_counter()
         out = session.run(feed)
         seconds += time.perf_counter() - start
+        if check is not None and not outputs:
+            check(out)
         for name, value in out.items():
             if name not in outputs:
                 outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
@@ -69,7 +75,7 @@ def run_session(
     and what the session ran."""
     opened = open_session(spec, artifacts)
     try:
-        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch_size, advance)
+        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, artifacts.fixed_batch or batch_size, advance)
         return outputs, seconds, opened.describe
     finally:
         opened.session.close()
@@ -95,12 +101,17 @@ class Sessions:
         batch_size: int,
         task: Task,
         advance: Callable[[], None],
+        check: OutputCheck | None = None,
     ) -> Inference:
-        """`runtime` on `inputs` through the session opened for `key` (opened on first use)."""
+        """`runtime` on `inputs` through the session opened for `key` (opened on first use); `check`: the output
+        contract, on the first batch a session runs."""
         if key not in self._open:
             self._open[key] = open_session(get_runtime(runtime), artifacts)
+        else:
+            check = None
         opened = self._open[key]
-        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch_size, advance)
+        batch = artifacts.fixed_batch or batch_size
+        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch, advance, check)
         return Inference(runtime, outputs, task.predictions(outputs, inputs.geometry), seconds, opened.describe, opened.used)
 
     def close(self) -> None:

@@ -106,7 +106,8 @@ class Worker:
     def _infer(self, unit: WorkUnit, runtime: str, inputs: InputSet) -> Inference:
         run = self.run_for(unit)
         key = (self._run_key(unit), runtime)
-        return self._sessions.infer(key, runtime, run.artifacts, inputs, unit.batch_size, run.task, self.advance(f"infer {runtime}"))
+        advance = self.advance(f"infer {runtime}")
+        return self._sessions.infer(key, runtime, run.artifacts, inputs, unit.batch_size, run.task, advance, run.check_outputs)
 
     def execute(self, unit: WorkUnit, inputs: InputSet | None = None) -> RunOutputs:
         """Measure one unit: its samples through its stack (unless `inputs` are given), then every runtime."""

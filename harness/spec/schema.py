@@ -120,11 +120,26 @@ class Table(BaseModel):
 
 
 class ModelTable(Table):
-    builder: str = Field(description="registry name (e.g. demo-resnet) or package.module:function")
-    weights: str = Field(description="safetensors or state-dict file, relative to the suite file")
+    """The model: a PyTorch builder with its weights, or a ready ONNX file (then the reference is an ONNX runtime)."""
+
+    builder: str | None = Field(None, description="registry name (e.g. demo-resnet) or package.module:function")
+    weights: str | None = Field(None, description="safetensors or state-dict file, relative to the suite file")
+    onnx: str | None = Field(None, description="instead of builder and weights: a ready ONNX file, relative to the suite file")
     kwargs: dict[str, Any] = {}
-    input_name: str = "input"
-    output_names: Annotated[list[str], Field(min_length=1)]
+    input_name: str | None = Field(None, description="default: 'input' for a builder, the file's only input for an ONNX file")
+    output_names: Annotated[list[str], Field(min_length=1, description="default for an ONNX file: the file's outputs")] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelTable:
+        if self.onnx is not None:
+            given = [key for key in ("builder", "weights") if getattr(self, key) is not None] + (["kwargs"] if self.kwargs else [])
+            if given:
+                raise ValueError(f"'onnx' replaces builder, weights and kwargs: remove {', '.join(given)}")
+            return self
+        missing = [key for key in ("builder", "weights", "output_names") if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"needs {' and '.join(repr(k) for k in missing)} (or 'onnx' = a ready ONNX file)")
+        return self
 
 
 class DataTable(Table):
@@ -185,9 +200,17 @@ class ExportTable(Table):
         return self
 
 
+class OutputToleranceTable(Table):
+    """[tolerance.<precision>.outputs.<output>]: one output's own numeric limits."""
+
+    max_abs: Number | None = None
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+
+
 class ToleranceTable(Table):
     max_abs: Number | None = None
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    outputs: dict[str, OutputToleranceTable] | None = None
     min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
     max_flips: Annotated[int, Field(ge=0)] | None = None
     max_metric_delta: Number | None = None
@@ -201,8 +224,8 @@ class GoldenTable(Table):
 
 
 class RunTable(Table):
-    reference: Runtime = "torch-fp32"
-    runtimes: list[RuntimeOrAll] = ["torch-fp32", "ort-fp32"]
+    reference: Runtime | None = Field(None, description="default: torch-fp32 for a PyTorch model, ort-fp32 for an ONNX file")
+    runtimes: list[RuntimeOrAll] | None = Field(None, description="default: the reference and ort-fp32")
     batch_size: Annotated[int, Field(ge=1)] = 32
     xfail: dict[Runtime, str] = {}  # runtime -> why its checks are expected to fail (the pytest plugin marks them xfail)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporters.onnx_file import OnnxSignature, TensorInfo, read_onnx
 from exporters.spec import ExportSpec
 from harness.core.errors import HarnessError
 from harness.core.hashing import sha256_file
@@ -34,7 +35,7 @@ from runtimes import RUNTIMES
 if TYPE_CHECKING:
     import torch
 
-    from harness.spec.schema import Names
+    from harness.spec.schema import ModelTable, Names, RunTable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,19 +47,35 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "suites"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """[model]: the PyTorch model as trained (an `exporters.spec.TorchSource`)."""
+    """[model]: the PyTorch model as trained (an `exporters.spec.TorchSource`), or a ready ONNX file (`onnx`; then
+    `builder` is None and `weights` is the ONNX file itself: what the model's identity hashes)."""
 
-    builder: str
+    builder: str | None
     weights: Path
     kwargs: dict[str, Any]
     input_name: str
     output_names: tuple[str, ...]
     folder: Path  # the suite file's: a `module:function` builder is looked up here first
+    onnx: OnnxSignature | None = None
 
     def build(self) -> torch.nn.Module:
         from harness.spec.models import build_model  # torch is imported by the commands that build a model
 
+        if self.builder is None:
+            raise HarnessError(
+                f"{self.weights} is a ready ONNX model: there is no PyTorch model to build", "use ort-*, ov-* or trt-* runtimes"
+            )
         return build_model(self.builder, self.weights, self.kwargs, self.folder)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size a ready ONNX file's image input is fixed to, if it is."""
+        declared = next((i for i in self.onnx.inputs if i.name == self.input_name), None) if self.onnx else None
+        return declared.dims[0] if declared and declared.dims else None
+
+    def identity(self) -> dict[str, str]:
+        """What names the model in reports and goldens (its file's hash is added by whoever hashes it)."""
+        return {"builder": self.builder} if self.builder else {"onnx": self.weights.name}
 
 
 @dataclass(frozen=True)
@@ -205,18 +222,19 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
     base = path.parent
     reference_stack = stack_from("reference", spec.stack.given(), origin)
     stacks = {name: stack_from(name, table.given(), origin, base=reference_stack) for name, table in spec.stacks.items()}
+    model = _model(spec.model, base, reference_stack)
+    for precision, table in spec.tolerance.items():
+        unknown = [name for name in table.outputs or {} if name not in model.output_names]
+        if unknown:
+            raise HarnessError(
+                f"{origin}: [tolerance.{precision}.outputs.{unknown[0]}]: the model has no output '{unknown[0]}'",
+                f"its outputs: {', '.join(model.output_names)}",
+            )
     return Suite(
         name=spec.name or path.stem,
         path=path,
-        task=TaskSpec(spec.task, tuple(spec.model.output_names), dict(spec.postprocess)),
-        model=ModelSpec(
-            builder=spec.model.builder,
-            weights=base / spec.model.weights,
-            kwargs=dict(spec.model.kwargs),
-            input_name=spec.model.input_name,
-            output_names=tuple(spec.model.output_names),
-            folder=base,
-        ),
+        task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess)),
+        model=model,
         data=DataSpec(
             manifest=base / (spec.data.manifest or spec.data.image_folder or ""),
             split=spec.data.split,
@@ -228,7 +246,83 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
         export=ExportSpec(**spec.export.given()),
         tolerances=Tolerances(merge_profiles({precision: table.given() for precision, table in spec.tolerance.items()})),
         golden_dir=(base / (spec.golden.dir or f"golden/{path.stem}")).resolve(),
-        run=RunSpec(spec.run.reference, tuple(spec.run.runtimes), spec.run.batch_size, dict(spec.run.xfail)),
+        run=_run_spec(spec.run, model, origin),
         description=spec.description,
         source=source,
     )
+
+
+def _model(table: ModelTable, base: Path, stack: StackSpec) -> ModelSpec:
+    """[model] as a ModelSpec; a ready ONNX file is read now (missing, corrupt, or not fitting the stack: one line)."""
+    if table.onnx is None:
+        assert table.builder is not None and table.weights is not None and table.output_names is not None  # the schema's check
+        names = (table.input_name or "input", tuple(table.output_names))
+        return ModelSpec(table.builder, base / table.weights, dict(table.kwargs), *names, folder=base)
+    signature = read_onnx(base / table.onnx)
+    if table.input_name is None and len(signature.inputs) != 1:
+        raise HarnessError(
+            f"{signature.path} has {len(signature.inputs)} inputs ({', '.join(signature.input_names)})",
+            "name the image input: [model] input_name",
+        )
+    input_name = table.input_name or signature.input_names[0]
+    declared = next((i for i in signature.inputs if i.name == input_name), None)
+    if declared is None:
+        raise HarnessError(
+            f"[model] input_name = '{input_name}': {signature.path.name} has no such input",
+            f"use one of {', '.join(signature.input_names)}",
+        )
+    _check_input(declared, signature.path, stack)
+    outputs = tuple(table.output_names or signature.output_names)
+    missing = [name for name in outputs if signature.output(name) is None]
+    if missing:
+        raise HarnessError(
+            f"[model] output_names: {signature.path.name} has no output {', '.join(repr(m) for m in missing)}",
+            f"its outputs: {', '.join(signature.output_names)}",
+        )
+    return ModelSpec(None, signature.path, {}, input_name, outputs, folder=base, onnx=signature)
+
+
+def _check_input(declared: TensorInfo, path: Path, stack: StackSpec) -> None:
+    """The stack's tensors must fit the ONNX input's fixed dims (rank 4; channels and H x W where fixed)."""
+    if declared.dims is None:
+        return
+    if len(declared.dims) != 4:
+        raise HarnessError(
+            f"{path.name} input '{declared.name}' is {declared.shape_text()}: the stack makes image batches [N, C, H, W]",
+            "give an ONNX file whose image input has rank 4",
+        )
+    channels, *hw = declared.dims[1:] if stack.layout == "nchw" else (declared.dims[3], *declared.dims[1:3])
+    if channels not in (None, 3):
+        raise HarnessError(
+            f"{path.name} input '{declared.name}' {declared.shape_text()} takes {channels} channels, the stack makes 3",
+            "check [model] input_name and [stack] layout",
+        )
+    produced = stack.input_hw
+    fixed = tuple(hw)
+    if None not in fixed and produced is not None and tuple(produced) != fixed:
+        raise HarnessError(
+            f"{path.name} input '{declared.name}' {declared.shape_text()} takes {fixed[0]}x{fixed[1]}, "
+            f"[stack] makes {produced[0]}x{produced[1]}",
+            "set [stack] crop (or resize_size with resize_mode direct/letterbox) to the model's size",
+        )
+    if None not in fixed and produced is None:
+        raise HarnessError(
+            f"{path.name} input '{declared.name}' {declared.shape_text()} takes a fixed {fixed[0]}x{fixed[1]}, "
+            "[stack] makes sizes that follow each image",
+            "set [stack] crop, or resize_mode direct/letterbox, to the model's size",
+        )
+
+
+def _run_spec(table: RunTable, model: ModelSpec, origin: str) -> RunSpec:
+    """[run] with the defaults of the model's kind; PyTorch runtimes are refused for a ready ONNX file."""
+    onnx_model = model.onnx is not None
+    reference = table.reference or ("ort-fp32" if onnx_model else "torch-fp32")
+    runtimes = tuple(table.runtimes or dict.fromkeys([reference, "ort-fp32"]))
+    if onnx_model:
+        torch_runtimes = [r for r in (reference, *runtimes) if r != "all" and RUNTIMES[r].backend == "torch"]
+        if torch_runtimes:
+            raise HarnessError(
+                f"{origin}: [run] names {', '.join(dict.fromkeys(torch_runtimes))}, but [model] is a ready ONNX file (no PyTorch model)",
+                "use ONNX runtimes (ort-*, ov-*, trt-*); the reference defaults to ort-fp32",
+            )
+    return RunSpec(reference, runtimes, table.batch_size, dict(table.xfail))

@@ -6,7 +6,7 @@ Profiles are keyed by precision (`fp32`, `fp16`, `int8`, ...): a runtime named
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -22,9 +22,14 @@ class Tolerance:
     max_negative_flip_rate: float = 0.0  # share of samples right before and wrong now
     min_mean_matched_iou: float = 0.0  # detection: mean IoU of the detections matched across the two sides
     max_layer_rel_l2: float = 1e-4  # `harness localize`: an intermediate tensor's relative L2 error beyond this diverges
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # output -> its own max_abs / min_cosine
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_output(self, name: str) -> Tolerance:
+        """The profile with output `name`'s own numeric limits ([tolerance.<precision>.outputs.<name>]) over it."""
+        return replace(self, **self.outputs[name]) if name in self.outputs else self
 
 
 DEFAULT_PROFILES: dict[str, Tolerance] = {

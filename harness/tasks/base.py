@@ -11,13 +11,16 @@ that calls `register_task`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from harness.core.errors import HarnessError
 from harness.data.stack import Geometry
+
+Shapes = Mapping[str, tuple[int | None, ...] | None]  # output name -> dims (batch first; None: not declared)
 
 
 class Observed(Protocol):
@@ -68,11 +71,42 @@ class Task(Protocol):
         """One manifest entry's target, a fixed-shape array (a split's targets stack); ValueError names what is wrong."""
         ...
 
+    def check_outputs(self, shapes: Shapes, classes: int) -> None:
+        """Refuse outputs that do not fit what the task reads (one `OutputContractError` line naming the output, its
+        shape and the key to set): checked on the model's declared outputs, then on the first batch."""
+        ...
+
     def predictions(self, outputs: dict[str, np.ndarray], geometry: Sequence[Geometry]) -> np.ndarray: ...
 
     def metric(self, predictions: np.ndarray, targets: np.ndarray) -> float: ...
 
     def agree(self, ids: Sequence[str], targets: np.ndarray, candidate: Observed, baseline: Observed) -> Agreement: ...
+
+
+class OutputContractError(HarnessError):
+    """The model's outputs do not fit the task."""
+
+
+def shape_text(dims: tuple[int | None, ...] | None) -> str:
+    if dims is None:
+        return "[?]"
+    return "[" + ", ".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(dims)) + "]"
+
+
+def listed(shapes: Shapes) -> str:
+    """'boxes [N, 4], prob [N, 2]'."""
+    return ", ".join(f"{name} {shape_text(dims)}" for name, dims in shapes.items())
+
+
+def require_output(shapes: Shapes, name: str, key: str) -> tuple[int | None, ...] | None:
+    """The dims of output `name`, which the task reads as `key` says; a missing one is an OutputContractError."""
+    if name not in shapes:
+        raise OutputContractError(f"the model has no output '{name}' ({key}); its outputs: {listed(shapes)}", f"set {key} to one of them")
+    return shapes[name]
+
+
+def shapes_of(outputs: Mapping[str, np.ndarray]) -> dict[str, tuple[int | None, ...]]:
+    return {name: tuple(int(d) for d in value.shape) for name, value in outputs.items()}
 
 
 TASKS: dict[str, type] = {}  # task name -> its class (a `Task`)

@@ -16,7 +16,17 @@ import numpy as np
 
 from harness.data.dataset import class_label
 from harness.data.stack import Geometry
-from harness.tasks.base import Agreement, ClassDelta, Observed, register_task
+from harness.tasks.base import (
+    Agreement,
+    ClassDelta,
+    Observed,
+    OutputContractError,
+    Shapes,
+    listed,
+    register_task,
+    require_output,
+    shape_text,
+)
 
 
 def softmax_kl(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -56,17 +66,45 @@ def per_class(predictions: np.ndarray, baseline_predictions: np.ndarray, labels:
 @dataclass(frozen=True)
 class ClassificationTask:
     name: ClassVar[str] = "classification"
-    postprocess_keys: ClassVar[dict[str, type]] = {"label_offset": int}
+    postprocess_keys: ClassVar[dict[str, type]] = {"label_offset": int, "scores": str}
     postprocess_variants: ClassVar[dict[str, dict[str, Any]]] = {}  # argmax has no deployment choices (a wrong offset is a bug)
 
     output_names: tuple[str, ...]
     label_offset: int = 0
+    scores: str = ""  # the output holding the class scores (default: the first)
     metric_name: str = field(default="top1", init=False)
 
     @property
     def output_name(self) -> str:
         """The output holding the class scores."""
-        return self.output_names[0]
+        return self.scores or self.output_names[0]
+
+    def check_outputs(self, shapes: Shapes, classes: int) -> None:
+        name = self.output_name
+        dims = require_output(shapes, name, "[postprocess] scores")
+        if dims is None:
+            return
+        raw_hint = ', or task = "raw" to compare the outputs as they are'
+        if len(dims) != 2:
+            raise OutputContractError(
+                f"output '{name}' is {shape_text(dims)}: classification needs one [N, C] class-score output",
+                f"set [postprocess] scores to an [N, C] output of {listed(shapes)}{raw_hint}",
+            )
+        width, needed = dims[1], classes + self.label_offset
+        if width is None:
+            return
+        if width < needed:
+            offset = f" + label_offset {self.label_offset}" if self.label_offset else ""
+            raise OutputContractError(
+                f"output '{name}' is {shape_text(dims)}: {width} scores for the manifest's {classes} classes{offset}",
+                "set [postprocess] scores to the class-score output, or fix the manifest's classes",
+            )
+        if not self.scores and len(shapes) > 1 and width != needed:
+            raise OutputContractError(
+                f"the model has {len(shapes)} outputs ({listed(shapes)}); classification reads the first, '{name}', "
+                f"whose {width} values do not match the manifest's {classes} classes",
+                'name the class-score output: [postprocess] scores = "<output>"',
+            )
 
     def target(self, entry: dict[str, Any], classes: int) -> np.ndarray:
         return class_label(entry, classes)

@@ -29,7 +29,7 @@ import numpy as np
 
 from harness.core.hashing import digest
 from harness.data.stack import Geometry
-from harness.tasks.base import Agreement, ClassDelta, Observed, register_task
+from harness.tasks.base import Agreement, ClassDelta, Observed, OutputContractError, Shapes, register_task, require_output, shape_text
 from harness.tasks.boxes import decode, iou, locations
 
 MAX_OBJECTS = 128
@@ -123,6 +123,32 @@ class DetectionTask:
     def __post_init__(self) -> None:
         if self.nms not in NMS_CHOICES:
             raise ValueError(f"nms '{self.nms}' is not one of {NMS_CHOICES}")
+
+    def check_outputs(self, shapes: Shapes, classes: int) -> None:
+        """Dense per-location heads: class logits [N, L, C >= classes] and box log-distances [N, L, 4]."""
+        if len(self.output_names) < 2:
+            raise OutputContractError(
+                f"detection reads two outputs (class logits, box distances); [model] output_names has {list(self.output_names)}",
+                "list the scores output, then the boxes output, in [model] output_names",
+            )
+        scores_name, boxes_name = self.output_names[:2]
+        scores = require_output(shapes, scores_name, "the first of [model] output_names")
+        boxes = require_output(shapes, boxes_name, "the second of [model] output_names")
+        if scores is not None and (len(scores) != 3 or (scores[2] is not None and scores[2] < classes)):
+            raise OutputContractError(
+                f"output '{scores_name}' is {shape_text(scores)}: detection needs per-location class logits [N, L, C >= {classes}]",
+                "put the class-logit output first in [model] output_names",
+            )
+        if boxes is not None and (len(boxes) != 3 or boxes[2] not in (None, 4)):
+            raise OutputContractError(
+                f"output '{boxes_name}' is {shape_text(boxes)}: detection needs per-location box distances [N, L, 4]",
+                "put the box output second in [model] output_names",
+            )
+        if scores is not None and boxes is not None and None not in (scores[1], boxes[1]) and scores[1] != boxes[1]:
+            raise OutputContractError(
+                f"outputs '{scores_name}' {shape_text(scores)} and '{boxes_name}' {shape_text(boxes)} have other location counts",
+                "both heads must cover the same locations",
+            )
 
     # -- targets and predictions ---------------------------------------------------------------
 
