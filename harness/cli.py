@@ -29,6 +29,7 @@ from harness.analysis.matrix import AXES, DEFAULT_AXES, run_matrix
 from harness.analysis.onnx_testdata import run_test_data
 from harness.core.environment import environment
 from harness.core.errors import HarnessError, exit_interrupted
+from harness.core.plugins import load_installed, load_plugins
 from harness.data.colour import COLOUR_PATHS
 from harness.data.decoders import DECODERS, decoder_unavailable
 from harness.data.resizers import RESIZERS
@@ -186,8 +187,17 @@ def gpu_summary() -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="Import a plugin module first (repeatable): it registers tasks, decoders, resizers, colour paths, variants.",
+)
+def cli(plugins: tuple[str, ...]) -> None:
     """Export a model, feed identical inputs to several runtimes, diff against goldens."""
+    load_installed()
+    load_plugins(plugins, Path.cwd())
 
 
 @cli.command("list")

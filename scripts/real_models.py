@@ -26,7 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MODELS = {"mtcnn-pnet": "facenet_pytorch", "mtcnn-rnet": "facenet_pytorch", "dbnet": "rapidocr_onnxruntime"}
+MODELS = {
+    "mtcnn-pnet": "facenet_pytorch",
+    "mtcnn-pnet-faces": "facenet_pytorch",
+    "mtcnn-rnet": "facenet_pytorch",
+    "dbnet": "rapidocr_onnxruntime",
+}
 MTCNN_STACK = {"mean": [0.5, 0.5, 0.5], "std": [128 / 255] * 3}  # facenet-pytorch's (x - 127.5) / 128
 
 
@@ -117,13 +122,14 @@ def _stack(size: int, extra: dict[str, object] | None = None) -> dict[str, objec
     )
 
 
-def _pnet(folder: Path, pictures: dict[str, np.ndarray]) -> str:
-    whole = {name: (pixels, None) for name, pixels in pictures.items()}
-    _manifest(folder, [], {"eval": whole, "calib": dict(list(whole.items())[:4])})
+def _pnet(folder: Path, pictures: dict[str, np.ndarray], task: str = "raw", head: dict[str, object] | None = None) -> str:
+    """Whole photos, labelled by whether MTCNN finds a face in them (the raw task reads no label)."""
+    whole = {name: (pixels, int(name in FACES)) for name, pixels in pictures.items()}
+    _manifest(folder, ["no-face", "face"], {"eval": whole, "calib": dict(list(whole.items())[:4])})
     weights = package_dir("facenet_pytorch") / "data" / "pnet.pt"  # type: ignore[operator]
     return _suite_text(
-        "mtcnn-pnet",
-        "raw",
+        folder.name,
+        task,
         {
             "model": {
                 "builder": "facenet_pytorch.models.mtcnn:PNet",
@@ -136,7 +142,17 @@ def _pnet(folder: Path, pictures: dict[str, np.ndarray]) -> str:
             "tolerance.fp16.outputs.boxes": {"max_abs": 0.05},
             "run": {"runtimes": ["torch-fp32", "ort-fp32", "ort-fp16"], "batch_size": 4},
         },
+        head,
     )
+
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parent.parent / "examples" / "harness_faces.py"
+
+
+def _pnet_faces(folder: Path, pictures: dict[str, np.ndarray]) -> str:
+    """PNet with the example plugin's task (examples/harness_faces.py, copied beside the suite)."""
+    (folder / EXAMPLE_PLUGIN.name).write_bytes(EXAMPLE_PLUGIN.read_bytes())
+    return _pnet(folder, pictures, "face-proposals", {"plugins": ["harness_faces"]})
 
 
 def _rnet(folder: Path, pictures: dict[str, np.ndarray]) -> str:
@@ -179,7 +195,12 @@ def _dbnet(folder: Path, pictures: dict[str, np.ndarray]) -> str:
     )
 
 
-WRITERS: dict[str, Callable[[Path, dict[str, np.ndarray]], str]] = {"mtcnn-pnet": _pnet, "mtcnn-rnet": _rnet, "dbnet": _dbnet}
+WRITERS: dict[str, Callable[[Path, dict[str, np.ndarray]], str]] = {
+    "mtcnn-pnet": _pnet,
+    "mtcnn-pnet-faces": _pnet_faces,
+    "mtcnn-rnet": _rnet,
+    "dbnet": _dbnet,
+}
 
 
 def write_suites(folder: Path, names: tuple[str, ...] = tuple(WRITERS)) -> dict[str, Path]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 
+from harness.core.plugins import load_from_environment
 from harness.data.dataset import Sample
 from harness.data.feed import DecoderNotApplicable, InputSet, concat_inputs, decode_part, refuse_unreadable, tensors_from
 from harness.data.intake import IntakePolicy
@@ -32,6 +33,7 @@ def default_workers() -> int:
 def _init_worker() -> None:
     import cv2
 
+    load_from_environment()  # the parent's plugins: their decoders, resizers and colour paths
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
 

@@ -197,6 +197,9 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
                 stale.setdefault(phrase, []).append(name)
         results.append(result)
     notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
+    if suite.model.fixed_batch:
+        batch = suite.model.fixed_batch
+        notes.append(f"{suite.model.weights.name} is fixed to batch {batch}: every runtime was fed batches of {batch}")
     degenerate_reference = degenerate(ref, suite.tolerances.for_precision("fp32").max_abs)
     if degenerate_reference:
         notes.append(f"{degenerate_reference}: the checks pass trivially; are the weights the trained ones?")

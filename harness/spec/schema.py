@@ -234,6 +234,7 @@ class SuiteFile(Table):
     """A suite file: which model, which data, which reference stack, which tolerances."""
 
     name: str | None = None
+    plugins: Annotated[list[str], Field(description="modules imported before the suite is read: they register tasks, decoders, ...")] = []
     task: TaskName = "classification"
     description: str = ""
     model: ModelTable

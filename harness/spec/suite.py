@@ -22,13 +22,14 @@ from exporters.onnx_file import OnnxSignature, TensorInfo, read_onnx
 from exporters.spec import ExportSpec
 from harness.core.errors import HarnessError
 from harness.core.hashing import sha256_file
+from harness.core.plugins import load_installed, load_plugins
 from harness.data.colour import COLOUR_PATHS
 from harness.data.decoders import DECODERS
 from harness.data.intake import IntakePolicy
 from harness.data.resizers import RESIZERS
 from harness.data.stack import LAYOUTS, ORDERS, RESIZE_MODES, ROUNDINGS, StackSpec, stack_from
 from harness.spec.tolerance import Tolerances, merge_profiles
-from harness.tasks import POSTPROCESS_KEYS
+from harness.tasks import POSTPROCESS_KEYS, TASKS, register_task
 from harness.tasks.base import TaskSpec
 from runtimes import RUNTIMES
 
@@ -218,6 +219,7 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
     from harness.spec.schema import validate_suite  # pydantic builds its models on import: only commands that read a suite pay
 
     origin = str(path) if source is None else f"suite '{path.stem}' (from a mapping)"
+    _load_plugins(data, path.parent, origin)
     spec = validate_suite(data, origin, suite_names())
     base = path.parent
     reference_stack = stack_from("reference", spec.stack.given(), origin)
@@ -326,3 +328,22 @@ def _run_spec(table: RunTable, model: ModelSpec, origin: str) -> RunSpec:
                 "use ONNX runtimes (ort-*, ov-*, trt-*); the reference defaults to ort-fp32",
             )
     return RunSpec(reference, runtimes, table.batch_size, dict(table.xfail))
+
+
+def _load_plugins(data: dict[str, Any], folder: Path, origin: str) -> None:
+    """Installed plugins, the suite's `plugins` and a `task = "module:Class"`, imported before the suite is validated
+    (what they register is then a valid name in it); the suite's folder is searched first."""
+    load_installed()
+    plugins = data.get("plugins", [])
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):  # otherwise the schema says what is wrong
+        load_plugins(plugins, folder, origin=f"{origin}: plugins")
+    task = data.get("task")
+    if isinstance(task, str) and ":" in task and task not in TASKS:
+        module, _, attr = task.partition(":")
+        load_plugins([module], folder, origin=f"{origin}: task")
+        factory = getattr(sys.modules[module], attr, None)
+        if not isinstance(factory, type) or not isinstance(getattr(factory, "name", None), str):
+            raise HarnessError(
+                f"{origin}: task = {task!r}: {module} has no task class {attr}", "name a class with a `name` (see README, Plugins)"
+            )
+        register_task(factory, task)

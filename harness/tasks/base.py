@@ -113,9 +113,11 @@ TASKS: dict[str, type] = {}  # task name -> its class (a `Task`)
 POSTPROCESS_KEYS: dict[str, dict[str, type]] = {}
 
 
-def register_task(factory: type) -> type:
-    TASKS[factory.name] = factory
-    POSTPROCESS_KEYS[factory.name] = factory.postprocess_keys
+def register_task(factory: type, name: str | None = None) -> type:
+    """Register a task class under its `name` (and under `name` too: a suite's `task = "module:Class"`)."""
+    for key in dict.fromkeys([factory.name, name or factory.name]):
+        TASKS[key] = factory
+        POSTPROCESS_KEYS[key] = getattr(factory, "postprocess_keys", {})
     return factory
 
 

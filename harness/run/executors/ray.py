@@ -17,6 +17,7 @@ from typing import Any
 from exporters.cache import ArtifactCache
 from harness.core.environment import THREADS_ENV, compute_threads
 from harness.core.errors import HarnessError
+from harness.core.plugins import load_from_environment, plugin_environment
 from harness.run.executors.base import Execution, Progress, register_executor
 from harness.run.plan import RunPlan, WorkUnit
 from harness.run.prepared import SuiteRun
@@ -27,6 +28,7 @@ class UnitActor:
     """One Ray worker process: executes the units it is given, one at a time."""
 
     def __init__(self, cache_root: str) -> None:
+        load_from_environment()  # the driver's plugins (its runtime_env carries them)
         self.worker = Worker(ArtifactCache(Path(cache_root)))
 
     def execute(self, unit: dict[str, Any]) -> bytes:
@@ -70,7 +72,9 @@ class RayExecutor:
                 raise HarnessError("work units of GPU runtimes, but the Ray cluster has no GPU", "join a cluster with GPU nodes")
         else:
             count, needs = self.workers or int(resources.get("CPU", 1)), {"num_cpus": 1}
-        actor = ray.remote(**needs)(UnitActor).options(runtime_env={"env_vars": {THREADS_ENV: str(compute_threads())}})
+        actor = ray.remote(**needs)(UnitActor).options(
+            runtime_env={"env_vars": {THREADS_ENV: str(compute_threads()), **plugin_environment()}}
+        )
         return [actor.remote(str(self.cache.root)) for _ in range(max(1, min(count, units)))]
 
     def _run(self, ray: Any, todo: list[WorkUnit], store: ResultStore, progress: Progress, execution: Execution) -> None:
