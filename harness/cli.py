@@ -337,6 +337,9 @@ def sensitivity(
     except ValueError as exc:
         raise HarnessError(f"--levels {levels!r}: expected numbers separated by commas", "e.g. --levels 0.05,0.1,0.2") from exc
     batch = batch_size or suite.run.batch_size
+    if noise and suite.model.onnx:
+        progress_console.print(f"no noise injection: {suite.model.weights.name} is a ready ONNX file (it needs the PyTorch model)")
+        noise = False
     with tracking() as track:
         run = SuiteRun(suite, _cache(cache_dir), limit, track)
         trials = Trials(run, runtime, batch)
@@ -380,15 +383,41 @@ def cache_clear(cache_dir: Path | None) -> None:
 @click.option(
     "--images", type=click.Path(path_type=Path), required=True, help="Image folder: one sub-folder per class (eval/, calib/ optional)."
 )
-@click.option("--builder", required=True, metavar="MODULE:FUNCTION", help="Builds your model, e.g. torchvision.models:resnet18.")
-@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Its weights: safetensors or a state dict.")
+@click.option("--builder", metavar="MODULE:FUNCTION", help="Builds your model, e.g. torchvision.models:resnet18.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Its weights: safetensors or a state dict.")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="Instead of --builder and --weights: a ready ONNX file.")
 @click.option("--kwargs", "kwargs_json", default="{}", metavar="JSON", help="Builder arguments, e.g. '{\"num_classes\": 10}'.")
 @click.option("--name", help="Suite name (default: the image folder's name).")
-@click.option("--input-size", type=click.IntRange(min=8), default=224, show_default=True, help="The model's input side (crop).")
+@click.option(
+    "--input-size", type=click.IntRange(min=8), default=None, help="The model's input side (crop); default: an ONNX file's, else 224."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Folder of the suite file.")
-def init(images: Path, builder: str, weights: Path, kwargs_json: str, name: str | None, input_size: int, out: Path) -> None:
+def init(
+    images: Path,
+    builder: str | None,
+    weights: Path | None,
+    onnx_file: Path | None,
+    kwargs_json: str,
+    name: str | None,
+    input_size: int | None,
+    out: Path,
+) -> None:
     """Write a suite file and the image folder's manifest for your own model (then: golden update, run)."""
+    from exporters.onnx_file import read_onnx
     from harness.spec.scaffold import NewSuite, write_new_suite
+
+    torch_model = builder is not None and weights is not None
+    if torch_model == (onnx_file is not None) or (not torch_model and (builder or weights)):
+        raise HarnessError("harness init needs --builder and --weights, or --onnx", "e.g. --onnx model.onnx, or --builder M:F --weights W")
+    if onnx_file is not None:
+        dims = read_onnx(onnx_file, "--onnx").inputs[0].dims or ()
+        fixed = dims[2:] if len(dims) == 4 else ()
+        if fixed and None not in fixed and fixed[0] == fixed[1]:
+            if input_size not in (None, fixed[0]):
+                raise HarnessError(
+                    f"--input-size {input_size}: {onnx_file.name} takes {fixed[0]}x{fixed[1]}", f"pass --input-size {fixed[0]}"
+                )
+            input_size = fixed[0]
 
     try:
         kwargs = json.loads(kwargs_json)
@@ -397,7 +426,9 @@ def init(images: Path, builder: str, weights: Path, kwargs_json: str, name: str 
     if not isinstance(kwargs, dict):
         raise HarnessError(f"--kwargs {kwargs_json!r} is not a JSON object", "e.g. --kwargs '{\"num_classes\": 10}'")
     calibration = "calib" if (images / "calib").is_dir() else None
-    new = NewSuite(name or images.resolve().name, builder, weights, images, kwargs, input_size, calibration)
+    model_file = onnx_file if onnx_file is not None else weights
+    assert model_file is not None
+    new = NewSuite(name or images.resolve().name, builder, model_file, images, kwargs, input_size or 224, calibration)
     suite_path, manifest_path = write_new_suite(new, out)
     suite = load_suite(str(suite_path))  # what was written reads back as a valid suite
     console.print(f"wrote {suite_path} and {manifest_path}")

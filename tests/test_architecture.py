@@ -154,7 +154,7 @@ def test_every_import_of_ours_names_something_that_exists() -> None:
     moved module or function is found here, not when the one command that imports it lazily runs)."""
     known = modules()
     defined = {module: defined_names(path) for module, path in known.items()}
-    sources = [*known.values(), *(ROOT / "tests").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    sources = [*known.values(), *(ROOT / "tests").glob("*.py"), *(ROOT / "scripts").glob("*.py"), *(ROOT / "examples").glob("*.py")]
     dangling = []
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):

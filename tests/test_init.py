@@ -81,3 +81,23 @@ def test_an_image_folder_without_the_split_is_one_line(photos: Path, harness_cli
         load_dataset(photos, "calib")
     bad = harness_cli("init", "--images", photos / "nowhere", "--builder", "x:y", "--weights", photos / "hopper" / "whole.jpg")
     assert bad.code == 2 and bad.err.strip().startswith("error: image folder not found:")
+
+
+def test_an_own_suite_for_a_ready_onnx_file_takes_its_input_size(
+    harness_cli: Callable[..., CliResult], photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=2).eval()
+    torch.onnx.export(model, (torch.zeros(1, 3, 160, 160),), tmp_path / "mobile.onnx", input_names=["x"], output_names=["y"], dynamo=False)
+    wrong = harness_cli("init", "--images", photos, "--onnx", tmp_path / "mobile.onnx", "--input-size", "224")
+    assert wrong.code == 2 and "mobile.onnx takes 160x160 (pass --input-size 160)" in wrong.err and not (tmp_path / "photos.toml").exists()
+    both = harness_cli("init", "--images", photos, "--onnx", tmp_path / "mobile.onnx", "--builder", "torchvision.models:resnet18")
+    assert both.code == 2 and "--builder and --weights, or --onnx" in both.err
+    made = harness_cli("init", "--images", photos, "--onnx", tmp_path / "mobile.onnx")
+    assert made.code == 0, made.err
+    suite = load_suite("photos.toml")
+    assert suite.model.onnx is not None and suite.stack.input_hw == (160, 160) and suite.run.reference == "ort-fp32"
+    assert suite.model.fixed_batch == 1 and not any(r.startswith("torch") for r in suite.run.runtimes)
+    ran = harness_cli("run", "--suite", "photos.toml", "--no-golden", "--runtime", "ort-fp32", "--runtime", "ov-fp32")
+    assert ran.code in (0, 1) and "fixed to batch 1" in ran.out, ran.err

@@ -19,10 +19,11 @@ from harness.data.dataset import image_folder
 
 @dataclass(frozen=True)
 class NewSuite:
-    """What `harness init` was told: the model (builder, weights, kwargs), the images, the input size."""
+    """What `harness init` was told: the model (builder, weights, kwargs; or a ready ONNX file: builder None,
+    weights the file), the images, the input size."""
 
     name: str
-    builder: str
+    builder: str | None
     weights: Path
     images: Path
     kwargs: dict[str, Any]
@@ -43,8 +44,22 @@ def _relative(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
 
 
+def _model_table(new: NewSuite, folder: Path) -> str:
+    if new.builder is None:
+        return f"""onnx = {_toml(_relative(new.weights, folder))}   # a ready ONNX file; input and output names: the file's"""
+    return f"""builder = {_toml(new.builder)}      # a registry name, or package.module:function (a module beside this file works)
+weights = {_toml(_relative(new.weights, folder))}
+kwargs = {_toml(new.kwargs)}
+input_name = "input"
+output_names = ["logits"]"""
+
+
 def suite_text(new: NewSuite, manifest: str, folder: Path, classes: int) -> str:
-    runtimes = ["torch-fp32", "ort-fp32", "ort-fp16", "ov-fp32", "ov-fp16"]
+    runtimes = (
+        ["ort-fp32", "ort-fp16", "ov-fp32", "ov-fp16"]
+        if new.builder is None
+        else ["torch-fp32", "ort-fp32", "ort-fp16", "ov-fp32", "ov-fp16"]
+    )
     if new.calibration:
         runtimes += ["ort-int8", "ov-int8"]
     resize = round(new.input_size / 0.875)
@@ -57,14 +72,10 @@ def suite_text(new: NewSuite, manifest: str, folder: Path, classes: int) -> str:
 # Check the reference stack below against your training pre-processing: it is the usual ImageNet one.
 name = {_toml(new.name)}
 task = "classification"
-description = "{new.builder} on {classes} classes of {_relative(new.images, folder)}"
+description = "{new.builder or new.weights.name} on {classes} classes of {_relative(new.images, folder)}"
 
 [model]
-builder = {_toml(new.builder)}      # a registry name, or package.module:function (a module beside this file works)
-weights = {_toml(_relative(new.weights, folder))}
-kwargs = {_toml(new.kwargs)}
-input_name = "input"
-output_names = ["logits"]
+{_model_table(new, folder)}
 
 [data]
 manifest = {_toml(manifest)}   # or: image_folder = "..." (read directly, one sub-folder per class)
@@ -86,7 +97,7 @@ layout = "nchw"
 dir = "golden/{new.name}"
 
 [run]
-reference = "torch-fp32"
+reference = {_toml(runtimes[0])}
 runtimes = {_toml(runtimes)}
 batch_size = 16
 """
@@ -101,7 +112,8 @@ def write_new_suite(new: NewSuite, folder: Path) -> tuple[Path, Path]:
         if path.exists():
             raise HarnessError(f"{path} exists", "choose another --name, or remove the file to write it anew")
     if not new.weights.is_file():
-        raise HarnessError(f"weights file not found: {new.weights}", "pass --weights FILE (safetensors or a state dict)")
+        what = "ONNX model" if new.builder is None else "weights file"
+        raise HarnessError(f"{what} not found: {new.weights}", "pass --onnx FILE" if new.builder is None else "pass --weights FILE")
     splits: dict[str, list[dict[str, Any]]] = {}
     names: tuple[str, ...] = ()
     for split in ("eval", *([new.calibration] if new.calibration else [])):
