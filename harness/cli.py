@@ -654,6 +654,8 @@ def matrix(
     title = f"{suite.name}: SysNoise per axis ({report.metric_name} delta in points, {report.samples} samples)"
     render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows(), report.SUMMARY_DROP)
     render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows(), report.ROW_DROP)
+    if report.not_applicable:
+        render_table(console, "not applicable", report.NOT_APPLICABLE_HEADERS, [n.cells() for n in report.not_applicable])
     for note in report.notes:
         console.print(f"note: {escape(note)}")
     console.print(f"{report.decodes} image decodes, {report.seconds:.1f} s")
