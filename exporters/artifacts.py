@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from exporters.cache import ArtifactCache
 from exporters.spec import CalibrationSet, ExportSpec, TorchSource
 from harness import __version__
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, first_line
 from harness.core.hashing import sha256_file
 
 if TYPE_CHECKING:  # the libraries behind each step are imported by the step that runs (`harness --help` imports none)
@@ -173,6 +173,17 @@ class ModelArtifacts:
             raise VariantNotApplicable(
                 f"model variant '{self.variant.name}' has no PyTorch module to patch", "run it on ONNX-based runtimes (ort-*, ov-*, trt-*)"
             )
+        if self._parity_inputs:  # a layer after the patched ones may expect the old shapes (a Linear after ceil-mode pools)
+            import torch
+
+            try:
+                with torch.inference_mode():
+                    model(torch.from_numpy(self._parity_inputs()[:1]))
+            except RuntimeError as exc:
+                raise VariantNotApplicable(
+                    f"the PyTorch twin of model variant '{self.variant.name}' fails: {first_line(exc)}",
+                    "the model's later layers need the shapes the variant changes",
+                ) from exc
         return model
 
     def torch_model(self) -> torch.nn.Module:

@@ -580,7 +580,12 @@ def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: 
 @cli.command("localize")
 @suite_option
 @runtime_option
-@click.option("--against", default="ort-fp32", show_default=True, metavar="NAME", help="Reference runtime, on the FP32 graph.")
+@click.option(
+    "--against",
+    default=None,
+    metavar="NAME",
+    help="Reference runtime [default: ort-fp32 on the FP32 graph; torch-fp32 for torch runtimes].",
+)
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Compare on the first K samples.")
 @click.option("--per-round", type=click.IntRange(min=1), default=6, show_default=True, help="Tensors exposed per session.")
 @batch_option
@@ -589,14 +594,15 @@ def _finish(ctx: click.Context, report: RunReport, measured: RunOutputs, suite: 
 def localize_cmd(
     suite_name: str | None,
     runtimes: tuple[str, ...],
-    against: str,
+    against: str | None,
     samples: int,
     per_round: int,
     batch_size: int | None,
     report_dir: Path | None,
     cache_dir: Path | None,
 ) -> None:
-    """Which layer? The first intermediate tensor beyond the precision's tolerance, and the one adding the most error."""
+    """Which layer? The first intermediate tensor beyond the precision's tolerance, and the one adding the most error
+    (ONNX-based runtimes: graph tensors; torch runtimes: module outputs)."""
     from harness.analysis import localize
 
     suite = _require_suite(suite_name)
@@ -606,7 +612,7 @@ def localize_cmd(
         run = SuiteRun(suite, _cache(cache_dir), limit=samples, track=track)
         results = localize.localize(run, _expand_runtimes(runtimes, ()), against, samples, per_round, batch_size or suite.run.batch_size)
     for result in results:
-        render_table(console, result.summary(), localize.HEADERS, result.rows())
+        render_table(console, escape(result.summary()), localize.HEADERS, result.rows())
         probed = f"{len(result.measured)}/{result.total_probes} tensors probed in {len(result.rounds)} rounds of <= {per_round}"
         console.print(f"recipe: {escape(' -> '.join(result.recipe))}; {probed}")
         for note in result.notes():
@@ -695,6 +701,8 @@ def matrix(
     title = f"{suite.name}: SysNoise per axis ({report.metric_name} delta in points, {report.samples} samples)"
     render_table(console, title, report.SUMMARY_HEADERS, report.summary_rows(), report.SUMMARY_DROP)
     render_table(console, "every variant", report.ROW_HEADERS, report.variant_rows(), report.ROW_DROP)
+    if report.not_applicable:
+        render_table(console, "not applicable", report.NOT_APPLICABLE_HEADERS, [n.cells() for n in report.not_applicable])
     for note in report.notes:
         console.print(f"note: {escape(note)}")
     console.print(f"{report.decodes} image decodes, {report.seconds:.1f} s")

@@ -97,3 +97,50 @@ def planted_suite(make_suite, tmp_path: Path, fault: str, images: np.ndarray, ex
         },
         name=f"planted-{fault}.toml",
     )
+
+
+class CeilPools(nn.Module):
+    """Two ceil-mode max pools on odd-sized maps, as in MTCNN's nets: 64x64 -> 62 -> pool 31 -> 29 -> pool 15 (floor
+    mode: 30 -> 28 -> 14). head "map" (MTCNN's PNet, fully convolutional): the class scores of every map position,
+    output `map`, and their mean, output `logits`. head "linear" (MTCNN's RNet): a Linear on the flattened last map,
+    which floor mode leaves too small for it."""
+
+    def __init__(self, head: str = "map", num_classes: int = 12) -> None:
+        super().__init__()
+        self.head_kind = head
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.prelu1 = nn.PReLU(8)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.prelu2 = nn.PReLU(16)
+        self.pool2 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.head: nn.Module = nn.Conv2d(16, num_classes, 1) if head == "map" else nn.Linear(16 * 15 * 15, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool2(self.prelu2(self.conv2(self.pool1(self.prelu1(self.conv1(x))))))
+        if self.head_kind == "linear":
+            return self.head(torch.flatten(x, 1))
+        scores = self.head(x)
+        return scores.mean(dim=(2, 3)), scores
+
+
+def ceil_pools_model(head: str = "map", num_classes: int = 12) -> nn.Module:
+    """The builder a suite names (`tests.planted:ceil_pools_model`)."""
+    return CeilPools(head, num_classes)
+
+
+def ceil_pools_suite(make_suite, tmp_path: Path, head: str) -> Path:
+    """A copy of the demo suite (its data and 64x64 stack) running a `CeilPools` net with random weights (fixed seed)."""
+    torch.manual_seed(0)
+    weights = tmp_path / f"ceil-pools-{head}.safetensors"
+    save_file({k: v.contiguous() for k, v in CeilPools(head).state_dict().items()}, str(weights))
+    outputs = '["logits", "map"]' if head == "map" else '["logits"]'
+    return make_suite(
+        {
+            'builder = "demo-resnet"': 'builder = "tests.planted:ceil_pools_model"',
+            "kwargs = { num_classes = 12 }": f'kwargs = {{ num_classes = 12, head = "{head}" }}',
+            'weights = "': f'weights = "{weights}"\n# demo weights were: "',
+            'output_names = ["logits"]': f"output_names = {outputs}",
+        },
+        name=f"ceil-pools-{head}.toml",
+    )

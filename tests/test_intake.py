@@ -1,6 +1,6 @@
 """Image intake and dataset confinement: every odd image is converted by one documented rule or
 refused, the same way for every decoder; manifest paths stay inside the dataset folder; a format a
-decoder cannot read makes that decoder not applicable (an error for `run`, a note in `matrix`)."""
+decoder cannot read makes that decoder not applicable (an error for `run`, a not-applicable row in `matrix`)."""
 
 from __future__ import annotations
 
@@ -174,8 +174,8 @@ def test_matrix_on_mixed_png_and_jpeg_skips_the_decoders_that_cannot_read_png(
     result = harness_cli("matrix", "--suite", suite, "--axes", "decoder,resize", "--runtime", "torch-fp32", "--report-dir", tmp_path / "m")
     assert result.code == 0, result.err
     data = json.loads((tmp_path / "m" / "matrix.json").read_text())
-    skipped = "decoder:simplejpeg not applicable: decoder 'simplejpeg' cannot read 3/12 samples (PNG 3"
-    assert any(n.startswith(skipped) for n in data["notes"])
+    skipped = "decoder 'simplejpeg' cannot read 3/12 samples (PNG 3"
+    assert any(n["variant"] == "simplejpeg" and n["reason"].startswith(skipped) for n in data["not_applicable"])
     decoders = {r["variant"] for r in data["rows"] if r["axis"] == "decoder"}
     assert "opencv" in decoders and "pyav" in decoders and "simplejpeg" not in decoders
     assert any(r["axis"] == "combined" for r in data["rows"])  # the matrix finished

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from exporters.cache import ArtifactCache
-from harness.analysis.localize import Localizer, first_samples
+from harness.analysis.localize import PROBED, first_samples, localizer, tensor_error
 from harness.analysis.sensitivity import Trials
 from harness.run.prepared import SuiteRun
 from harness.run.sessions import run_session
@@ -41,7 +41,7 @@ def test_localize_names_the_layer_whose_activation_range_ruins_int8(
     planted: Callable[[str], Suite], cache: ArtifactCache, runtime: str
 ) -> None:
     run = SuiteRun(planted("int8"), cache, limit=16)
-    result = Localizer(run, runtime, "ort-fp32", samples=16, per_round=3, batch_size=32).localize()
+    result = localizer(run, runtime, "ort-fp32", samples=16, per_round=3, batch_size=32).localize()
     assert result.first_divergent is not None and result.first_divergent.probe.layer == "bad"
     assert result.worst is not None and result.worst.probe.layer == "bad"
     before = [e for e in result.ordered() if e.probe.index < result.first_divergent.probe.index]
@@ -57,7 +57,7 @@ def test_localize_finds_the_fp16_overflow_where_fp16_really_executes(
     """ONNX Runtime's FP16 graph stores the squares in float16 (inf); OpenVINO runs an f16 request in f16, bf16 or
     f32 depending on the CPU: only in f16 does the square overflow there."""
     run = SuiteRun(planted("fp16"), cache, limit=16)
-    result = Localizer(run, runtime, "ort-fp32", samples=16, per_round=4, batch_size=32).localize()
+    result = localizer(run, runtime, "ort-fp32", samples=16, per_round=4, batch_size=32).localize()
     overflowed = [e for e in result.ordered() if not e.finite]
     if runtime == "ort-fp16" or result.session["executed"] == "fp16":
         assert result.first_divergent is not None and result.first_divergent.probe.layer.startswith("bad")
@@ -79,11 +79,11 @@ def test_marked_outputs_leave_the_models_own_outputs_unchanged(demo_run: SuiteRu
         assert set(exposed) == {"logits", *marked.marked_outputs(spec.precision).values()}
         if name != "ov-int8":
             np.testing.assert_array_equal(exposed["logits"], plain["logits"], err_msg=name)
-    localizer = Localizer(demo_run, "ov-int8", "ort-fp32", samples=16, per_round=3, batch_size=32)
-    result = localizer.localize()
+    bisection = localizer(demo_run, "ov-int8", "ort-fp32", samples=16, per_round=3, batch_size=32)
+    result = bisection.localize()
     for indices, change in zip(result.rounds, result.disturbance, strict=True):
-        again = localizer._values(localizer.spec, tuple(localizer.probes[i].tensor for i in indices))[1]
-        assert change == pytest.approx(float(np.max(np.abs(again["logits"] - localizer._unmarked["logits"]))))
+        again = bisection._values(bisection.spec, tuple(bisection.probes[i].tensor for i in indices))[1]
+        assert change == pytest.approx(float(np.max(np.abs(again["logits"] - bisection._unmarked["logits"]))))
 
 
 def test_int8_tensors_are_exposed_after_their_dequantize(demo_run: SuiteRun) -> None:
@@ -145,6 +145,50 @@ def test_localize_cli_writes_table_json_and_plot(planted: Callable[[str], Suite]
     assert (tmp_path / "localize.png").read_bytes()[:4] == b"\x89PNG"
     torch_ref = harness_cli("localize", "--suite", suite.path, "--runtime", "ort-int8", "--against", "torch-fp32")
     assert torch_ref.code == 2 and "runs no ONNX graph" in torch_ref.err
+    onnx_ref = harness_cli("localize", "--suite", suite.path, "--runtime", "torch-fp16", "--against", "ort-fp32")
+    assert onnx_ref.code == 2 and "--against 'ort-fp32' is no PyTorch runtime" in onnx_ref.err
+
+
+def test_torch_fp16_localize_names_the_planted_layer(planted: Callable[[str], Suite], harness_cli: Callable, tmp_path: Path) -> None:
+    """PyTorch on the CPU stores float16 results (the squares of `bad`'s RMS norm overflow to inf, so its output is 0):
+    module outputs read by forward hooks, against torch-fp32's, name `bad` first."""
+    suite = planted("fp16")
+    done = harness_cli("localize", "--suite", suite.path, "--runtime", "torch-fp16", "--per-round", "3", "--report-dir", tmp_path)
+    assert done.code == 0, done.err
+    tolerance = suite.tolerances.for_precision("fp16").max_layer_rel_l2
+    assert f"torch-fp16 vs torch-fp32 [fp16]: first beyond rel L2 {tolerance:g}: bad (bad)" in done.out
+    (result,) = json.loads((tmp_path / "localize.json").read_text())["runtimes"]
+    assert result["session"]["executed"] == "fp16" and result["recipe"] == ["pytorch(tests.planted:planted_model)", "fp16 on cpu"]
+    assert result["first_divergent"]["layer"] == "bad" and result["first_divergent"]["op"] == "RmsNorm"
+    before = [t for t in result["tensors"] if t["index"] < result["first_divergent"]["index"]]
+    assert before and all(t["rel_l2"] <= tolerance for t in before)  # the modules feeding it are fine
+    assert result["probes_measured"] < result["probes_total"]  # bisection, not every module
+    assert (tmp_path / "localize.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_torch_localize_reads_each_samples_module_output(planted: Callable[[str], Suite], cache: ArtifactCache) -> None:
+    """The hooked outputs of 10 samples fed in padded batches of 4 are those of the model run on the samples alone."""
+    import copy
+
+    import torch
+
+    run = SuiteRun(planted("fp16"), cache, limit=10)
+    bisection = localizer(run, "torch-fp16", None, samples=10, per_round=2, batch_size=4)
+    assert [p.layer for p in bisection.probes] == ["conv1", "relu1", "conv2", "relu2", "bad", "conv3", "relu3", "conv4", "relu4", "head"]
+    got, own, session = bisection._values(bisection.spec, ("conv2", "bad"))
+    assert session["executed"] == "fp16" and set(own) == {"logits"} and not any(k.startswith(PROBED) for k in own)
+    model = copy.deepcopy(run.artifacts.torch_model()).half()
+    seen: dict[str, np.ndarray] = {}
+    hooks = [getattr(model, name).register_forward_hook(lambda _m, _a, out, n=name: seen.update({n: out.float().numpy()})) for name in got]
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(bisection.inputs.tensors).half()).float().numpy()
+    for hook in hooks:
+        hook.remove()
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, seen[name], err_msg=name)
+    np.testing.assert_array_equal(own["logits"], logits)
+    want = bisection._values(bisection.reference, ("bad",))[0]["bad"]
+    assert not tensor_error(bisection.probes[4], got["bad"], want).rel_l2 <= run.suite.tolerances.for_precision("fp16").max_layer_rel_l2
 
 
 def test_sensitivity_cli_with_noise_injection(harness_cli: Callable, tmp_path: Path) -> None:

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import ArtifactCache
+from exporters.rewrites import MODEL_VARIANTS
 from harness.analysis.matrix import AXES, CATASTROPHIC, MatrixReport, run_matrix
 from harness.data.decoders import DECODERS, decoder_unavailable
 from harness.run.prepared import SuiteRun
-from harness.spec.suite import Suite
+from harness.spec.suite import Suite, load_suite
 from tests.conftest import CliResult
+from tests.planted import ceil_pools_suite
 
 LIMIT = 32
 
@@ -75,9 +77,48 @@ def test_decoder_pairs_say_which_decoders_are_bit_identical(report: MatrixReport
     assert all(pairs[a][b] == pairs[b][a] for a in pairs for b in pairs)
 
 
-def test_unapplicable_model_variants_become_notes(report: MatrixReport) -> None:
-    assert any(n.startswith("model:upsample-linear not applicable") for n in report.notes)
+def test_unapplicable_model_variants_become_not_applicable_rows(report: MatrixReport) -> None:
+    skipped = {(n.variant, n.runtime): n.reason for n in report.not_applicable if n.axis == "model"}
+    assert skipped[("upsample-linear", "ort-fp32")] == "model variant 'upsample-linear' has no PyTorch module to patch"
+    assert {runtime for variant, runtime in skipped if variant == "upsample-linear"} == {"torch-fp32", "ort-fp32"}
     assert [r.variant for r in report.rows if r.axis == "model"] == ["maxpool-ceil", "maxpool-ceil"]
+
+
+def test_the_matrix_continues_past_a_shape_changing_variant(make_suite: Callable[..., Path], tmp_path: Path, cache: ArtifactCache) -> None:
+    """maxpool-floor shrinks the proposal map of a fully-convolutional net with ceil-mode pools (MTCNN's PNet)."""
+    suite = load_suite(str(ceil_pools_suite(make_suite, tmp_path, "map")))
+    skip = {"yuv444-float", "yuv444-int", "nv12-float"}
+    report = run_matrix(suite, ["model", "colour"], ["torch-fp32", "ort-fp32"], SuiteRun(suite, cache, limit=8), 8, skip)
+    floor = [n for n in report.not_applicable if n.variant == "maxpool-floor"]
+    assert [n.runtime for n in floor] == ["torch-fp32", "ort-fp32"]
+    assert (
+        floor[0].reason == "the variant changes the model's output shapes: output 'map' 12x14x14 per sample instead of 12x15x15 per sample"
+    )
+    assert not [r for r in report.rows if r.axis == "model"]
+    assert {r.variant for r in report.rows if r.axis == "colour"} == {"bgr", "nv12-int"}
+    assert {r.comparison.runtime for r in report.rows if r.axis == "combined"} == {"torch-fp32", "ort-fp32"}  # the matrix finished
+    markdown = report.to_markdown()
+    assert "## Not applicable" in markdown and "| model | maxpool-floor | ort-fp32 | the variant changes" in markdown
+
+
+def test_a_matrix_whose_every_row_is_not_applicable_writes_its_files(
+    make_suite: Callable[..., Path], harness_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """maxpool-floor leaves the Linear after the ceil-mode pools of MTCNN's RNet too few inputs; the other model
+    variants change nothing in it."""
+    suite = ceil_pools_suite(make_suite, tmp_path, "linear")
+    result = harness_cli("matrix", "--suite", suite, "--axes", "model", "--runtime", "torch-fp32", "--runtime", "ort-fp32", "--limit", "8",
+                         "--report-dir", tmp_path / "m")  # fmt: skip
+    assert result.code == 0, result.err
+    data = json.loads((tmp_path / "m" / "matrix.json").read_text())
+    assert data["rows"] == [] and data["summary"] == []
+    reasons = {(n["variant"], n["runtime"]): n["reason"] for n in data["not_applicable"]}
+    assert len(reasons) == 2 * len(MODEL_VARIANTS)
+    twin = reasons[("maxpool-floor", "ort-fp32")]
+    assert twin.startswith("the PyTorch twin of model variant 'maxpool-floor' fails: mat1 and mat2 shapes cannot be multiplied"), twin
+    assert "not applicable" in result.out and "maxpool-floor" in result.out
+    assert "## Not applicable" in (tmp_path / "m" / "matrix.md").read_text()
+    assert (tmp_path / "m" / "matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_matrix_cli_writes_json_markdown_and_plot(harness_cli: Callable[..., CliResult], tmp_path: Path) -> None:

@@ -10,12 +10,18 @@ so the quantized engine stays quantized. Memory is bounded by `samples x per_rou
 The reference is an ONNX-based runtime (ONNX Runtime FP32 by default) on the same FP32 graph: its
 tensors are the ones the runtime under test is compared with, name for name; the FP32 graph itself is
 parity-checked against PyTorch when it is exported.
+
+A PyTorch runtime (torch-fp16, torch-bf16, torch-cuda-*) runs no ONNX graph: its module outputs, read by
+forward hooks, are compared with those of a PyTorch reference (torch-fp32 by default), module name for module
+name, with the same bisection, table, JSON and plot. Hooks only read, so nothing is fused differently.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +31,21 @@ import numpy as np
 import onnx
 
 from exporters.graph import Probe, probes
+from harness.analysis.sensitivity import forward_hooks
 from harness.core.environment import environment
 from harness.core.errors import HarnessError
 from harness.data.feed import first_samples
 from harness.report.tables import markdown_table
 from harness.run.prepared import SuiteRun
-from harness.run.sessions import run_session
-from runtimes import RuntimeSpec, get_runtime
+from harness.run.sessions import feed_session, open_session, run_session
+from runtimes import RuntimeSpec, Session, get_runtime
+from runtimes.base import TensorInfo
 from runtimes.precision import judged_precision
 
 ONNX_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+ONNX_REFERENCE = "ort-fp32"
+TORCH_BACKEND, TORCH_REFERENCE = "torch", "torch-fp32"
+PROBED = "probe:"  # prefix of the module outputs a torch session returns beside the model's own
 HEADERS = ("#", "layer", "tensor", "op", "max abs", "rel L2", "cosine", "growth", "")
 
 
@@ -188,30 +199,44 @@ def _onnx_based(name: str, role: str) -> RuntimeSpec:
     return spec
 
 
-class Localizer:
-    """Probes one runtime's intermediate tensors against the reference's, a few at a time."""
+def _torch_reference(name: str, runtime: str) -> RuntimeSpec:
+    spec = get_runtime(name)
+    if spec.backend != TORCH_BACKEND:
+        raise HarnessError(
+            f"--against '{name}' is no PyTorch runtime, so it has no module outputs to compare with {runtime}'s",
+            f"use a PyTorch runtime; the reference of torch runtimes defaults to {TORCH_REFERENCE}",
+        )
+    spec.require_available()
+    return spec
 
-    def __init__(self, run: SuiteRun, runtime: str, against: str, samples: int, per_round: int, batch_size: int) -> None:
+
+class Bisection(ABC):
+    """Probes one runtime's intermediate tensors against the reference's, a few per session: a survey, then
+    bisection before the first divergent tensor and before the one adding the most error."""
+
+    def __init__(self, run: SuiteRun, spec: RuntimeSpec, reference: RuntimeSpec, samples: int, per_round: int, batch_size: int) -> None:
         if per_round < 1:
             raise HarnessError(f"--per-round {per_round}: must be at least 1", "e.g. --per-round 4")
         self.run, self.batch_size, self.per_round = run, batch_size, per_round
-        self.spec, self.reference = _onnx_based(runtime, "runtime"), _onnx_based(against, "--against")
+        self.spec, self.reference = spec, reference
         self.inputs = first_samples(run.inputs, samples)
-        fp32 = onnx.load(str(run.artifacts.onnx_path("fp32")), load_external_data=False)
-        computed = {name for node in onnx.load(str(run.artifacts.onnx_path(self.spec.precision))).graph.node for name in node.output}
-        self.probes = [p for p in probes(fp32) if p.tensor in computed]  # a fused-away tensor cannot be compared
+        self.probes = self._probes()
         if not self.probes:
             raise HarnessError(f"the model of suite {run.suite.name} has no intermediate tensor to probe", "is it one node?")
         self._reference_values: dict[str, np.ndarray] = {}
         self._unmarked = run_session(self.spec, run.artifacts, self.inputs, batch_size, lambda: None)[0]
 
+    @abstractmethod
+    def _probes(self) -> list[Probe]:
+        """The tensors that can be compared, in the order the model computes them."""
+
+    @abstractmethod
     def _values(self, spec: RuntimeSpec, tensors: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
-        """The exposed tensors and the model's own outputs of one session with `tensors` marked."""
-        artifacts = self.run.artifacts.derive(mark=tensors)
-        outputs, _seconds, session = run_session(spec, artifacts, self.inputs, self.batch_size, lambda: None)
-        marked = artifacts.marked_outputs(spec.precision)
-        own = {name: outputs[name] for name in self._unmarked}
-        return {t: outputs[marked[t]] for t in tensors}, own, session
+        """The probed tensors and the model's own outputs of one session of `spec` exposing `tensors`, and what it ran."""
+
+    @abstractmethod
+    def recipe(self) -> list[str]:
+        """What the runtime under test runs, in words."""
 
     def measure(self, result: Localization, indices: list[int]) -> None:
         indices = [i for i in dict.fromkeys(indices) if i not in result.measured]
@@ -237,16 +262,7 @@ class Localizer:
 
     def localize(self) -> Localization:
         suite, spec = self.run.suite, self.spec
-        result = Localization(
-            spec.name,
-            self.reference.name,
-            spec.precision,
-            0.0,
-            len(self.inputs),
-            len(self.probes),
-            {},
-            self.run.artifacts.recipe(spec.precision),
-        )
+        result = Localization(spec.name, self.reference.name, spec.precision, 0.0, len(self.inputs), len(self.probes), {}, self.recipe())
         last = len(self.probes) - 1
         self.measure(result, self.spread(-1, last))  # survey
         result.precision = judged_precision(spec.precision, result.session.get("executed", spec.precision))
@@ -265,8 +281,154 @@ class Localizer:
             self.measure(result, [i for i in self.spread(low, high - 1) if i not in result.measured])
 
 
-def localize(run: SuiteRun, runtimes: list[str], against: str, samples: int, per_round: int, batch_size: int) -> list[Localization]:
-    return [Localizer(run, name, against, samples, per_round, batch_size).localize() for name in runtimes]
+class Localizer(Bisection):
+    """An ONNX-based runtime's intermediate tensors, exposed as graph outputs, against the same tensors of an
+    ONNX-based reference on the FP32 graph."""
+
+    def _probes(self) -> list[Probe]:
+        fp32 = onnx.load(str(self.run.artifacts.onnx_path("fp32")), load_external_data=False)
+        graph = onnx.load(str(self.run.artifacts.onnx_path(self.spec.precision))).graph
+        computed = {name for node in graph.node for name in node.output}
+        return [p for p in probes(fp32) if p.tensor in computed]  # a fused-away tensor cannot be compared
+
+    def _values(self, spec: RuntimeSpec, tensors: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+        artifacts = self.run.artifacts.derive(mark=tensors)
+        outputs, _seconds, session = run_session(spec, artifacts, self.inputs, self.batch_size, lambda: None)
+        marked = artifacts.marked_outputs(spec.precision)
+        own = {name: outputs[name] for name in self._unmarked}
+        return {t: outputs[marked[t]] for t in tensors}, own, session
+
+    def recipe(self) -> list[str]:
+        return self.run.artifacts.recipe(self.spec.precision)
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a probed module output comes from: the module, its call within one forward, the tensor among its outputs."""
+
+    module: str
+    call: int
+    position: int
+
+
+def _output_tensors(output: Any) -> list[Any]:
+    import torch
+
+    items = output if isinstance(output, (tuple, list)) else (output,)
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+class _Exposing:
+    """A torch session whose batches also return the module outputs its hooks captured (as `PROBED + tensor`), so
+    the samples are ordered and the padding rows dropped as for the model's own outputs."""
+
+    def __init__(self, session: Session, captured: dict[str, np.ndarray], calls: Counter[str]) -> None:
+        self._session, self._captured, self._calls = session, captured, calls
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._calls.clear()
+        outputs = self._session.run(feeds)
+        exposed = {PROBED + tensor: value for tensor, value in self._captured.items()}
+        self._captured.clear()
+        return outputs | exposed
+
+    def describe(self) -> dict[str, str]:
+        return self._session.describe()
+
+    def inputs(self) -> list[TensorInfo]:
+        return self._session.inputs()
+
+    def outputs(self) -> list[TensorInfo]:
+        return self._session.outputs()
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class TorchLocalizer(Bisection):
+    """A PyTorch runtime's module outputs, read by forward hooks, against those of a PyTorch reference (torch-fp32):
+    every module but the whole model, in the order its forward returns, once per call (`relu#2`: its second call in
+    one forward); an output that is the very tensor another module returned (a container's, an in-place op's,
+    an Identity's) adds nothing and is not probed."""
+
+    def _probes(self) -> list[Probe]:
+        import torch
+
+        model = self.run.artifacts.torch_model()
+        found: list[tuple[str, int, int, str]] = []  # module, call, position, class
+        first = torch.from_numpy(self.inputs.tensors[:1])
+        seen: dict[int, Any] = {id(first): first}  # id -> tensor already returned (kept alive, so ids stay unique)
+        calls: Counter[str] = Counter()
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(module: Any, _args: Any, output: Any) -> None:
+                for position, tensor in enumerate(_output_tensors(output)):
+                    if id(tensor) not in seen:
+                        seen[id(tensor)] = tensor
+                        found.append((name, calls[name], position, type(module).__name__))
+                calls[name] += 1
+
+            return hook
+
+        with forward_hooks([(module, hook_for(name)) for name, module in model.named_modules() if name]), torch.inference_mode():
+            model(first)
+        positions = Counter((name, call) for name, call, _, _ in found)
+        self._sites: dict[str, _Site] = {}
+        result = []
+        for name, call, position, kind in found:
+            tensor = name + (f"#{call + 1}" if call else "") + (f"[{position}]" if positions[(name, call)] > 1 or position else "")
+            self._sites[tensor] = _Site(name, call, position)
+            result.append(Probe(len(result), tensor, name, kind))
+        return result
+
+    def _values(self, spec: RuntimeSpec, tensors: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+        import torch
+
+        modules = dict(self.run.artifacts.torch_model().named_modules())
+        wanted: dict[str, dict[tuple[int, int], str]] = {}  # module -> (call, position) -> tensor
+        for tensor in tensors:
+            site = self._sites[tensor]
+            wanted.setdefault(site.module, {})[(site.call, site.position)] = tensor
+        captured: dict[str, np.ndarray] = {}
+        calls: Counter[str] = Counter()
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(_module: Any, _args: Any, output: Any) -> None:
+                for position, value in enumerate(_output_tensors(output)):
+                    tensor = wanted[name].get((calls[name], position))
+                    if tensor:  # a copy: an in-place op later in the forward must not change it
+                        captured[tensor] = value.detach().to("cpu", torch.float32, copy=True).numpy()
+                calls[name] += 1
+
+            return hook
+
+        with forward_hooks([(modules[name], hook_for(name)) for name in wanted]):
+            opened = open_session(spec, self.run.artifacts)
+            try:
+                session = _Exposing(opened.session, captured, calls)
+                outputs, _seconds = feed_session(session, opened.input_name, self.inputs, self.batch_size, lambda: None)
+            finally:
+                opened.session.close()
+        own = {name: outputs[name] for name in self._unmarked}
+        return {t: outputs[PROBED + t] for t in tensors}, own, opened.describe
+
+    def recipe(self) -> list[str]:
+        return [f"pytorch({self.run.suite.model.builder})", f"{self.spec.precision} on {self.spec.device}"]
+
+
+def localizer(run: SuiteRun, runtime: str, against: str | None, samples: int, per_round: int, batch_size: int) -> Bisection:
+    """The bisection for `runtime`: module outputs for a PyTorch runtime (against torch-fp32 unless told), graph
+    tensors for an ONNX-based one (against ort-fp32 unless told)."""
+    spec = get_runtime(runtime)
+    if spec.backend == TORCH_BACKEND:
+        spec.require_available()
+        return TorchLocalizer(run, spec, _torch_reference(against or TORCH_REFERENCE, runtime), samples, per_round, batch_size)
+    reference = _onnx_based(against or ONNX_REFERENCE, "--against")
+    return Localizer(run, _onnx_based(runtime, "runtime"), reference, samples, per_round, batch_size)
+
+
+def localize(run: SuiteRun, runtimes: list[str], against: str | None, samples: int, per_round: int, batch_size: int) -> list[Localization]:
+    return [localizer(run, name, against, samples, per_round, batch_size).localize() for name in runtimes]
 
 
 def plot(results: list[Localization], path: Path) -> Path:

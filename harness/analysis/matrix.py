@@ -151,6 +151,20 @@ class MatrixRow:
 
 
 @dataclass(frozen=True)
+class NotApplicable:
+    """A variant that cannot be compared on one runtime: the model has no op it changes, a decoder cannot read the
+    dataset, its PyTorch twin fails, or it changes an output's shape."""
+
+    axis: str
+    variant: str
+    runtime: str
+    reason: str
+
+    def cells(self) -> list[str]:
+        return [self.axis, self.variant, self.runtime, self.reason]
+
+
+@dataclass(frozen=True)
 class AxisSummary:
     axis: str
     runtime: str
@@ -201,6 +215,7 @@ class MatrixReport:
     seconds: float
     decoder_pairs: dict[str, dict[str, int]] = field(default_factory=dict)  # images whose decoded pixels differ, per decoder pair
     context: dict[str, Any] = field(default_factory=dict)
+    not_applicable: list[NotApplicable] = field(default_factory=list)
 
     @property
     def summaries(self) -> list[AxisSummary]:
@@ -220,6 +235,7 @@ class MatrixReport:
             **self.context,
             "summary": [s.__dict__ for s in self.summaries],
             "rows": [r.describe() for r in self.rows],
+            "not_applicable": [n.__dict__ for n in self.not_applicable],
             "decoder_pairs": self.decoder_pairs,
             "notes": self.notes,
         }
@@ -228,6 +244,7 @@ class MatrixReport:
     SUMMARY_DROP = ("max logit err", "variants", "mean (max) flips")  # left out first to last on narrow terminals
     ROW_HEADERS = ("axis", "variant", "runtime", "metric %", "delta pts", "flips", "max abs", "mean abs")
     ROW_DROP = ("mean abs", "max abs", "metric %")
+    NOT_APPLICABLE_HEADERS = ("axis", "variant", "runtime", "not applicable: why")
 
     def summary_rows(self) -> list[list[str]]:
         return [
@@ -273,6 +290,8 @@ class MatrixReport:
             "",
             *markdown_table(self.ROW_HEADERS, self.variant_rows()),
         ]
+        if self.not_applicable:
+            lines += ["", "## Not applicable", "", *markdown_table(self.NOT_APPLICABLE_HEADERS, [n.cells() for n in self.not_applicable])]
         if self.decoder_pairs:
             names = list(self.decoder_pairs)
             lines += ["", f"## Decoded pixels: images that differ between decoders (of {self.samples})", ""]
@@ -291,6 +310,14 @@ class MatrixReport:
         by_runtime: dict[str, list[AxisSummary]] = {}
         for summary in self.summaries:
             by_runtime.setdefault(summary.runtime, []).append(summary)
+        if not by_runtime:
+            fig, ax = plt.subplots(figsize=(9, 2.8))
+            ax.axis("off")
+            why = f"{len(self.not_applicable)} rows not applicable (see matrix.md)" if self.not_applicable else "no variant ran"
+            ax.text(0.5, 0.5, f"{self.suite}: no variant to plot: {why}", ha="center", va="center", transform=ax.transAxes)
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            return path
         fig, axes = plt.subplots(len(by_runtime), 1, figsize=(9, 2.8 * len(by_runtime)), squeeze=False)
         for ax, (runtime, summaries) in zip(axes[:, 0], by_runtime.items(), strict=True):
             x = np.arange(len(summaries))
@@ -371,7 +398,18 @@ class MatrixRunner:
         return joined, concat_inputs([self._fed[key][s] for s in starts])
 
     def row(self, variant: Variant, stack: StackSpec, runtime: str, baseline: Inference) -> MatrixRow:
+        """The variant on `runtime` against `baseline`; raises VariantNotApplicable when it changes an output's shape."""
         got, fed = self.inference(stack, runtime, variant.model)
+        changed = [
+            f"output '{name}' {_shape(got.outputs[name])} instead of {_shape(want)}"
+            for name, want in baseline.outputs.items()
+            if got.outputs[name].shape != want.shape
+        ]
+        if changed:
+            raise VariantNotApplicable(
+                f"the variant changes the model's output shapes: {'; '.join(changed)}",
+                "outputs of other shapes have nothing to compare with",
+            )
         if variant.postprocess:
             suite = self.run.suite
             task = make_task(suite.task.with_postprocess(dict(variant.postprocess)))
@@ -433,13 +471,15 @@ def run_matrix(
         get_runtime(runtime).require_available()
     variants, notes = collect_variants(suite, axes, skip or set())
     runner = MatrixRunner(run, batch_size)
+    not_applicable: list[NotApplicable] = []
     try:
-        rows, decoded = _single_axis_rows(suite, runtimes, run, runner, variants, notes, chunk)
-        rows += _combined(suite, axes, runtimes, run, runner, variants, rows, notes, chunk)
+        rows, decoded = _single_axis_rows(suite, runtimes, run, runner, variants, not_applicable, chunk)
+        rows += _combined(suite, axes, runtimes, run, runner, variants, rows, notes, not_applicable, chunk)
     finally:
         runner.close()
     order = [*AXES, "combined", "combined+precision"]
     rows.sort(key=lambda r: order.index(r.axis))  # stable: variants keep their registry order within an axis
+    not_applicable.sort(key=lambda r: order.index(r.axis))
     return MatrixReport(
         suite=suite.name,
         metric_name=run.task.metric_name,
@@ -452,6 +492,7 @@ def run_matrix(
         decoder_pairs={a: {b: sum(x != y for x, y in zip(ha, hb, strict=True)) for b, hb in decoded.items()} for a, ha in decoded.items()},
         seconds=time.perf_counter() - start,
         context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": suite.stack.describe()},
+        not_applicable=not_applicable,
     )
 
 
@@ -466,7 +507,7 @@ def _single_axis_rows(
     run: SuiteRun,
     runner: MatrixRunner,
     variants: list[Variant],
-    notes: list[str],
+    not_applicable: list[NotApplicable],
     chunk: int,
 ) -> tuple[list[MatrixRow], dict[str, tuple[str, ...]]]:
     """Every chunk decoded once per decoder setting (stack variants grouped by what they decode to, the reference
@@ -478,7 +519,7 @@ def _single_axis_rows(
         groups.setdefault(decode_key(variant.stack_for(reference)), []).append(variant)
     baselines = list(dict.fromkeys([suite.run.reference, *runtimes]))
     unreadable: dict[tuple[str, bool, int], str] = {}  # decoder settings that cannot read the dataset: why
-    inapplicable: dict[Variant, str] = {}  # model variants that change nothing in this model: why
+    inapplicable: dict[Variant, str] = {}  # model variants that change nothing in this model or break its PyTorch twin: why
     hashes: dict[str, list[str]] = {}  # decoder setting -> per-image hash of its pixels
     for samples in _chunks(run, runner.batch_size, chunk):
         for key, members in groups.items():
@@ -506,15 +547,13 @@ def _single_axis_rows(
     reference_outputs = {r: runner.inference(reference, r, None)[0] for r in baselines}
     rows: list[MatrixRow] = []
     for key, members in groups.items():
-        if key in unreadable:
-            notes += [f"{v.axis}:{v.name} not applicable: {unreadable[key]}" for v in members]
-            continue
         for variant in members:
-            if variant in inapplicable:
-                notes.append(f"{variant.axis}:{variant.name} not applicable: {inapplicable[variant]}")
-                continue
+            reason = unreadable.get(key) or inapplicable.get(variant)
             for runtime, baseline in _targets(variant, runtimes, suite.run.reference):
-                rows.append(runner.row(variant, variant.stack_for(reference), runtime, reference_outputs[baseline]))
+                if reason:
+                    not_applicable.append(NotApplicable(variant.axis, variant.name, runtime, reason))
+                else:
+                    _add_row(runner, variant, variant.stack_for(reference), runtime, reference_outputs[baseline], rows, not_applicable)
     decoded = {label: tuple(h) for label, h in hashes.items() if not any(_decode_label(k) == label for k in unreadable)}
     return rows, decoded
 
@@ -528,6 +567,7 @@ def _combined(
     variants: list[Variant],
     rows: list[MatrixRow],
     notes: list[str],
+    not_applicable: list[NotApplicable],
     chunk: int,
 ) -> list[MatrixRow]:
     """The worst choice of each axis applied together, on every matrix runtime and once more on the worst precision
@@ -560,10 +600,34 @@ def _combined(
             try:
                 runner.infer(inputs, runtime, variant.model)
             except VariantNotApplicable as exc:
-                notes.append(f"{variant.axis} on {runtime} not run: {exc.what}")
+                not_applicable.append(NotApplicable(variant.axis, variant.name, runtime, exc.what))
                 failed.add(runtime)
     reference_outputs = {r: runner.inference(suite.stack, r, None)[0] for r in {b for _v, _r, b in targets}}
-    return [runner.row(v, stack, r, reference_outputs[b]) for v, r, b in targets if r not in failed]
+    combined_rows: list[MatrixRow] = []
+    for variant, runtime, baseline in targets:
+        if runtime not in failed:
+            _add_row(runner, variant, stack, runtime, reference_outputs[baseline], combined_rows, not_applicable)
+    return combined_rows
+
+
+def _add_row(
+    runner: MatrixRunner,
+    variant: Variant,
+    stack: StackSpec,
+    runtime: str,
+    baseline: Inference,
+    rows: list[MatrixRow],
+    not_applicable: list[NotApplicable],
+) -> None:
+    """The variant's row on `runtime`, or its not-applicable row when it changes an output's shape."""
+    try:
+        rows.append(runner.row(variant, stack, runtime, baseline))
+    except VariantNotApplicable as exc:
+        not_applicable.append(NotApplicable(variant.axis, variant.name, runtime, exc.what))
+
+
+def _shape(array: np.ndarray) -> str:
+    return "x".join(map(str, array.shape[1:])) + " per sample"
 
 
 def _decode_label(key: tuple[str, bool, int]) -> str:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +226,18 @@ class Noise:
 
 
 @contextmanager
+def forward_hooks(hooks: list[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+    """Each (module, hook) registered as a forward hook for the duration of the block; a copy of a module made
+    inside it (a torch session's `.half()` or CUDA copy) carries the hook too."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def _noise_at(module: Any, kind: str, level: float, seed: int) -> Iterator[None]:
     import torch
 
@@ -237,11 +249,8 @@ def _noise_at(module: Any, kind: str, level: float, seed: int) -> Iterator[None]
             return output + level * output.std() * noise
         return output * (1 + level * noise)
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with forward_hooks([(module, hook)]):
         yield
-    finally:
-        handle.remove()
 
 
 def noise_injection(run: SuiteRun, levels: tuple[float, ...], batch_size: int, reference: Inference) -> Noise:
