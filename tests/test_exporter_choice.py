@@ -114,6 +114,31 @@ def test_auto_falls_back_to_torchscript_and_says_so(tmp_path: Path, detector: Mo
     assert plain.export_fp32().parent != path.parent and "fallback_from" not in plain.provenance["onnx:fp32"]
 
 
+class Neither(torch.nn.Module):
+    """A model no exporter takes: its output is no tensor."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, str]:
+        return {"shape": str(tuple(x.shape))}
+
+
+def build_neither() -> Neither:
+    return Neither()
+
+
+def test_auto_names_both_refusals_in_one_line(tmp_path: Path) -> None:
+    torch.save(Neither().state_dict(), tmp_path / "none.pt")
+    model = ModelSpec(f"{__name__}:build_neither", tmp_path / "none.pt", {}, "x", ("y",), tmp_path)
+    inputs = np.zeros((1, 3), np.float32)
+    artifacts = ModelArtifacts(
+        ArtifactCache(tmp_path / "cache"), model=model, export=ExportSpec(exporter="auto"), parity_inputs=lambda: inputs
+    )
+    with pytest.raises(
+        HarnessError, match=r"^ONNX export failed with both exporters: torch\.export: .+; TorchScript: .+ \(the model"
+    ) as info:
+        artifacts.export_fp32()
+    assert "\n" not in str(info.value)
+
+
 def test_torchscript_exports_the_demo_model_with_a_dynamic_batch(tmp_path: Path, demo_suite: Suite) -> None:
     hw = demo_suite.stack.input_hw
     inputs = np.random.default_rng(0).standard_normal((8, 3, *hw)).astype(np.float32)
