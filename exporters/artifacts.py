@@ -357,18 +357,23 @@ class ModelArtifacts:
 
     @cached_property
     def _fp32_onnx(self) -> Path:
-        """The cached fp32 ONNX file (exported when absent), parity-checked against PyTorch."""
+        """The cached fp32 ONNX file (exported when absent by the `[export] exporter`), parity-checked against PyTorch.
+
+        The exporter that made the file is in its cache key and its provenance. Under `auto` torch.export is tried
+        first; when it fails, the TorchScript export is keyed apart from a plain `torchscript` one (it says torch.export
+        failed on this model, with this torch), so later runs take it from the cache without trying torch.export again,
+        and a `torchscript` export cached for a model torch.export can take is never used."""
         import onnx
         import torch
 
-        from exporters.onnx_export import export_onnx
+        from exporters.onnx_export import EXPORT_CALLS, ExportFailed, export_onnx
 
         assert self.model is not None
         model = self.model
         inputs = self._parity_inputs() if self._parity_inputs else None
         if inputs is None or len(inputs) == 0:
             raise ValueError("export needs parity inputs")
-        fields = {
+        identity = {  # also the file's metadata (without the exporter: a torch.export file keeps the bytes it had)
             "artifact": "onnx-fp32",
             "builder": model.builder,
             "kwargs": model.kwargs,
@@ -380,13 +385,36 @@ class ModelArtifacts:
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         }
+        keyed = {exporter: identity | {"exporter": call} for exporter, call in EXPORT_CALLS.items()}
+        fallback = keyed["torchscript"] | {"fallback_from": EXPORT_CALLS["dynamo"]}
+        label, filename = "onnx:fp32", ONNX_FILENAMES["fp32"]
 
-        def build(out: Path) -> dict[str, Any]:
-            metadata = {f"harness.{k}": str(v) for k, v in fields.items()} | {"harness.version": __version__}
-            export_onnx(self._torch, inputs[:2], out, model.input_name, model.output_names, self.export.opset, metadata)
-            return {"exporter": "torch.onnx.export(dynamo=True)", **fields}
+        def export(exporter: str, fields: dict[str, Any], **noted: str) -> Path:
+            def build(out: Path) -> dict[str, Any]:
+                metadata = {f"harness.{k}": str(v) for k, v in identity.items()} | {"harness.version": __version__}
+                export_onnx(self._torch, inputs[:2], out, model.input_name, model.output_names, self.export.opset, metadata, exporter)
+                return fields | noted
 
-        path = self._cached("onnx:fp32", fields, ONNX_FILENAMES["fp32"], build)
+            return self._cached(label, fields, filename, build)
+
+        if self.export.exporter != "auto":
+            path = export(self.export.exporter, keyed[self.export.exporter])
+        elif self.cache.find("onnx", keyed["dynamo"], filename) is None and self.cache.find("onnx", fallback, filename):
+            path = export("torchscript", fallback)  # torch.export failed on this model before
+        else:
+            try:
+                path = export("dynamo", keyed["dynamo"])
+            except ExportFailed as failure:
+                try:
+                    path = export("torchscript", fallback, dynamo_error=failure.reason)
+                except ExportFailed as second:
+                    raise HarnessError(
+                        f"ONNX export failed with both exporters: torch.export: {failure.reason}; TorchScript: {second.reason}",
+                        "the model must be exportable by torch.export or traceable by torch.jit.trace",
+                    ) from second
+        info = self.provenance[label]
+        fell_back = f" ([export] exporter = auto; torch.export failed: {info['dynamo_error']})" if "dynamo_error" in info else ""
+        self.log.append(f"exporter: {info['exporter']}{fell_back}")
         self._check_parity(path, "export", self._torch)
         return path
 

@@ -38,10 +38,17 @@ def cache_key(fields: dict[str, Any]) -> str:
 class ArtifactCache:
     root: Path
 
+    def _folder(self, kind: str, fields: dict[str, Any]) -> Path:
+        return self.root / kind / cache_key(fields)[:24]
+
+    def find(self, kind: str, fields: dict[str, Any], filename: str) -> Path | None:
+        """Path of `filename` for this key when it is cached (nothing is built)."""
+        path = self._folder(kind, fields) / filename
+        return path if path.is_file() else None
+
     def get_or_build(self, kind: str, fields: dict[str, Any], filename: str, build: Callable[[Path], None]) -> Path:
         """Path of `filename` for this key, calling `build(path)` in a temp folder when absent."""
-        key = cache_key(fields)
-        final = self.root / kind / key[:24]
+        final = self._folder(kind, fields)
         if (final / filename).is_file():
             return final / filename
         final.parent.mkdir(parents=True, exist_ok=True)

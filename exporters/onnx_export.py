@@ -8,6 +8,7 @@ suite's tolerance.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -17,14 +18,15 @@ import numpy as np
 import onnx
 import torch
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, first_line
 
 
 @dataclass(frozen=True)
 class OutputParity:
     name: str
-    max_abs: float
+    max_abs: float  # inf when the shapes differ
     atol: float
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (ONNX, PyTorch) when they differ
 
     @property
     def ok(self) -> bool:
@@ -32,7 +34,15 @@ class OutputParity:
 
     def line(self) -> str:
         mark = "✓" if self.ok else "x"
+        if self.shapes:  # a detector keeping another number of boxes, say
+            return f"[{mark}] {self.name}: shape {self.shapes[0]}, PyTorch {self.shapes[1]}"
         return f"[{mark}] {self.name}: max abs diff {self.max_abs:.3e} (atol {self.atol:.0e})"
+
+
+def output_parity(name: str, got: np.ndarray, expected: np.ndarray, atol: float) -> OutputParity:
+    if got.shape != expected.shape:
+        return OutputParity(name, float("inf"), atol, (got.shape, expected.shape))
+    return OutputParity(name, float(np.max(np.abs(got - expected), initial=0.0)), atol)  # initial: no boxes kept
 
 
 # Node metadata that records where the exporter ran, not what the model is: the stack traces name the checkout's
@@ -55,6 +65,72 @@ def strip_volatile(graph: onnx.GraphProto) -> None:
     graph.ClearField("doc_string")
 
 
+# What each exporter is, as the cache key and the provenance name it (the dynamo name is the one recorded before the
+# choice existed, so those artifacts keep their provenance).
+EXPORT_CALLS = {"dynamo": "torch.onnx.export(dynamo=True)", "torchscript": "torch.onnx.export(dynamo=False)"}
+BATCH_AXIS = "batch"  # the dynamic first axis of the input, named alike by both exporters
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class ExportFailed(HarnessError):
+    """An exporter refused the model; `reason` is the first line of the root cause."""
+
+    reason = ""
+
+
+def _by_torch_export(
+    model: torch.nn.Module, args: tuple[torch.Tensor], input_name: str, output_names: tuple[str, ...], opset: int
+) -> onnx.ModelProto:
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
+    program = torch.onnx.export(
+        model,
+        args,
+        input_names=[input_name],
+        output_names=list(output_names),
+        opset_version=opset,
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def _by_tracing(
+    model: torch.nn.Module, args: tuple[torch.Tensor], input_name: str, output_names: tuple[str, ...], opset: int
+) -> onnx.ModelProto:
+    """TorchScript tracing: Python control flow is frozen as the example input takes it (parity on the suite's samples
+    checks the result)."""
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        args,
+        buffer,
+        input_names=[input_name],
+        output_names=list(output_names),
+        opset_version=opset,
+        dynamic_axes={input_name: {0: BATCH_AXIS}},
+        dynamo=False,
+    )
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+EXPORTS = {"dynamo": _by_torch_export, "torchscript": _by_tracing}
+FIXES = {
+    "dynamo": 'set [export] exporter = "auto" in the suite to fall back to the TorchScript exporter (or "torchscript")',
+    "torchscript": "the model must be traceable by torch.jit.trace",
+}
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (torch.onnx wraps torch.export's reason in a page of advice), or a Ctrl-C
+    met on the way."""
+    seen = {id(exc)}
+    while not isinstance(exc, KeyboardInterrupt) and (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
 def export_onnx(
     model: torch.nn.Module,
     example: np.ndarray,
@@ -63,27 +139,25 @@ def export_onnx(
     output_names: tuple[str, ...],
     opset: int,
     metadata: dict[str, str],
+    exporter: str = "dynamo",
 ) -> None:
-    """torch.export-based ONNX export with a dynamic batch axis, checked by `onnx.checker`."""
+    """ONNX export by torch.export (`dynamo`) or TorchScript tracing (`torchscript`), with a dynamic batch axis,
+    checked by `onnx.checker`; the bytes depend on the model alone (`strip_volatile`)."""
     args = (torch.from_numpy(example),)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     chatter = io.StringIO()
     try:
         with warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                args,
-                input_names=[input_name],
-                output_names=list(output_names),
-                opset_version=opset,
-                dynamic_shapes=({0: batch},),
-                dynamo=True,
-                verbose=False,
-            )
+            proto = EXPORTS[exporter](model, args, input_name, output_names, opset)
     except Exception as exc:
-        raise HarnessError(f"ONNX export failed: {str(exc).splitlines()[0]}", "the model must be traceable by torch.export") from exc
-    proto = program.model_proto
+        cause = root_cause(exc)
+        if isinstance(cause, KeyboardInterrupt):  # torch.onnx wraps a Ctrl-C: it stays one, not a fallback
+            raise cause from None
+        reason = ANSI_ESCAPE.sub("", first_line(cause))
+        reason = reason if reason.startswith(type(cause).__name__) else f"{type(cause).__name__}: {reason}"
+        failure = ExportFailed(f"ONNX export by {EXPORT_CALLS[exporter]} failed: {reason}", FIXES[exporter])
+        failure.reason = reason
+        raise failure from exc
     strip_volatile(proto.graph)
     for key, value in sorted(metadata.items()):
         proto.metadata_props.add(key=key, value=value)
@@ -106,7 +180,4 @@ def check_parity(
         expected = model(torch.from_numpy(inputs))
     expected_outs = expected if isinstance(expected, (tuple, list)) else (expected,)
     got = session.run(None, {input_name: inputs})
-    return [
-        OutputParity(name=meta.name, max_abs=float(np.max(np.abs(g - e.numpy()))), atol=atol)
-        for meta, g, e in zip(session.get_outputs(), got, expected_outs, strict=True)
-    ]
+    return [output_parity(meta.name, g, e.numpy(), atol) for meta, g, e in zip(session.get_outputs(), got, expected_outs, strict=True)]

@@ -13,14 +13,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from harness.core.errors import HarnessError
+
 if TYPE_CHECKING:
     import torch
+
+
+# `[export] exporter`: torch.export (`dynamo`), TorchScript tracing (`torchscript`), or torch.export falling back to
+# tracing when torch.export refuses the model (`auto`, e.g. a detector's data-dependent post-processing)
+EXPORTERS = ("dynamo", "torchscript", "auto")
 
 
 @dataclass(frozen=True)
 class ExportSpec:
     """How the model becomes files: ONNX export, precision variants, engines."""
 
+    exporter: str = "dynamo"  # one of EXPORTERS
     opset: int = 18
     atol: float = 1e-4
     parity_samples: int = 32
@@ -31,6 +39,10 @@ class ExportSpec:
     int8_per_channel: bool = True
     trt_workspace_mb: int = 1024
     trt_batch: tuple[int, int, int] = (1, 32, 64)
+
+    def __post_init__(self) -> None:
+        if self.exporter not in EXPORTERS:
+            raise HarnessError(f"unknown exporter '{self.exporter}'", f"choose one of {', '.join(EXPORTERS)}")
 
     def keep_for(self, precision: str) -> tuple[str, ...]:
         return {"fp16": self.fp16_keep_fp32, "int8": self.int8_keep_fp32}.get(precision, ())

@@ -78,9 +78,11 @@ def test_export_cli_prints_parity_lines(harness_cli: Callable[..., object]) -> N
     assert "[✓] logits: max abs diff" in result.out and "onnx fp32: " in result.out
 
 
-def test_an_export_is_byte_identical_wherever_the_project_lives(tmp_path: Path) -> None:
-    """The same model source in two folders exports to the same bytes: no absolute path (stack traces of the
-    checkout or the environment) reaches the file, and the name scopes that label layers stay."""
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_an_export_is_byte_identical_wherever_the_project_lives(tmp_path: Path, exporter: str) -> None:
+    """The same model source in two folders exports to the same bytes, by either exporter: no absolute path (stack
+    traces of the checkout or the environment) reaches the file, and the name scopes that label layers stay (the
+    torch.export-based exporter writes them)."""
     import hashlib
     import importlib.util
     import shutil
@@ -101,11 +103,11 @@ def test_an_export_is_byte_identical_wherever_the_project_lives(tmp_path: Path) 
         torch.manual_seed(0)
         model = module.build_demo_resnet(num_classes=4).eval()
         out = folder / "model.onnx"
-        export_onnx(model, example, out, "images", ("logits",), 18, {})
+        export_onnx(model, example, out, "images", ("logits",), 18, {}, exporter)
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
         paths.append(str(folder))
     assert digests[0] == digests[1]
     data = (tmp_path / "a" / "model.onnx").read_bytes()
     assert all(p.encode() not in data for p in (*paths, str(Path(torch.__file__).parent)))
     nodes = onnx.load(str(tmp_path / "a" / "model.onnx")).graph.node
-    assert any(p.key == SCOPE_KEY for node in nodes for p in node.metadata_props)
+    assert any(p.key == SCOPE_KEY for node in nodes for p in node.metadata_props) == (exporter == "dynamo")

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, model_validator
 
+from exporters.spec import EXPORTERS
 from harness.core.errors import HarnessError
 from harness.data.intake import IntakePolicy
 
@@ -60,6 +61,8 @@ class Names:
     def of(self, registry: str) -> list[str]:
         if registry == "int8_calibration":
             return sorted(INT8_CALIBRATIONS)
+        if registry == "exporter":
+            return sorted(EXPORTERS)
         return sorted(self.postprocess if registry == "task" else getattr(self, registry))
 
 
@@ -90,6 +93,7 @@ Order = one_of("order")
 Rounding = one_of("rounding")
 Layout = one_of("layout")
 Calibration = one_of("int8_calibration")
+Exporter = one_of("exporter")
 TaskName = one_of("task")
 Resizer = one_of("resize")
 Colour = one_of("colour")
@@ -177,6 +181,9 @@ class StackTable(Table):
 
 
 class ExportTable(Table):
+    exporter: Annotated[
+        Exporter, Field(description="dynamo (torch.export) | torchscript (tracing) | auto (dynamo, falling back to torchscript)")
+    ] = "dynamo"
     opset: Annotated[int, Field(ge=7)] = 18
     atol: Annotated[float, Field(gt=0)] = 1e-4
     parity_samples: Annotated[int, Field(ge=1)] = 32
