@@ -29,7 +29,7 @@ from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
 from harness.data.colour import COLOUR_PATHS
 from harness.data.dataset import Sample
 from harness.data.decoders import DECODERS, decoder_unavailable
-from harness.data.feed import Decoded, DecoderNotApplicable, InputSet, concat_inputs, decode_all, decode_key, tensors_from
+from harness.data.feed import Decoded, DecoderNotApplicable, InputSet, RaggedStack, concat_inputs, decode_all, decode_key, tensors_from
 from harness.data.resizers import RESIZERS
 from harness.data.stack import PADDED_MODES, StackSpec
 from harness.judge.compare import Baseline, Comparison, compare
@@ -538,7 +538,11 @@ def _single_axis_rows(
                 runner.infer(tensors[_stack_key(reference)], runtime, None)
             for variant in (v for v in members if v not in inapplicable):
                 stack = variant.stack_for(reference)
-                inputs = tensors.get(_stack_key(stack)) or tensors.setdefault(_stack_key(stack), tensors_from(samples, pixels, stack))
+                try:
+                    inputs = tensors.get(_stack_key(stack)) or tensors.setdefault(_stack_key(stack), tensors_from(samples, pixels, stack))
+                except RaggedStack as exc:  # e.g. resize_mode 'shorter' without the reference's crop: images keep their ratio
+                    inapplicable[variant] = exc.what
+                    continue
                 try:
                     for runtime, _baseline in _targets(variant, runtimes, suite.run.reference):
                         runner.infer(inputs, runtime, variant.model)

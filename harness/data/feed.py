@@ -158,9 +158,13 @@ def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) 
     )
 
 
+class RaggedStack(HarnessError):
+    """A stack whose tensors differ in shape from image to image (no batch can hold them)."""
+
+
 def _one_shape(stack: StackSpec, shapes: set[tuple[int, ...]]) -> None:
     if len(shapes) > 1:
-        raise HarnessError(
+        raise RaggedStack(
             f"stack '{stack.name}' gives tensors of different shapes {sorted(shapes)}",
             "add a crop or use resize_mode = 'direct', 'letterbox' or 'keep-ratio'",
         )
