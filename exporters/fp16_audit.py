@@ -119,7 +119,7 @@ def audit_lines(audit: dict[str, Any]) -> list[str]:
 
 
 def audit_fp16(model: onnx.ModelProto, inputs: np.ndarray | None, input_name: str, origin: str | None) -> Fp16Audit:
-    """Audit an FP32 model whose nodes all have names (`exporters.fp16.name_nodes`): its constants, and with
+    """Audit an FP32 model whose nodes all have names (`exporters.fp16.load_named`): its constants, and with
     `inputs` (rows of `input_name`, from `origin`) its activations."""
     from exporters.graph import node_layer
 
