@@ -11,7 +11,7 @@ model alike; its precision variants derive from the rewritten file.
 
 An artifact is a recipe, a chain of steps each cached under the hash of its
 input file and its own settings (so under the hash of the whole chain):
-`export-onnx -> [rewrite] -> fp16 | int8 -> [keep-fp32 layers] -> [mark tensors]
+`export-onnx -> [rewrite] -> fp16 (after its range audit) | int8 -> [keep-fp32 layers] -> [mark tensors]
 -> [openvino-ir | tensorrt-engine]`. `derive(keep_fp32=..., mark=...)` gives
 the same model with other steps: "the int8 model with these 6 intermediate
 tensors exposed" is an ordinary cached artifact on every backend.
@@ -261,7 +261,6 @@ class ModelArtifacts:
             raise HarnessError(f"no ONNX variant for precision '{precision}'", f"precisions: {', '.join(PRECISIONS)}")
         import onnxruntime
 
-        from exporters.fp16 import convert_fp16
         from exporters.int8 import QDQ_OPSET, CalibrationReader, calibration_hash, quantize_int8
 
         source = self._precision_onnx("fp32")
@@ -271,13 +270,7 @@ class ModelArtifacts:
             "onnxruntime": onnxruntime.__version__,
         }
         if precision == "fp16":
-            nodes = self._kept_nodes("fp16") if self.keep_fp32["fp16"] else []
-            fields["op_block_list"] = list(self.export.fp16_op_block_list)
-            if nodes:
-                fields["keep_fp32"] = list(self.keep_fp32["fp16"])
-            return self._cached(
-                "onnx:fp16", fields, ONNX_FILENAMES["fp16"], lambda out: convert_fp16(source, out, self.export.fp16_op_block_list, nodes)
-            )
+            return self._fp16_onnx(source, fields)
         calibration = self.calibration_inputs()
         fields |= {
             "qdq_opset": QDQ_OPSET,
@@ -305,6 +298,45 @@ class ModelArtifacts:
             ONNX_FILENAMES["int8"],
             lambda out: keep_float(quantized, source, out, nodes) | {"keep_fp32": keep},
         )
+
+    def _fp16_onnx(self, source: Path, fields: dict[str, Any]) -> Path:
+        """The FP16 file, after the FP16 range audit (`exporters.fp16_audit`) of `source` on the audit inputs: what it
+        finds is kept in FP32, refused or reported, as [export] fp16_out_of_range says; its lines go to the log."""
+        from exporters.fp16 import convert_fp16, load_named
+        from exporters.fp16_audit import AUDIT_VERSION, audit_fp16, audit_lines
+        from harness.core.hashing import digest
+
+        nodes = self._kept_nodes("fp16") if self.keep_fp32["fp16"] else []
+        policy = self.export.fp16_out_of_range
+        origin, inputs = self._audit_inputs()
+        fields |= {
+            "op_block_list": list(self.export.fp16_op_block_list),
+            "fp16_out_of_range": policy,
+            "audit": AUDIT_VERSION,
+            "audit_inputs": f"{origin}: {digest(inputs)}" if inputs is not None else None,
+        }
+        if nodes:
+            fields["keep_fp32"] = list(self.keep_fp32["fp16"])
+
+        def build(out: Path) -> dict[str, Any]:
+            audit = audit_fp16(load_named(source), inputs, self.input_names[0], origin)
+            if policy == "fail" and audit.findings:
+                raise audit.failure(source.name)
+            kept = audit.kept_nodes if policy == "keep-fp32" else []
+            info = convert_fp16(source, out, self.export.fp16_op_block_list, sorted({*nodes, *kept}))
+            return info | {"fp16_audit": audit.describe(policy)}
+
+        path = self._cached("onnx:fp16", fields, ONNX_FILENAMES["fp16"], build)
+        self.log.extend(line for line in audit_lines(self.provenance["onnx:fp16"]["fp16_audit"]) if line not in self.log)
+        return path
+
+    def _audit_inputs(self) -> tuple[str | None, np.ndarray | None]:
+        """What the FP16 range audit runs on: the calibration split, else the parity inputs, else nothing."""
+        if self._calibration_inputs is not None:
+            return "calibration split", self._calibration_inputs().tensors
+        if self._parity_inputs is not None:
+            return "parity inputs", self._parity_inputs()
+        return None, None
 
     @cached_property
     def _variant_onnx(self) -> Path:

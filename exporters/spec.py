@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:
     import torch
+
+# What the FP16 range audit's findings do (`exporters.fp16_audit`): keep their nodes in FP32, fail the build, or only say so.
+Fp16OutOfRange = Literal["keep-fp32", "fail", "report"]
 
 
 # `[export] exporter`: torch.export (`dynamo`), TorchScript tracing (`torchscript`), or torch.export falling back to
@@ -34,6 +37,7 @@ class ExportSpec:
     parity_samples: int = 32
     fp16_op_block_list: tuple[str, ...] = ()
     fp16_keep_fp32: tuple[str, ...] = ()  # layers (PyTorch module names) kept in FP32 in the FP16 model
+    fp16_out_of_range: Fp16OutOfRange = "keep-fp32"  # values beyond FP16's range, found by the FP16 range audit
     int8_keep_fp32: tuple[str, ...] = ()  # layers kept in float in the Q/DQ model (`harness export --keep-fp32 auto` finds them)
     int8_calibration: str = "minmax"
     int8_per_channel: bool = True

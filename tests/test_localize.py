@@ -18,7 +18,7 @@ from harness.run.prepared import SuiteRun
 from harness.run.sessions import run_session
 from harness.spec.suite import Suite, load_suite
 from runtimes import get_runtime
-from tests.planted import planted_suite
+from tests.planted import REPORT_FP16_OVERFLOW, planted_suite
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def demo_run(demo_suite: Suite, cache: ArtifactCache) -> SuiteRun:
 
 @pytest.fixture
 def planted(make_suite: Callable[..., Path], tmp_path: Path, demo_images: np.ndarray) -> Callable[[str], Suite]:
-    return lambda fault: load_suite(str(planted_suite(make_suite, tmp_path, fault, demo_images)))
+    extra = {"fp16": REPORT_FP16_OVERFLOW}  # the overflow that localize must find stays in the FP16 file
+    return lambda fault: load_suite(str(planted_suite(make_suite, tmp_path, fault, demo_images, extra.get(fault, ""))))
 
 
 @pytest.mark.parametrize("runtime", ["ort-int8", "ov-int8"])

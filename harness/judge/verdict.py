@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from exporters.cache import ArtifactCache
+from exporters.fp16_audit import audit_lines
 from harness.judge.attribution import Tolerated, attribute
 from harness.judge.compare import GOLDEN, Baseline, Comparison, compare, judge
 from harness.judge.golden import Golden, GoldenStore
@@ -160,6 +161,16 @@ def degenerate(inference: Inference, max_abs: float) -> str | None:
     return None
 
 
+def fp16_audit_notes(measured: RunOutputs) -> dict[str, list[str]]:
+    """The FP16 range audit of each FP16 file a runtime consumed (its provenance), line -> runtimes."""
+    found: dict[str, list[str]] = {}
+    for name, inference in measured.inferences.items():
+        audit = inference.artifacts.get("onnx:fp16", {}).get("fp16_audit")
+        for line in audit_lines(audit) if audit else []:
+            found.setdefault(line, []).append(name)
+    return found
+
+
 def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | None, goldens: dict[str, Golden] | None = None) -> RunReport:
     """Compare each runtime with the reference and (when a store is given) with its golden (`goldens`: already loaded)."""
     task = make_task(suite.task)
@@ -200,6 +211,7 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
     if suite.model.fixed_batch:
         batch = suite.model.fixed_batch
         notes.append(f"{suite.model.weights.name} is fixed to batch {batch}: every runtime was fed batches of {batch}")
+    notes += [f"{', '.join(names)}: {line}" for line, names in fp16_audit_notes(measured).items()]
     degenerate_reference = degenerate(ref, suite.tolerances.for_precision("fp32").max_abs)
     if degenerate_reference:
         notes.append(f"{degenerate_reference}: the checks pass trivially; are the weights the trained ones?")

@@ -65,7 +65,7 @@ class SuiteRun:
                 export=self.suite.export,
                 input_hw=self.suite.stack.input_hw,
                 parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).tensors,
-                calibration_inputs=lambda: self.calibration,
+                calibration_inputs=(lambda: self.calibration) if self.suite.data.calibration_split else None,
                 variant=get_variant(variant) if variant else None,
             )
         return self._variants[key]

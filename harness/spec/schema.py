@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, model_validator
 
-from exporters.spec import EXPORTERS
+from exporters.spec import EXPORTERS, Fp16OutOfRange
 from harness.core.errors import HarnessError
 from harness.data.intake import IntakePolicy
 
@@ -189,6 +189,10 @@ class ExportTable(Table):
     parity_samples: Annotated[int, Field(ge=1)] = 32
     fp16_op_block_list: list[str] = []
     fp16_keep_fp32: Annotated[list[str], Field(description="layers (PyTorch module names) kept in FP32 in the FP16 model")] = []
+    fp16_out_of_range: Annotated[
+        Fp16OutOfRange,
+        Field(description="values beyond FP16's range (FP16 range audit): keep their layers in FP32, fail, or only report them"),
+    ] = "keep-fp32"
     int8_keep_fp32: Annotated[list[str], Field(description="layers kept in float in the Q/DQ INT8 model")] = []
     int8_calibration: Calibration = "minmax"
     int8_per_channel: bool = True
