@@ -90,16 +90,15 @@ class ClassificationTask:
                 f"output '{name}' is {shape_text(dims)}: classification needs one [N, C] class-score output",
                 f"set [postprocess] scores to an [N, C] output of {listed(shapes)}{raw_hint}",
             )
-        width, needed = dims[1], classes + self.label_offset
+        width = dims[1]
         if width is None:
             return
-        if width < needed:
-            offset = f" + label_offset {self.label_offset}" if self.label_offset else ""
+        if width < classes:
             raise OutputContractError(
-                f"output '{name}' is {shape_text(dims)}: {width} scores for the manifest's {classes} classes{offset}",
+                f"output '{name}' is {shape_text(dims)}: {width} scores for the manifest's {classes} classes",
                 "set [postprocess] scores to the class-score output, or fix the manifest's classes",
             )
-        if not self.scores and len(shapes) > 1 and width != needed:
+        if not self.scores and len(shapes) > 1 and width not in (classes, classes + self.label_offset):
             raise OutputContractError(
                 f"the model has {len(shapes)} outputs ({listed(shapes)}); classification reads the first, '{name}', "
                 f"whose {width} values do not match the manifest's {classes} classes",
