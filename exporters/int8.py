@@ -23,6 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from exporters.spec import CalibrationSet
 from harness.core.errors import HarnessError
 
+QDQ_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) arrived in opset 13
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 
 
@@ -60,7 +61,8 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         raise HarnessError(f"unknown calibration method '{method}'", f"choose one of {sorted(CALIBRATION_METHODS)}")
     with tempfile.TemporaryDirectory() as tmp, redirect_stdout(io.StringIO()):  # the calibrators print progress
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        upgraded_from = _upgrade_opset(source, Path(tmp) / "opset.onnx")
+        quant_pre_process(str(Path(tmp) / "opset.onnx" if upgraded_from else source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out),
@@ -80,4 +82,18 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         "calibration_samples": len(reader.fed_ids),
         "calibration_sha256": calibration_hash(reader.inputs),
         "calibration_ids_sha256": hashlib.sha256("\n".join(reader.fed_ids).encode()).hexdigest(),
-    }
+    } | ({"opset_upgraded_from": upgraded_from} if upgraded_from else {})
+
+
+def _upgrade_opset(source: Path, out: Path) -> int | None:
+    """A model below opset QDQ_OPSET (a ready ONNX file: PP-OCR's DBNet is opset 12) written at QDQ_OPSET to `out`,
+    since per-channel DequantizeLinear needs its `axis`; returns the opset it had, None when it needed nothing."""
+    import onnx
+    from onnx import version_converter
+
+    imports = onnx.load(str(source), load_external_data=False).opset_import
+    opset = next((o.version for o in imports if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    if opset >= QDQ_OPSET:
+        return None
+    onnx.save(version_converter.convert_version(onnx.load(str(source)), QDQ_OPSET), str(out))
+    return opset

@@ -76,17 +76,22 @@ def test_pb_layout_passes_on_ort_and_openvino(model: Path, tmp_path: Path, harne
     assert "test_data_set_1" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_wrong_expected_output_fails_with_exit_1(model: Path, tmp_path: Path, harness_cli: Callable[..., object]) -> None:
+def test_wrong_expected_output_fails_by_the_fp32_profile_and_rtol_atol_override(
+    model: Path, tmp_path: Path, harness_cli: Callable[..., object]
+) -> None:
     inputs, outputs = _case()
-    outputs["y"] = outputs["y"] + 1e-3
+    outputs["y"] = outputs["y"] + 1e-2  # 10x the fp32 profile's max abs
     _write_pb(tmp_path / "data" / "test_data_set_0", "input", inputs)
     _write_pb(tmp_path / "data" / "test_data_set_0", "output", outputs)
-    result = harness_cli("run", "--onnx", model, "--inputs", tmp_path / "data", "--report-dir", tmp_path / "r")
+    data = tmp_path / "data"
+    result = harness_cli("run", "--onnx", model, "--inputs", data, "--report-dir", tmp_path / "r")
     assert result.code == 1
-    assert re.search(r"test_data_set_0 .* y .* expected .* FAIL: \d+/12 elements outside tolerance", result.out)
+    assert re.search(r"test_data_set_0 .* ort-fp32 .* fp32 .* y .* expected .* FAIL: max abs \S+ > 0.001.* \(fp32 profile\)", result.out)
     assert re.search(r"test_data_set_0 .* z .* expected .* PASS", result.out)
-    loose = harness_cli("run", "--onnx", model, "--inputs", tmp_path / "data", "--atol", "2e-3", "--report-dir", tmp_path / "r")
-    assert loose.code == 0
+    strict = harness_cli("run", "--onnx", model, "--inputs", data, "--atol", "5e-3", "--report-dir", tmp_path / "r")
+    assert strict.code == 1 and re.search(r"FAIL: \d+/12 elements outside rtol 0, atol 0.005", strict.out)
+    loose = harness_cli("run", "--onnx", model, "--inputs", data, "--atol", "2e-2", "--report-dir", tmp_path / "r")
+    assert loose.code == 0 and "rtol 0, atol 0.02" in loose.out
 
 
 def test_npy_and_npz_inputs(model: Path, tmp_path: Path, harness_cli: Callable[..., object]) -> None:
