@@ -129,7 +129,11 @@ class ModelInput:
             want = "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
             wrong = [i for i, d in enumerate(self.dims) if isinstance(d, int) and i < array.ndim and array.shape[i] != d]
             if array.ndim != len(self.dims) or wrong:
-                where = f"axis {wrong[0]}: {array.shape[wrong[0]]} vs {self.dims[wrong[0]]}" if wrong else f"rank {array.ndim}"
+                where = (
+                    f"rank {array.ndim}"
+                    if array.ndim != len(self.dims)
+                    else f"axis {wrong[0]}: {array.shape[wrong[0]]} vs {self.dims[wrong[0]]}"
+                )
                 return (
                     f"input '{self.name}' has shape {list(array.shape)} but the model expects {want} ({where})",
                     f"write the test data in the model's input shape {want}, or pass a model exported with dynamic axes",
@@ -186,8 +190,10 @@ def load_calibration(directory: Path, inputs: dict[str, ModelInput], output_name
         )
     (name,) = inputs
     sets = [load_test_set(folder, inputs, output_names) for folder in test_folders(directory)]
+    if sets[0].inputs[name].ndim == 0:
+        raise HarnessError(f"{directory}: calibration input '{name}' is a scalar, not a batch of samples", "write [N, ...] tensors")
     shapes = {s.inputs[name].shape[1:] for s in sets}
-    if len(shapes) > 1 or sets[0].inputs[name].ndim == 0:
+    if len(shapes) > 1:
         raise HarnessError(
             f"{directory}: calibration inputs '{name}' differ in shape beyond the batch axis {sorted(shapes)}",
             "give every calibration set the same shape",
@@ -215,6 +221,13 @@ class Judging:
             return f"rtol {self.rtol or 0:g}, atol {self.atol or 0:g}"
         return f"{judged_precision(requested, executed)} profile"
 
+    def flat(self, want: np.ndarray) -> str | None:
+        """Why the cosine of a tensor against `want` measures only noise (`want` is within the fp32 profile's max abs
+        of zero, as a detector's map of a set without objects is), or None."""
+        scale = float(np.max(np.abs(want), initial=0.0))
+        limit = self.profiles.for_precision("fp32").max_abs
+        return f"is at most {scale:.1e}, within max abs {limit:g} of zero: cosine not judged" if scale <= limit else None
+
     def judge(self, got: np.ndarray, want: np.ndarray, requested: str, executed: str) -> tuple[float, float, float, str | None]:
         """max abs, max rel, cosine, and why the tensor fails (None when it passes)."""
         if got.shape != want.shape:
@@ -228,7 +241,7 @@ class Judging:
         profile = judged_precision(requested, executed)
         tolerance = self.profiles.for_precision(profile)
         broken = [f"max abs {stats.max_abs:.2e} > {tolerance.max_abs:g}"] if stats.max_abs > tolerance.max_abs else []
-        if stats.min_cosine < tolerance.min_cosine:
+        if stats.min_cosine < tolerance.min_cosine and not self.flat(want):
             broken.append(f"cosine {stats.min_cosine:.6f} < {tolerance.min_cosine:g}")
         return stats.max_abs, stats.max_rel, stats.min_cosine, f"{', '.join(broken)} ({profile} profile)" if broken else None
 
@@ -547,6 +560,9 @@ def run_test_data(
                     continue
                 requested, executed = get_runtime(name).precision, opened[name].describe.get("executed", "")
                 for output, reference in want.items():
+                    flat = None if judging.elementwise else judging.flat(reference)
+                    if flat:
+                        report.notes.append(f"{test_set.name}: {against} {output} {flat} (does the set hold what the model detects?)")
                     stats = judging.judge(results[name][-1][output], reference, requested, executed)
                     report.checks.append(TensorCheck(test_set.name, name, executed, output, against, *stats))
     finally:
