@@ -23,6 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from exporters.spec import CalibrationSet
 from harness.core.errors import HarnessError, first_line
 
+QDQ_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) arrived in opset 13; TensorRT's explicit quantization needs it
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 
 
@@ -83,8 +84,6 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         "calibration_ids_sha256": hashlib.sha256("\n".join(reader.fed_ids).encode()).hexdigest(),
     } | ({"opset_upgraded": upgraded} if upgraded else {})
 
-
-QDQ_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear (their `axis`), and what TensorRT's explicit quantization needs
 
 
 def _qdq_opset(path: Path) -> str | None:

@@ -26,7 +26,7 @@ from exporters.cache import ArtifactCache, default_cache_dir
 from exporters.rewrites import MODEL_VARIANTS
 from harness import api
 from harness.analysis.matrix import AXES, DEFAULT_AXES, run_matrix
-from harness.analysis.onnx_testdata import run_test_data
+from harness.analysis.onnx_testdata import Judging, run_test_data
 from harness.core.environment import environment
 from harness.core.errors import HarnessError, exit_interrupted
 from harness.core.plugins import load_installed, load_plugins
@@ -497,8 +497,19 @@ def doctor() -> None:
     "between inference phases). Ray: worker actors (default: the cluster's CPUs).",
 )
 @cache_option
-@click.option("--rtol", type=float, default=1e-3, show_default=True, help="With --onnx: relative tolerance.")
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="With --onnx: absolute tolerance.")
+@click.option(
+    "--calibration",
+    "calibration_dir",
+    type=click.Path(path_type=Path),
+    help="With --onnx: int8 calibration inputs, a folder in the --inputs layout (int8 runtimes run only with it).",
+)
+@click.option(
+    "--rtol",
+    type=float,
+    default=None,
+    help="With --onnx: relative tolerance on every element (default: each runtime by its precision's tolerance profile).",
+)
+@click.option("--atol", type=float, default=None, help="With --onnx: absolute tolerance on every element (a missing one of the two is 0).")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -520,8 +531,9 @@ def run(
     address: str | None,
     workers: int | None,
     cache_dir: Path | None,
-    rtol: float,
-    atol: float,
+    calibration_dir: Path | None,
+    rtol: float | None,
+    atol: float | None,
 ) -> None:
     """Run runtimes on identical inputs; compare with the reference and the goldens."""
     if onnx_model is not None:
@@ -529,11 +541,15 @@ def run(
             raise HarnessError(
                 "--onnx needs --inputs DIR and no --suite", "e.g. harness run --onnx model.onnx --inputs test_data/ --runtime ort-fp32"
             )
-        testdata = run_test_data(onnx_model, inputs_dir, _expand_runtimes(runtimes, ("ort-fp32",)), rtol, atol, _cache(cache_dir))
+        testdata = run_test_data(onnx_model, inputs_dir, runtimes, _cache(cache_dir), Judging(rtol, atol), calibration_dir)
         testdata.render(console)
-        for path in write_report_files(report_folder(report_dir, onnx_model.stem, "run"), testdata.describe(), testdata.to_markdown()):
+        folder = report_folder(report_dir, onnx_model.stem, "run")
+        assert testdata.measured is not None
+        for path in [*write_report_files(folder, testdata.describe(), testdata.to_markdown()), testdata.measured.save(folder)]:
             console.print(f"wrote {path}")
         ctx.exit(0 if testdata.passed else 1)
+    if calibration_dir is not None:
+        raise HarnessError("--calibration is for --onnx runs", "a suite calibrates int8 on its [data] calibration_split")
     suite = _require_suite(suite_name)
     report_dir = report_folder(report_dir, suite.name, "run")
     execution = Execution(executor, workers, address, report_dir / UNITS_DIR, resume)

@@ -29,7 +29,7 @@ class OrtSession:
 
         path = artifacts.onnx_path(spec.precision)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: an error reaches the caller as the exception, not also as a log line
         options.intra_op_num_threads = self._threads = compute_threads()
         options.inter_op_num_threads = 1
         try:
