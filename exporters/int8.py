@@ -85,7 +85,6 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
     } | ({"opset_upgraded": upgraded} if upgraded else {})
 
 
-
 def _qdq_opset(path: Path) -> str | None:
     """A model of an older opset (a ready file, e.g. opset 12) is converted to QDQ_OPSET in place first; returns
     'old -> new' when it was."""
