@@ -89,7 +89,8 @@ class Comparison:
     sample_min_cosine: np.ndarray = field(default_factory=lambda: np.ones(0))
     checks: list[Check] = field(default_factory=list)
     attribution: Attribution | None = None
-    sample_errors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # output -> per-sample max abs, cosine
+    # output -> per sample: max abs error, cosine, the baseline's largest magnitude
+    sample_errors: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     by_profile: bool = False  # the task has no predictions: agreement = share of samples within the judging profile
     ids: tuple[str, ...] = ()
 
@@ -99,10 +100,24 @@ class Comparison:
         if not self.sample_errors:
             return (self.sample_max_abs <= tolerance.max_abs) & (self.sample_min_cosine >= tolerance.min_cosine)
         inside = np.ones(self.samples, dtype=bool)
-        for name, (max_abs, cosine) in self.sample_errors.items():
+        for name, (max_abs, _cosine, _scale) in self.sample_errors.items():
             limits = tolerance.for_output(name)
-            inside &= (max_abs <= limits.max_abs) & (cosine >= limits.min_cosine)
+            inside &= (max_abs <= limits.max_abs) & (self.judged_cosine(name, limits) >= limits.min_cosine)
         return inside
+
+    def judged_cosine(self, name: str, limits: Tolerance) -> np.ndarray:
+        """Output `name`'s cosine per sample as judged: 1.0 where the baseline itself is within `max_abs` of zero
+        (an empty text map, a blank frame: there the cosine of two near-zero vectors is noise, max abs judges)."""
+        _max_abs, cosine, scale = self.sample_errors[name]
+        return np.where(scale <= limits.max_abs, 1.0, cosine)
+
+    def cosine_exempt(self, tolerance: Tolerance) -> int:
+        """Samples whose cosine would fail but whose baseline is within max_abs of zero (judged by max abs alone)."""
+        exempt = np.zeros(self.samples, dtype=bool)
+        for name, (_max_abs, cosine, scale) in self.sample_errors.items():
+            limits = tolerance.for_output(name)
+            exempt |= (scale <= limits.max_abs) & (cosine < limits.min_cosine)
+        return int(exempt.sum())
 
     @property
     def metric_delta(self) -> float:
@@ -180,8 +195,8 @@ def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
     return _stats_and_sample_errors(candidate, baseline)[0]
 
 
-def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray, np.ndarray]:
-    """Aggregated statistics, the per-sample max abs error and the per-sample cosine, from one pass over the difference."""
+def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregated statistics, the per-sample max abs error, cosine and baseline magnitude, from one pass over the difference."""
     cand, base, diff = _rows(candidate, baseline)
     base_norm = np.linalg.norm(base, axis=1)
     norms = np.linalg.norm(cand, axis=1) * base_norm
@@ -196,7 +211,7 @@ def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tup
         min_cosine=float(cosine.min(initial=1.0)),
         mean_cosine=float(cosine.mean()) if cosine.size else 1.0,
     )
-    return stats, diff.max(axis=1, initial=0.0), cosine
+    return stats, diff.max(axis=1, initial=0.0), cosine, np.abs(base).max(axis=1, initial=0.0)
 
 
 def compare(
@@ -210,14 +225,14 @@ def compare(
 ) -> Comparison:
     """Candidate against baseline on the same samples: output statistics here, agreement from the task."""
     measured = {name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs}
-    errors = np.sum([sample_errors for _, sample_errors, _ in measured.values()], axis=0)
+    errors = np.sum([sample_errors for _, sample_errors, _, _ in measured.values()], axis=0)
     worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
     agreement = task.agree(ids, targets, candidate, baseline)
     return Comparison(
         runtime=runtime,
         against=against,
         samples=len(ids),
-        outputs={name: stats for name, (stats, _, _) in measured.items()},
+        outputs={name: stats for name, (stats, _, _, _) in measured.items()},
         top1_agreement=agreement.agreement,
         flips=agreement.flips,
         negative_flips=agreement.negative_flips,
@@ -227,9 +242,9 @@ def compare(
         metric=agreement.metric,
         metric_baseline=agreement.metric_baseline,
         details=agreement.details,
-        sample_max_abs=np.max([e for _, e, _ in measured.values()], axis=0),
-        sample_min_cosine=np.min([c for _, _, c in measured.values()], axis=0),
-        sample_errors={name: (errors, cosine) for name, (_, errors, cosine) in measured.items()},
+        sample_max_abs=np.max([e for _, e, _, _ in measured.values()], axis=0),
+        sample_min_cosine=np.min([c for _, _, c, _ in measured.values()], axis=0),
+        sample_errors={name: (errors, cosine, scale) for name, (_, errors, cosine, scale) in measured.items()},
         by_profile=getattr(task, "agreement_by_profile", False),
         ids=ids,
     )
@@ -243,15 +258,21 @@ def _numeric(comparison: Comparison, tolerance: Tolerance) -> dict[str, tuple[fl
     """max_abs and min_cosine over the outputs without limits of their own, then per output with them
     (`max_abs[boxes]`)."""
     own = [name for name in comparison.outputs if name in tolerance.outputs]
-    plain = [stats for name, stats in comparison.outputs.items() if name not in tolerance.outputs]
+    plain = [name for name in comparison.outputs if name not in tolerance.outputs]
+
+    def cosine(name: str, limits: Tolerance) -> float:
+        if name not in comparison.sample_errors:  # statistics without per-sample rows
+            return comparison.outputs[name].min_cosine
+        return float(comparison.judged_cosine(name, limits).min(initial=1.0))
+
     measured: dict[str, tuple[float, float, str]] = {}
     if plain:
-        measured["max_abs"] = (max(s.max_abs for s in plain), tolerance.max_abs, "<=")
-        measured["min_cosine"] = (min(s.min_cosine for s in plain), tolerance.min_cosine, ">=")
+        measured["max_abs"] = (max(comparison.outputs[n].max_abs for n in plain), tolerance.max_abs, "<=")
+        measured["min_cosine"] = (min(cosine(n, tolerance) for n in plain), tolerance.min_cosine, ">=")
     for name in own:
-        stats, limits = comparison.outputs[name], tolerance.for_output(name)
-        measured[f"max_abs[{name}]"] = (stats.max_abs, limits.max_abs, "<=")
-        measured[f"min_cosine[{name}]"] = (stats.min_cosine, limits.min_cosine, ">=")
+        limits = tolerance.for_output(name)
+        measured[f"max_abs[{name}]"] = (comparison.outputs[name].max_abs, limits.max_abs, "<=")
+        measured[f"min_cosine[{name}]"] = (cosine(name, limits), limits.min_cosine, ">=")
     return measured
 
 
@@ -269,6 +290,9 @@ def judge(comparison: Comparison, tolerance: Tolerance) -> Comparison:
     """Attach one check per tolerance key; returns the same comparison."""
     if comparison.by_profile:
         by_profile(comparison, tolerance)
+    exempt = comparison.cosine_exempt(tolerance) if comparison.sample_errors else 0
+    if exempt:
+        comparison.details["cosine_exempt_samples"] = exempt
     measured = _numeric(comparison, tolerance)
     measured |= {
         "top1_agreement": (comparison.top1_agreement, tolerance.min_top1_agreement, ">="),

@@ -206,6 +206,13 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
                 notes.append(f"{name} vs golden: {comparison.attribution.message()}")
             for phrase in staleness(golden.metadata, measured.metadata(name)):
                 stale.setdefault(phrase, []).append(name)
+        for comparison in result.comparisons:
+            exempt = comparison.details.get("cosine_exempt_samples")
+            if exempt:
+                notes.append(
+                    f"{name} vs {comparison.against}: {exempt} sample(s) whose reference output is within max_abs of zero "
+                    "judged by max abs alone (the cosine of near-zero outputs is noise)"
+                )
         results.append(result)
     notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
     if suite.model.fixed_batch:
