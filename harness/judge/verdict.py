@@ -195,6 +195,12 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
             notes.append(note)
         if name != reference:
             result.comparisons.append(compare_to_reference(suite, measured.ids, measured.labels, inference, ref, task))
+            profile, tolerance = judged_profile(suite, inference)
+            if getattr(task, "agreement_by_profile", False) and tolerance.min_cosine <= 0:
+                notes.append(
+                    f"{name}: the {profile} profile bounds raw outputs loosely (max abs {tolerance.max_abs:g}, no cosine limit): "
+                    f"set [tolerance.{profile}] max_abs and min_cosine for this model's outputs"
+                )
         if goldens and name in goldens:
             assert golden_store is not None
             golden = goldens[name]
