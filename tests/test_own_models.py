@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,12 +16,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from exporters.cache import ArtifactCache
 from harness.core.errors import HarnessError
 from harness.data.dataset import load_dataset
 from harness.data.feed import build_inputs
 from harness.data.parallel import Preparer
 from harness.data.stack import StackSpec
+from harness.judge.verdict import run_suite
+from harness.run.executors import Execution
 from harness.run.outputs import RunOutputs
+from harness.run.plan import RunRequest
 from harness.spec.suite import load_suite
 from tests.conftest import DEMO_DIR, CliResult
 
@@ -274,26 +277,43 @@ def test_a_task_path_and_failing_plugins(suites: dict[str, Path], harness_cli: C
     assert result.code == 2 and "plugin 'no_such_plugin_module' (--plugin) failed to import: ModuleNotFoundError" in result.err
 
 
-def test_a_plugin_decoder_reaches_spawned_decode_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+INVERTING_DECODER = """
+from harness.data.decoders import decode_pillow, register_decoder
+
+@register_decoder("inverted-pillow")
+def decode(data, exif, min_side=0):
+    return 255 - decode_pillow(data, exif, min_side)
+"""
+
+
+def _load_decoder_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin registering a decoder, loaded as `--plugin` loads one (its module and folder recorded in the environment)."""
     from harness.core import plugins
 
     for env in (plugins.MODULES_ENV, plugins.PATH_ENV):
         monkeypatch.delenv(env, raising=False)
     folder = tmp_path / "plugin"
     folder.mkdir()
-    (folder / "inverting_decoder.py").write_text(
-        textwrap.dedent(
-            """
-            from harness.data.decoders import decode_pillow, register_decoder
-
-            @register_decoder("inverted-pillow")
-            def decode(data, exif, min_side=0):
-                return 255 - decode_pillow(data, exif, min_side)
-            """
-        )
-    )
+    (folder / "inverting_decoder.py").write_text(INVERTING_DECODER)
     monkeypatch.setattr(sys, "path", list(sys.path))
     plugins.load_plugins(["inverting_decoder"], folder)
+
+
+def test_a_plugin_decoder_reaches_ray_actors(suites: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    _needs("mtcnn-pnet")
+    _load_decoder_plugin(tmp_path, monkeypatch)
+    suite = load_suite(str(_edit(suites["mtcnn-pnet"], 'decoder = "pillow"', 'decoder = "inverted-pillow"', "inverted.toml")))
+    request = RunRequest(("ort-fp32",), 4, limit=4, chunk=4)
+    execution = Execution("ray", workers=1)
+    _, remote = run_suite(suite, request, ArtifactCache(tmp_path / "cache"), execution=execution)
+    _, local = run_suite(suite, request, ArtifactCache(tmp_path / "cache"), execution=Execution())
+    assert "ray executor" in execution.log[0] and remote.stages == local.stages  # the actors decoded with the plugin's decoder
+    assert np.array_equal(remote.inferences["ort-fp32"].outputs["prob"], local.inferences["ort-fp32"].outputs["prob"])
+
+
+def test_a_plugin_decoder_reaches_spawned_decode_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _load_decoder_plugin(tmp_path, monkeypatch)
     manifest = real_models.write_suites(tmp_path, ("mtcnn-pnet",))["mtcnn-pnet"].parent / "manifest.json"
     if not manifest.exists():
         pytest.skip("facenet-pytorch is not installed")
