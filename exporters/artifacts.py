@@ -379,7 +379,8 @@ class ModelArtifacts:
         from exporters.tensorrt_engine import EngineOptions, build_engine, engine_fields
 
         source = self.onnx_path(precision)
-        options = EngineOptions(self.input_names[0], self.export.trt_batch, self.export.trt_workspace_mb)
+        batch = (self.fixed_batch,) * 3 if self.fixed_batch else self.export.trt_batch  # a file fixed to batch 1: a profile of 1
+        options = EngineOptions(self.input_names[0], batch, self.export.trt_workspace_mb, self.input_hw if self._onnx_file else None)
         fields = engine_fields(self._sha256(source), options) | {"artifact": f"tensorrt-{precision}"}
         timing_cache = self.cache.root / "tensorrt" / "timing.cache"
         return self._cached(f"tensorrt:{precision}", fields, "model.engine", lambda out: build_engine(source, out, options, timing_cache))

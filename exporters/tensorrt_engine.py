@@ -24,6 +24,7 @@ class EngineOptions:
     input_name: str
     batch: tuple[int, int, int]  # min, opt, max of the optimization profile
     workspace_mb: int
+    input_hw: tuple[int, int] | None = None  # the stack's tensor size, for an NCHW input whose H and W the ONNX leaves dynamic
 
 
 def engine_fields(source_sha256: str, options: EngineOptions) -> dict[str, Any]:
@@ -32,10 +33,14 @@ def engine_fields(source_sha256: str, options: EngineOptions) -> dict[str, Any]:
     return {"source_sha256": source_sha256, "tensorrt": str(trt.__version__), **devices.gpu_identity(), **asdict(options)}
 
 
-def _profile_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
-    if any(d < 0 for d in shape[1:]):
+def _profile_shape(shape: tuple[int, ...], batch: int, input_hw: tuple[int, int] | None = None) -> tuple[int, ...]:
+    """The profile's shape at `batch`: H and W left dynamic by the ONNX (a ready file) take the stack's size."""
+    rest = list(shape[1:])
+    if len(rest) == 3 and input_hw is not None:
+        rest[1:] = [size if dim < 0 else dim for dim, size in zip(rest[1:], input_hw, strict=True)]
+    if any(d < 0 for d in rest):
         raise HarnessError(f"TensorRT input shape {shape} has dynamic non-batch dimensions", "export with a fixed input size")
-    return (batch, *shape[1:])
+    return (batch, *rest)
 
 
 def build_engine(source: Path, out: Path, options: EngineOptions, timing_cache: Path) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def build_engine(source: Path, out: Path, options: EngineOptions, timing_cache: 
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
         shape = tuple(tensor.shape)
-        low, opt, high = (_profile_shape(shape, b) for b in options.batch)
+        low, opt, high = (_profile_shape(shape, b, options.input_hw) for b in options.batch)
         profile.set_shape(tensor.name, low, opt, high)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")

@@ -116,3 +116,25 @@ def test_real_tensorrt_matches_torch(demo_suite: Suite, cache: ArtifactCache) ->
     assert results["trt-fp32"].worst.max_abs < 1e-3
     assert results["trt-fp16"].top1_agreement >= 0.99
     assert results["trt-int8"].passed
+
+
+def test_a_ready_onnx_with_dynamic_size_takes_the_stacks_size_in_the_profile(fake_trt: tuple, tmp_path: Path) -> None:
+    """A shipped file (PP-OCR's DBNet: [N, 3, H, W]) gets the stack's H x W in its optimization profile."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (1, 3, 1, 1), [1.0, 2.0, 3.0])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "dynamic.onnx"))
+    trt, _ = fake_trt
+    build_engine(tmp_path / "dynamic.onnx", tmp_path / "a.engine", EngineOptions("x", (1, 2, 4), 64, (32, 48)), tmp_path / "t")
+    config = next(c[1] for c in trt.calls if c[0] == "build")
+    assert config.profiles[0].shapes["x"] == ((1, 3, 32, 48), (2, 3, 32, 48), (4, 3, 32, 48))
+    with pytest.raises(HarnessError, match="dynamic non-batch dimensions"):
+        build_engine(tmp_path / "dynamic.onnx", tmp_path / "b.engine", EngineOptions("x", (1, 2, 4), 64), tmp_path / "t")
