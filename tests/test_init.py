@@ -89,7 +89,7 @@ def test_an_own_suite_for_a_ready_onnx_file_takes_its_input_size(
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=2).eval()
-    torch.onnx.export(model, (torch.zeros(1, 3, 160, 160),), tmp_path / "mobile.onnx", input_names=["x"], output_names=["y"], dynamo=False)
+    torch.onnx.export(model, (torch.zeros(1, 3, 160, 160),), tmp_path / "mobile.onnx", input_names=["x"], output_names=["y"], dynamo=True)
     wrong = harness_cli("init", "--images", photos, "--onnx", tmp_path / "mobile.onnx", "--input-size", "224")
     assert wrong.code == 2 and "mobile.onnx takes 160x160 (pass --input-size 160)" in wrong.err and not (tmp_path / "photos.toml").exists()
     both = harness_cli("init", "--images", photos, "--onnx", tmp_path / "mobile.onnx", "--builder", "torchvision.models:resnet18")

@@ -34,7 +34,7 @@ from harness.core.environment import environment
 from harness.core.errors import HarnessError, first_line
 from harness.core.hashing import digest, sha256_file
 from harness.judge.compare import output_stats
-from harness.judge.verdict import SCHEMA_VERSION
+from harness.judge.verdict import SCHEMA_VERSION, fp16_audit_notes
 from harness.report.tables import markdown_table, render_table
 from harness.run.outputs import Inference, RunOutputs
 from harness.run.sessions import OpenSession, open_session
@@ -581,4 +581,5 @@ def run_test_data(
         "judging": judging.describe(),
     }
     report.measured = _measured(model, directory, sets, opened, results, seconds, context)
+    report.notes += [f"{', '.join(names)}: {line}" for line, names in fp16_audit_notes(report.measured).items()]
     return report
