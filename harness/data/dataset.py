@@ -1,4 +1,5 @@
-"""Datasets: a JSON manifest listing each file with its label and sha256.
+"""Datasets: a JSON manifest listing each file with its label and sha256 (or an image folder; COCO and YOLO
+annotations are read by `harness.data.formats` into the same `Dataset`).
 
 The sha256 catches a corrupt or replaced file before it silently changes a
 number; a file without one is still decoded, and a decode failure names it.
@@ -33,8 +34,8 @@ def class_label(entry: dict[str, Any], classes: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sample:
-    """One annotated file of a split; `id` is its manifest path, `index` its position in the split, `target` what the
-    task parsed from its entry (a class label, a padded box list)."""
+    """One annotated file of a split; `id` is its path relative to the dataset folder (a manifest's path), `index` its
+    position in the split, `target` what the task parsed from its entry (a class label, a padded box list)."""
 
     id: str
     path: Path
@@ -50,7 +51,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class Dataset:
-    manifest: Path
+    manifest: Path  # the annotation file: a manifest, an image folder, a COCO instances file, a YOLO data.yaml
     manifest_sha256: str
     classes: tuple[str, ...]
     split: str
@@ -108,7 +109,7 @@ def load_dataset(manifest: Path, split: str, target: TargetParser = class_label)
     if manifest.is_dir():
         classes, entries = image_folder(manifest, split)
         listing = json.dumps({"classes": classes, "splits": {split: entries}}, sort_keys=True).encode()
-        return _dataset(manifest, listing, classes, split, entries, target)
+        return dataset_of(manifest, listing, classes, split, entries, target, manifest.resolve())
     if not manifest.is_file():
         raise HarnessError(f"dataset manifest not found: {manifest}", "fix [data] manifest in the suite")
     raw = manifest.read_bytes()
@@ -124,12 +125,14 @@ def load_dataset(manifest: Path, split: str, target: TargetParser = class_label)
         raise HarnessError(f"{manifest}: malformed manifest ({exc})", "'classes' is a list of names, 'splits' maps names to lists") from exc
     if not isinstance(entries, list):
         raise HarnessError(f"{manifest}: split '{split}' is not a list of entries", "each split is a list of {file, label, sha256?}")
-    return _dataset(manifest, raw, classes, split, entries, target)
+    return dataset_of(manifest, raw, classes, split, entries, target, manifest.parent.resolve())
 
 
-def _dataset(manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, entries: list[Any], target: TargetParser) -> Dataset:
-    """The samples of `entries`, files relative to the manifest's folder (an image folder's: the folder)."""
-    root = (manifest if manifest.is_dir() else manifest.parent).resolve()
+def dataset_of(
+    manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, entries: list[Any], target: TargetParser, root: Path
+) -> Dataset:
+    """The samples of `entries` ({file, sha256?, the task's annotation keys}), files relative to `root`; the dataset's
+    identity is the sha256 of `raw` (the annotations as read)."""
     samples = []
     seen: dict[str, int] = {}  # file -> its first entry: a sample's id is its file, goldens and attribution key on it
     for index, entry in enumerate(entries):
@@ -150,7 +153,7 @@ def _dataset(manifest: Path, raw: bytes, classes: tuple[str, ...], split: str, e
         try:
             parsed = target(entry, len(classes))
         except ValueError as exc:
-            raise HarnessError(f"{manifest}: {rel} {exc}", "fix the entry's annotation in the manifest") from exc
+            raise HarnessError(f"{manifest}: {rel} {exc}", f"fix its annotation in {manifest.name}") from exc
         samples.append(Sample(id=rel, path=confined(root, rel, manifest), target=parsed, sha256=sha256, index=index))
     if not samples:
         raise HarnessError(f"{manifest}: split '{split}' is empty")

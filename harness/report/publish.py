@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.files import atomic_write
-from harness.data.dataset import class_names
 from harness.judge.verdict import RunReport
 from harness.report.html import html_report
 from harness.report.junit import junit_xml
@@ -20,5 +19,5 @@ def publish(report_dir: Path, report: RunReport, measured: RunOutputs, data: Dat
     """Every report file of a run; the HTML shows the samples of `data` with their class names."""
     paths = write_report_files(report_dir, report.describe(), report_markdown(report))
     atomic_write(report_dir / "report.xml", junit_xml(report).encode())
-    atomic_write(report_dir / "report.html", html_report(report, measured, data.root, class_names(data.manifest)).encode())
+    atomic_write(report_dir / "report.html", html_report(report, measured, data.root, data.class_names()).encode())
     return [*paths, report_dir / "report.xml", report_dir / "report.html", measured.save(report_dir)]

@@ -27,7 +27,7 @@ import numpy as np
 from harness import __version__
 from harness.core.errors import HarnessError
 from harness.core.hashing import sha256_file
-from harness.data.dataset import Dataset, load_dataset
+from harness.data.dataset import Dataset
 from harness.data.stack import StackSpec
 from harness.run.prepared import SuiteRun
 from harness.run.sessions import validate_runtimes
@@ -148,7 +148,7 @@ def plan_run(suite: Suite, request: RunRequest, run: SuiteRun | None = None) -> 
     validate_runtimes(list(order))
     if run is None:
         task = make_task(suite.task)
-        dataset = load_dataset(suite.data.manifest, suite.data.split, task.target)
+        dataset = suite.data.load(suite.data.split, task.target)
     else:
         dataset = run.dataset
     total = min(request.limit, len(dataset.samples)) if request.limit else len(dataset.samples)

@@ -14,7 +14,7 @@ from exporters.cache import ArtifactCache
 from exporters.rewrites import get_variant
 from harness.core.environment import environment
 from harness.core.errors import HarnessError
-from harness.data.dataset import Dataset, load_dataset
+from harness.data.dataset import Dataset
 from harness.data.feed import InputSet, build_inputs, first_samples
 from harness.data.stack import StackSpec
 from harness.run.outputs import Inference
@@ -34,7 +34,7 @@ class SuiteRun:
         self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack
         self.track = track
         self.task: Task = make_task(suite.task)
-        self.dataset: Dataset = load_dataset(suite.data.manifest, suite.data.split, self.task.target)
+        self.dataset: Dataset = suite.data.load(suite.data.split, self.task.target)
         self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.cache = cache
         self._inputs: InputSet | None = None
@@ -92,7 +92,7 @@ class SuiteRun:
         """The calibration split through the reference stack (INT8 quantization data)."""
         if not self.suite.data.calibration_split:
             raise HarnessError(f"{self.suite.path}: no [data] calibration_split", "int8 variants need calibration data")
-        samples = load_dataset(self.suite.data.manifest, self.suite.data.calibration_split, self.task.target).samples
+        samples = self.suite.data.load(self.suite.data.calibration_split, self.task.target).samples
         return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)), self.suite.data.intake)
 
     def infer(

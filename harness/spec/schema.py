@@ -26,6 +26,7 @@ from harness.core.errors import HarnessError
 from harness.data.intake import IntakePolicy
 
 INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
+DATA_SOURCES = ("manifest", "image_folder", "coco", "yolo")
 EXPECTED = {
     "int_type": "an integer",
     "float_type": "a number",
@@ -146,9 +147,15 @@ class ModelTable(Table):
         return self
 
 
+PerSplit = str | dict[str, str]
+
+
 class DataTable(Table):
     manifest: str | None = Field(None, description="JSON manifest, relative to the suite file")
     image_folder: str | None = Field(None, description="instead of a manifest: one sub-folder per class (torchvision ImageFolder)")
+    coco: PerSplit | None = Field(None, description="instead: a COCO instances file (the split judged), or a table split -> file")
+    images: PerSplit | None = Field(None, description="with coco: the folder of its file_names, or a table split -> folder")
+    yolo: str | None = Field(None, description="instead: an Ultralytics data.yaml (path, an image folder per split key, names)")
     split: str = "eval"
     calibration_split: str | None = None
     max_pixels: Annotated[int, Field(ge=1, description="larger images are refused, for every decoder")] = IntakePolicy.max_pixels
@@ -156,9 +163,30 @@ class DataTable(Table):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataTable:
-        if (self.manifest is None) == (self.image_folder is None):
-            raise ValueError("needs either 'manifest' or 'image_folder' (one of them)")
+        if sum(getattr(self, key) is not None for key in DATA_SOURCES) != 1:
+            raise ValueError(f"needs one of {', '.join(repr(k) for k in DATA_SOURCES)}")
+        if (self.coco is None) != (self.images is None):
+            raise ValueError("'coco' and 'images' go together: the instances file and the folder its file_names are in")
+        for key in ("coco", "images"):
+            value = getattr(self, key)
+            missing = [s for s in self.splits if isinstance(value, dict) and s not in value]
+            if missing:
+                raise ValueError(f"{key} has no split '{missing[0]}': give {key} = {{{', '.join(f'{s} = ...' for s in self.splits)}}}")
+        if isinstance(self.coco, str) and self.calibration_split:
+            raise ValueError(
+                f"a COCO file is one split: give coco = {{{self.split} = ..., {self.calibration_split} = ...}} for calibration_split"
+            )
         return self
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits the suite reads: the one judged and the calibration split."""
+        return [self.split, *([self.calibration_split] if self.calibration_split else [])]
+
+    def per_split(self, key: str) -> dict[str, str]:
+        """`coco` or `images` as split -> path (one path given serves every split)."""
+        value = getattr(self, key)
+        return {s: value if isinstance(value, str) else value[s] for s in self.splits} if value is not None else {}
 
 
 class StackTable(Table):

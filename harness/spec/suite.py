@@ -24,7 +24,9 @@ from harness.core.errors import HarnessError
 from harness.core.hashing import sha256_file
 from harness.core.plugins import load_installed, load_plugins
 from harness.data.colour import COLOUR_PATHS
+from harness.data.dataset import Dataset, TargetParser, class_label, class_names, load_dataset
 from harness.data.decoders import DECODERS
+from harness.data.formats import coco_class_names, load_coco, load_yolo, read_yolo, yolo_class_names
 from harness.data.intake import IntakePolicy
 from harness.data.resizers import RESIZERS
 from harness.data.stack import LAYOUTS, ORDERS, RESIZE_MODES, ROUNDINGS, StackSpec, stack_from
@@ -81,17 +83,44 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """[data]: the manifest (or image folder), the split judged, the split INT8 calibrates on, what images are accepted."""
+    """[data]: where the samples are listed (a manifest or image folder; COCO files per split with their image
+    folders; a YOLO data.yaml), the split judged, the split INT8 calibrates on, what images are accepted."""
 
-    manifest: Path  # a JSON manifest, or an image folder (`harness.data.dataset.image_folder`)
+    manifest: Path | None  # a JSON manifest, or an image folder (`harness.data.dataset.image_folder`)
     split: str
     calibration_split: str | None
     intake: IntakePolicy
+    coco: dict[str, Path] = field(default_factory=dict)  # split -> instances file (`harness.data.formats.load_coco`)
+    images: dict[str, Path] = field(default_factory=dict)  # split -> the folder of its COCO file_names
+    yolo: Path | None = None  # an Ultralytics data.yaml (`harness.data.formats.load_yolo`)
+
+    def load(self, split: str, target: TargetParser = class_label) -> Dataset:
+        """One split's samples, each entry's target parsed by the task (`target`)."""
+        if self.yolo is not None:
+            return load_yolo(self.yolo, split, target)
+        if self.coco:
+            return load_coco(self.coco[split], self.images[split], split, target)
+        assert self.manifest is not None  # the schema's check: one source
+        return load_dataset(self.manifest, split, target)
 
     @property
     def root(self) -> Path:
-        """The folder the samples' paths are relative to."""
+        """The folder the judged split's sample ids are relative to."""
+        if self.yolo is not None:
+            return read_yolo(self.yolo).root
+        if self.coco:
+            return self.images[self.split]
+        assert self.manifest is not None
         return self.manifest if self.manifest.is_dir() else self.manifest.parent
+
+    def class_names(self) -> tuple[str, ...]:
+        """The class names in label order, without reading the samples; () when there are none to give."""
+        if self.yolo is not None:
+            return yolo_class_names(self.yolo)
+        if self.coco:
+            return coco_class_names(self.coco[self.split])
+        assert self.manifest is not None
+        return class_names(self.manifest)
 
 
 @dataclass(frozen=True)
@@ -238,10 +267,13 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
         task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess)),
         model=model,
         data=DataSpec(
-            manifest=base / (spec.data.manifest or spec.data.image_folder or ""),
+            manifest=base / listing if (listing := spec.data.manifest or spec.data.image_folder) else None,
             split=spec.data.split,
             calibration_split=spec.data.calibration_split,
             intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
+            coco={split: base / file for split, file in spec.data.per_split("coco").items()},
+            images={split: base / folder for split, folder in spec.data.per_split("images").items()},
+            yolo=base / spec.data.yolo if spec.data.yolo else None,
         ),
         stack=reference_stack,
         stacks=stacks,

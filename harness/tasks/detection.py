@@ -11,9 +11,12 @@ the log-distances before `exp`), `plus_one` (the legacy `x2 - x1 + 1` width), `r
 in its graph runs it).
 
 Predictions are (N, max_detections, 6) arrays, x1 y1 x2 y2 score label, NaN-padded; targets are
-(N, MAX_OBJECTS, 5) arrays, x1 y1 x2 y2 label, NaN-padded.  Agreement is per image: detections with
-a score of at least `FLIP_SCORE` matched across the two sides (same class, IoU >= 0.5); an image with
-a detection missing or extra is a flip, one that lost a true positive a negative flip.
+(N, MAX_OBJECTS, 7) arrays, x1 y1 x2 y2 label iscrowd area, NaN-padded (an entry's optional `iscrowd` and
+`areas` lists, COCO's: a crowd region is ignored by the evaluator, neither found nor missed, and `area`
+sorts objects into small, medium and large; without them an object is no crowd and its area is its box's).
+Agreement is per image: detections with a score of at least `FLIP_SCORE` matched across the two sides (same
+class, IoU >= 0.5); an image with a detection missing or extra is a flip, one that lost a true positive (a
+crowd region is none) a negative flip.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from harness.tasks.base import Agreement, ClassDelta, Observed, OutputContractEr
 from harness.tasks.boxes import decode, iou, locations
 
 MAX_OBJECTS = 128
+TARGET_COLUMNS = 7  # x1 y1 x2 y2 label iscrowd area
 FLIP_SCORE = 0.3
 MATCH_IOU = 0.5
 NMS_CHOICES = ("torchvision", "opencv", "onnx-ort", "onnx-openvino")
@@ -41,6 +45,12 @@ NMS_CHOICES = ("torchvision", "opencv", "onnx-ort", "onnx-openvino")
 def valid_rows(rows: np.ndarray) -> np.ndarray:
     """The real rows of one sample's NaN-padded box list."""
     return rows[~np.isnan(rows[:, 0])]
+
+
+def objects(targets: np.ndarray) -> np.ndarray:
+    """One sample's target objects, x1 y1 x2 y2 label, crowd regions left out (nothing to find in them)."""
+    rows = valid_rows(targets)
+    return rows[rows[:, 5] != 1, :5] if rows.shape[1] > 5 else rows
 
 
 def confident(detections: np.ndarray) -> np.ndarray:
@@ -158,15 +168,20 @@ class DetectionTask:
             raise ValueError("needs 'boxes' ([x1, y1, x2, y2] each) and as many integer 'labels'")
         if len(boxes) > MAX_OBJECTS:
             raise ValueError(f"has {len(boxes)} boxes, more than {MAX_OBJECTS}")
-        row = np.full((MAX_OBJECTS, 5), np.nan)
-        for k, (box, label) in enumerate(zip(boxes, labels, strict=True)):
+        crowd, areas = entry.get("iscrowd", [0] * len(boxes)), entry.get("areas", [None] * len(boxes))
+        if not isinstance(crowd, list) or not isinstance(areas, list) or not len(crowd) == len(areas) == len(boxes):
+            raise ValueError("has 'iscrowd' or 'areas' that are not lists as long as 'boxes'")
+        row = np.full((MAX_OBJECTS, TARGET_COLUMNS), np.nan)
+        for k, (box, label, flag, area) in enumerate(zip(boxes, labels, crowd, areas, strict=True)):
             if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, int | float) for v in box):
                 raise ValueError(f"box {k} is not [x1, y1, x2, y2]")
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
                 raise ValueError(f"label {label!r} of box {k} is not a class index 0..{classes - 1}")
             if not (box[0] <= box[2] and box[1] <= box[3]):
                 raise ValueError(f"box {k} {box} has x2 < x1 or y2 < y1")
-            row[k] = [*box, label]
+            if flag not in (0, 1) or not (area is None or (isinstance(area, int | float) and area >= 0)):
+                raise ValueError(f"box {k} has iscrowd {flag!r} (0 or 1) or area {area!r} (a number >= 0)")
+            row[k] = [*box, label, flag, (box[2] - box[0]) * (box[3] - box[1]) if area is None else area]
         return row
 
     def predictions(self, outputs: dict[str, np.ndarray], geometry: Sequence[Geometry]) -> np.ndarray:
@@ -239,7 +254,7 @@ class DetectionTask:
         flips, negative, positive, ious, score_deltas = [], [], [], [], []
         missing = extra = 0
         for i, sample_id in enumerate(ids):
-            cand, base, truth = candidate.predictions[i], baseline.predictions[i], valid_rows(targets[i])
+            cand, base, truth = candidate.predictions[i], baseline.predictions[i], objects(targets[i])
             cand_confident, base_confident = confident(cand), confident(base)
             matches = _match(np.c_[cand_confident[:, :4], cand_confident[:, 5]], np.c_[base_confident[:, :4], base_confident[:, 5]])
             ious += [m[2] for m in matches]
@@ -329,17 +344,19 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def coco_ground_truth(targets: np.ndarray) -> dict[str, Any]:
-    """The targets as a COCO dataset dict (image ids 1..N, category ids label + 1)."""
+    """The targets as a COCO dataset dict (image ids 1..N, category ids label + 1); targets without the iscrowd and
+    area columns (x1 y1 x2 y2 label) are no crowds, their areas their boxes'."""
     images, annotations = [], []
     labels = set()
     for i, rows in enumerate(targets):
         images.append({"id": i + 1})
-        for x1, y1, x2, y2, label in valid_rows(rows):
+        for x1, y1, x2, y2, label, *coco in valid_rows(rows):
             labels.add(int(label))
             w, h = float(x2 - x1), float(y2 - y1)
+            crowd, area = coco if coco else (0, w * h)
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label) + 1, "bbox": [float(x1), float(y1), w, h]}
-                | {"area": w * h, "iscrowd": 0}
+                | {"area": float(area), "iscrowd": int(crowd)}
             )
     return {"images": images, "annotations": annotations, "categories": [{"id": c + 1} for c in sorted(labels)]}
 
