@@ -122,17 +122,18 @@ def _coco_images(path: Path, data: dict[str, Any]) -> dict[int, _CocoImage]:
     return images
 
 
-def _add_annotation(path: Path, annotation: Any, images: dict[int, _CocoImage], labels: dict[int, int]) -> None:
-    """One annotation, checked, onto its image's lists."""
+def _add_annotation(path: Path, position: int, annotation: Any, images: dict[int, _CocoImage], labels: dict[int, int]) -> None:
+    """One annotation (the `position`-th of the file), checked, onto its image's lists."""
     if not isinstance(annotation, dict):
         raise HarnessError(f"{path}: annotation {annotation!r} is not an object"[:300], "fix the file's 'annotations'")
-    where = f"{path}: annotation {annotation.get('id')!r}"
-    image = images.get(annotation.get("image_id"))  # type: ignore[arg-type]
+    where = f"{path}: annotation {annotation.get('id', f'#{position}')!r}"
+    image_id = annotation.get("image_id")
+    image = images.get(image_id) if isinstance(image_id, int) else None
     if image is None:
         raise HarnessError(f"{where} names image id {annotation.get('image_id')!r}, not listed under 'images'", "fix its image_id")
     where += f" ({image.file})"
     category = annotation.get("category_id")
-    if category not in labels:
+    if not isinstance(category, int) or category not in labels:
         raise HarnessError(
             f"{where} has category_id {category!r}, not one of the categories ({', '.join(map(str, labels))})",
             "fix its category_id or add the category",
@@ -165,8 +166,8 @@ def load_coco(path: Path, images_root: Path, split: str, target: TargetParser) -
     categories = _categories(path, data)
     labels = {cid: label for label, cid in enumerate(categories)}
     images = _coco_images(path, data)
-    for annotation in data["annotations"]:
-        _add_annotation(path, annotation, images, labels)
+    for position, annotation in enumerate(data["annotations"]):
+        _add_annotation(path, position, annotation, images, labels)
     if not images_root.is_dir():
         raise HarnessError(f"images folder not found: {images_root}", "fix [data] images in the suite")
     for image_id, image in images.items():
