@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from harness import api
+from harness.core.errors import HarnessError
 from harness.judge.compare import Comparison
 from harness.judge.golden import GoldenStore, golden_store, raw_subset
 from harness.judge.verdict import RunReport, judge_run
@@ -104,6 +105,12 @@ def test_classification_against_a_bounded_golden_compares_known_samples(tmp_path
     changed = _golden_comparison(judge_run(suite, _changed(measured, "torch-fp32", sample, {"logits": lambda row: row * 2}), store))
     assert changed.samples == 99 and changed.details["uncompared_samples"] == 1
     assert changed.attribution is not None and changed.attribution.introduced["outputs"] == 1
+    inference = measured.inferences["torch-fp32"]
+    narrower = dataclasses.replace(inference, outputs={"logits": inference.outputs["logits"][:, :3]})
+    hint = store.update_hint("torch-fp32")
+    with pytest.raises(HarnessError, match=r"output logits has shape \(\d+,\) per sample, this run has \(3,\)") as refused:
+        store.load("torch-fp32").select(measured.ids, hint).baseline_for(narrower, hint)
+    assert hint in (refused.value.fix or "")
 
 
 def test_raw_subset_is_the_same_under_limit_and_shard(tmp_path: Path) -> None:

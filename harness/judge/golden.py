@@ -149,9 +149,9 @@ class Golden:
         for name, recorded in self.outputs.items():
             now = candidate.outputs.get(name)
             if now is None or recorded.shape[1:] != now.shape[1:]:
-                shape = "no such output" if now is None else f"shape {now.shape[1:]} per sample"
+                found = "has no such output" if now is None else f"has {now.shape[1:]}"
                 raise HarnessError(
-                    f"golden of {self.runtime}: output {name} has shape {recorded.shape[1:]} per sample, this run {shape}",
+                    f"golden of {self.runtime}: output {name} has shape {recorded.shape[1:]} per sample, this run {found}",
                     f"the model's outputs changed: review with `harness golden diff`, then re-record with `{update_hint}`",
                 )
             filled[name] = now.astype(np.result_type(now, recorded))
