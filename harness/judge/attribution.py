@@ -41,6 +41,7 @@ class Tolerated:
     within: np.ndarray  # bool per sample
     max_abs: np.ndarray  # per-sample max abs difference
     profile: str  # the profile's name: fp32, fp16, ...
+    unmeasured: np.ndarray | None = None  # bool per sample: outside a bounded golden's raw subset (`max_abs` a lower bound)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class Attribution:
 
     At the raw-outputs stage, samples whose bits differ but stay within the tolerance profile (with
     identical input tensors) are numeric noise (`noise`), not a change: another CPU's kernels, thread
-    count or batch layout moves the last bits.  `environment` lists what differs from the golden's
-    environment (libraries, CPU, ISA features, threads, batch size, executed precision)."""
+    count or batch layout moves the last bits.  Samples outside a bounded golden's raw subset whose bits differ
+    and whose lower bound of the change is within the profile are `unmeasured`: neither noise nor a change.
+    `environment` lists what differs from the golden's environment (libraries, CPU, ISA features, threads,
+    batch size, executed precision)."""
 
     samples: int
     changed: dict[str, int]
@@ -60,6 +63,8 @@ class Attribution:
     noise_max_abs: float = 0.0
     profile: str = ""
     environment: tuple[str, ...] = ()
+    unmeasured: int = 0
+    unmeasured_max_abs: float = 0.0  # the largest lower bound of their max abs change
 
     @property
     def first(self) -> str | None:
@@ -69,6 +74,12 @@ class Attribution:
     def _noise_clause(self) -> str:
         within = f"within the {self.profile} tolerance (max abs {self.noise_max_abs:.2e})"
         return f"raw outputs of {self.noise}/{self.samples} samples differ only {within}"
+
+    def _unmeasured_clause(self) -> str:
+        return (
+            f"raw outputs of {self.unmeasured}/{self.samples} samples outside the golden's raw subset differ in their bits "
+            f"(max abs at least {self.unmeasured_max_abs:.2e}, within the {self.profile} tolerance as far as that shows): not measured"
+        )
 
     def _environment_clause(self) -> str:
         if not self.environment:
@@ -80,9 +91,11 @@ class Attribution:
             return "the golden has no stage hashes: re-record it to get stage attribution"
         first = self.first
         if first is None:
-            if not self.noise:
+            if not self.noise and not self.unmeasured:
                 return f"all recorded stages identical for {self.samples} samples"
-            return f"inputs identical; {self._noise_clause()}: numeric noise, not blamed on inference" + self._environment_clause()
+            quiet = [f"{self._noise_clause()}: numeric noise, not blamed on inference"] if self.noise else []
+            quiet += [self._unmeasured_clause()] if self.unmeasured else []
+            return "inputs identical; " + "; ".join(quiet) + self._environment_clause()
         if first == "outputs" and self.profile:
             head = f"raw outputs differ beyond the {self.profile} tolerance for {self.introduced[first]}/{self.samples} samples"
         else:
@@ -91,8 +104,10 @@ class Attribution:
         tail = [f"{SHORT[s]} identical" if not self.introduced[s] else f"{SHORT[s]} changed {self.introduced[s]} more" for s in later]
         if self.noise:
             tail.append(f"besides, {self._noise_clause()}")
+        if self.unmeasured:
+            tail.append(f"besides, {self._unmeasured_clause()}")
         message = f"{head}: {CAUSES[first]}" + "".join(f"; {t}" for t in tail)
-        return message + (self._environment_clause() if first == "outputs" or self.noise else "")
+        return message + (self._environment_clause() if first == "outputs" or self.noise or self.unmeasured else "")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -101,6 +116,7 @@ class Attribution:
             "introduced": self.introduced,
             "missing": list(self.missing),
             "numeric_noise": {"samples": self.noise, "max_abs": self.noise_max_abs, "profile": self.profile},
+            "unmeasured": {"samples": self.unmeasured, "max_abs_at_least": self.unmeasured_max_abs},
             "environment_changes": list(self.environment),
             "message": self.message(),
         }
@@ -119,7 +135,7 @@ def attribute(
     introduced: dict[str, int] = {}
     previous: np.ndarray | None = None
     missing = []
-    noise, noise_max_abs = 0, 0.0
+    noise, noise_max_abs, unmeasured, unmeasured_max_abs = 0, 0.0, 0, 0.0
     for stage in STAGES:
         if stage not in recorded or stage not in now:
             missing.append(stage)
@@ -129,7 +145,9 @@ def attribute(
         new = diff & ~previous if previous is not None else diff
         if stage == "outputs" and tolerated is not None:
             quiet = new & tolerated.within
-            noise, noise_max_abs = int(quiet.sum()), float(tolerated.max_abs[quiet].max(initial=0.0))
+            unknown = quiet & tolerated.unmeasured if tolerated.unmeasured is not None else np.zeros_like(quiet)
+            noise, noise_max_abs = int((quiet & ~unknown).sum()), float(tolerated.max_abs[quiet & ~unknown].max(initial=0.0))
+            unmeasured, unmeasured_max_abs = int(unknown.sum()), float(tolerated.max_abs[unknown].max(initial=0.0))
             new = new & ~quiet
         changed[stage] = int(diff.sum())
         introduced[stage] = int(new.sum())
@@ -143,4 +161,6 @@ def attribute(
         noise_max_abs,
         tolerated.profile if tolerated else "",
         tuple(environment),
+        unmeasured,
+        unmeasured_max_abs,
     )

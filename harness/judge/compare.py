@@ -68,6 +68,32 @@ class Baseline:
 GOLDEN = Baseline("golden")
 
 
+@dataclass(frozen=True)
+class Unmeasured:
+    """Samples whose baseline raw outputs were not kept (a bounded golden, `harness.judge.golden`) and whose bits
+    differ from the candidate's: their error is known from below only, by how much their largest magnitude and L2
+    norm moved (|max|a| - max|b|| <= max |a - b|, |‖a‖ - ‖b‖| <= ‖a - b‖); their cosine is not measured (1.0)."""
+
+    mask: np.ndarray  # bool per sample
+    max_abs: dict[str, np.ndarray]  # per output, per sample: a lower bound of the max abs error
+    rel_l2: dict[str, np.ndarray]  # per output, per sample: a lower bound of the relative L2 error
+    scale: dict[str, np.ndarray]  # per output, per sample: the baseline's largest magnitude
+
+    @classmethod
+    def between(cls, mask: np.ndarray, now: dict[str, np.ndarray], recorded: dict[str, np.ndarray]) -> Unmeasured:
+        """From both sides' per-sample magnitudes ([max |x|, L2 norm] per output, `harness.judge.golden.magnitudes`)."""
+        low = {name: np.abs(now[name] - value) for name, value in recorded.items()}
+        return cls(
+            mask,
+            {name: value[:, 0] for name, value in low.items()},
+            {name: value[:, 1] / np.maximum(recorded[name][:, 1], REL_FLOOR) for name, value in low.items()},
+            {name: value[:, 0] for name, value in recorded.items()},
+        )
+
+    def of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.mask, self.max_abs[name], self.rel_l2[name], self.scale[name]
+
+
 @dataclass
 class Comparison:
     """One runtime against one baseline."""
@@ -195,23 +221,35 @@ def output_stats(candidate: np.ndarray, baseline: np.ndarray) -> OutputStats:
     return _stats_and_sample_errors(candidate, baseline)[0]
 
 
-def _stats_and_sample_errors(candidate: np.ndarray, baseline: np.ndarray) -> tuple[OutputStats, np.ndarray, np.ndarray, np.ndarray]:
-    """Aggregated statistics, the per-sample max abs error, cosine and baseline magnitude, from one pass over the difference."""
+def _stats_and_sample_errors(
+    candidate: np.ndarray, baseline: np.ndarray, bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> tuple[OutputStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregated statistics, the per-sample max abs error, cosine and baseline magnitude, from one pass over the difference;
+    with `bounds` (`Unmeasured.of`), its samples count with their lower bounds in max abs and relative L2 and are left
+    out of the statistics that need both sides' values (mean abs, max relative, cosine)."""
     cand, base, diff = _rows(candidate, baseline)
     base_norm = np.linalg.norm(base, axis=1)
     norms = np.linalg.norm(cand, axis=1) * base_norm
     dots = np.sum(cand * base, axis=1)
     cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(diff == 0, axis=1), 1.0, 0.0))
     rel_l2 = np.linalg.norm(diff, axis=1) / np.maximum(base_norm, REL_FLOOR)
+    errors, scale = diff.max(axis=1, initial=0.0), np.abs(base).max(axis=1, initial=0.0)
+    kept = np.ones(len(diff), dtype=bool)
+    if bounds is not None:
+        mask, low_abs, low_rel, low_scale = bounds
+        kept = ~mask
+        errors, rel_l2, scale = np.where(mask, low_abs, errors), np.where(mask, low_rel, rel_l2), np.where(mask, low_scale, scale)
+        cosine = np.where(mask, 1.0, cosine)
+    measured, measured_cosine = diff[kept], cosine[kept]
     stats = OutputStats(
-        max_abs=float(diff.max(initial=0.0)),
-        mean_abs=float(diff.mean()) if diff.size else 0.0,
-        max_rel=float((diff / np.maximum(np.abs(base), REL_FLOOR)).max(initial=0.0)),
+        max_abs=float(errors.max(initial=0.0)),
+        mean_abs=float(measured.mean()) if measured.size else 0.0,
+        max_rel=float((measured / np.maximum(np.abs(base[kept]), REL_FLOOR)).max(initial=0.0)),
         max_rel_l2=float(rel_l2.max(initial=0.0)),
-        min_cosine=float(cosine.min(initial=1.0)),
-        mean_cosine=float(cosine.mean()) if cosine.size else 1.0,
+        min_cosine=float(measured_cosine.min(initial=1.0)),
+        mean_cosine=float(measured_cosine.mean()) if measured_cosine.size else 1.0,
     )
-    return stats, diff.max(axis=1, initial=0.0), cosine, np.abs(base).max(axis=1, initial=0.0)
+    return stats, errors, cosine, scale
 
 
 def compare(
@@ -222,9 +260,14 @@ def compare(
     candidate: Observed,
     baseline: Observed,
     task: Task,
+    unmeasured: Unmeasured | None = None,
 ) -> Comparison:
-    """Candidate against baseline on the same samples: output statistics here, agreement from the task."""
-    measured = {name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name]) for name in baseline.outputs}
+    """Candidate against baseline on the same samples: output statistics here, agreement from the task; the baseline's
+    rows of `unmeasured` samples are stand-ins, their errors its lower bounds."""
+    measured = {
+        name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name], unmeasured.of(name) if unmeasured else None)
+        for name in baseline.outputs
+    }
     errors = np.sum([sample_errors for _, sample_errors, _, _ in measured.values()], axis=0)
     worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
     agreement = task.agree(ids, targets, candidate, baseline)

@@ -9,7 +9,14 @@ from typing import Any
 from harness.core.environment import VOLATILE_KEYS, environment_changes, isa_changes
 from harness.core.records import metadata_changes
 
-STALENESS_KEYS = ("model", "dataset", "stack", "artifacts", "batch_size")  # and the environment, by `staleness`
+STALENESS_KEYS = ("model", "dataset", "stack", "artifacts", "batch_size", "evaluator")  # and the environment, by `staleness`
+
+
+def evaluator(task: object) -> dict[str, str]:
+    """The task's metric implementation and its version, when the task names it (an optional `evaluator` attribute,
+    e.g. 'pycocotools 2.0.8'): part of a golden's metadata, so a run scored by another evaluator says so."""
+    name = getattr(task, "evaluator", None)
+    return {"evaluator": str(name)} if name else {}
 
 
 def comparable(metadata: dict[str, Any]) -> dict[str, Any]:

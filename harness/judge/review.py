@@ -15,27 +15,28 @@ from dataclasses import dataclass
 from harness.core.records import metadata_changes
 from harness.judge.compare import Comparison
 from harness.judge.golden import Golden, GoldenStore
-from harness.judge.provenance import comparable
+from harness.judge.provenance import comparable, evaluator
 from harness.judge.verdict import compare_to_golden
 from harness.run.outputs import Inference, RunOutputs
-from harness.spec.suite import Suite
-from harness.tasks import make_task
+from harness.spec.suite import GoldenSpec, Suite
+from harness.tasks import Task, make_task
 
 # Metadata whose change means "a different model or dataset", not a refresh.
 IDENTITY_KEYS = (("model", "weights_sha256"), ("model", "builder"), ("dataset", "sha256"), ("dataset", "split"))
 
 
-def golden_from(measured: RunOutputs, inference: Inference, metric_name: str, metric: float) -> Golden:
+def golden_from(measured: RunOutputs, inference: Inference, task: Task, spec: GoldenSpec) -> Golden:
+    """What a golden of `inference` keeps under the suite's [golden] bounds (`Golden.bounded`)."""
     return Golden(
         runtime=inference.runtime,
         ids=measured.ids,
         labels=measured.labels,
         outputs=inference.outputs,
         predictions=inference.predictions,
-        metrics={metric_name: metric},
-        metadata=measured.metadata(inference.runtime),
+        metrics={task.metric_name: task.metric(inference.predictions, measured.labels)},
+        metadata=measured.metadata(inference.runtime) | evaluator(task),
         stages=measured.stages | inference.stages,
-    )
+    ).bounded(spec)
 
 
 @dataclass
@@ -58,13 +59,22 @@ class GoldenChange:
             lines.append("sample set changed")
         else:
             lines.append(
-                f"max abs change {comp.worst.max_abs:.3e}, {len(comp.flips)} predictions changed "
+                f"max abs change {comp.worst.max_abs:.3e}{self._numeric_scope()}, {len(comp.flips)} predictions changed "
                 f"({len(comp.negative_flips)} right -> wrong, {len(comp.positive_flips)} wrong -> right)"
             )
             if comp.attribution:
                 lines.append(f"stages: {comp.attribution.message()}")
         lines += [f"metadata {line}" for line in self.metadata] or ["metadata unchanged"]
+        if not self.new.complete:
+            lines.append(f"keeps {self.new.coverage()} (bounded by [golden] raw_samples, max_raw_mb), predictions and hashes of all")
         return lines
+
+    def _numeric_scope(self) -> str:
+        """Where the old golden kept a subset of the raw outputs: what its max abs change rests on."""
+        assert self.old is not None and self.comparison is not None
+        if self.old.complete:
+            return ""
+        return f" (on the old golden's {self.old.coverage()} and bit-identical samples; a lower bound elsewhere)"
 
 
 def review(suite: Suite, measured: RunOutputs, store: GoldenStore) -> list[GoldenChange]:
@@ -72,7 +82,7 @@ def review(suite: Suite, measured: RunOutputs, store: GoldenStore) -> list[Golde
     task = make_task(suite.task)
     changes = []
     for name, inference in measured.inferences.items():
-        new = golden_from(measured, inference, task.metric_name, task.metric(inference.predictions, measured.labels))
+        new = golden_from(measured, inference, task, suite.golden)
         old = store.load(name) if store.exists(name) else None
         comparison = None
         if old is not None and set(old.ids) >= set(measured.ids):

@@ -16,9 +16,9 @@ import numpy as np
 from exporters.cache import ArtifactCache
 from exporters.fp16_audit import audit_lines
 from harness.judge.attribution import Tolerated, attribute
-from harness.judge.compare import GOLDEN, Baseline, Comparison, compare, judge
-from harness.judge.golden import Golden, GoldenStore
-from harness.judge.provenance import executed_precision, numeric_changes, staleness
+from harness.judge.compare import GOLDEN, Baseline, Comparison, Unmeasured, compare, judge
+from harness.judge.golden import Golden, GoldenStore, magnitudes
+from harness.judge.provenance import evaluator, executed_precision, numeric_changes, staleness
 from harness.run.execute import measure
 from harness.run.executors.base import Execution
 from harness.run.outputs import Determinism, Inference, RunOutputs
@@ -135,16 +135,74 @@ def compare_to_reference(
     return judge(comparison, judged_profile(suite, inference)[1])
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """Raw outputs and predictions of some samples (a `harness.tasks.Observed`)."""
+
+    outputs: dict[str, np.ndarray]
+    predictions: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Recorded:
+        return Recorded({name: value[rows] for name, value in self.outputs.items()}, self.predictions[rows])
+
+
 def compare_to_golden(measured: RunOutputs, inference: Inference, golden: Golden, task: Task, update_hint: str, suite: Suite) -> Comparison:
     """The run against the golden's recorded outputs and predictions, with stage attribution that tells
-    numeric noise (within the judging profile) from a change, and names what differs in the environment."""
-    recorded = golden.select(measured.ids, update_hint)
-    comparison = compare(inference.runtime, GOLDEN, measured.ids, measured.labels, inference, recorded, task)
+    numeric noise (within the judging profile) from a change, and names what differs in the environment.
+
+    Against a bounded golden (raw outputs of a subset, `harness.judge.golden`): numeric statistics on the samples it
+    keeps and on those bit for bit identical to it; the others (`Unmeasured`) count with lower bounds of their
+    max abs and relative L2 change, predictions and stage hashes on every sample.  A task whose agreement reads
+    raw outputs (classification's top-5 and KL; no `agreement_from_predictions`) is compared on the known samples only."""
+    ids, now = measured.ids, magnitudes(inference.outputs)
+    recorded = golden.select(ids, update_hint)
+    outputs, known = recorded.baseline_for(inference, update_hint)
+    before = recorded.magnitudes
+    all_rows = known.all() or getattr(task, "agreement_from_predictions", False)
+    rows = np.arange(len(ids)) if all_rows else np.flatnonzero(known)
+    low = Unmeasured.between(~known, now, before)
+    unmeasured = Unmeasured.between(~known[rows], {n: v[rows] for n, v in now.items()}, {n: v[rows] for n, v in before.items()})
+    candidate, baseline = Recorded(inference.outputs, inference.predictions), Recorded(outputs, recorded.predictions)
+    chosen = tuple(ids[r] for r in rows)
+    comparison = compare(
+        inference.runtime,
+        GOLDEN,
+        chosen,
+        measured.labels[rows],
+        candidate.take(rows),
+        baseline.take(rows),
+        task,
+        unmeasured if unmeasured.mask.any() else None,
+    )
+    if not recorded.complete:
+        comparison.details |= {
+            "golden_raw_samples": float(len(recorded.raw)),
+            "unmeasured_samples": float(unmeasured.mask.sum()),
+            "uncompared_samples": float(len(ids) - len(rows)),
+        }
     profile, tolerance = judged_profile(suite, inference, golden)
-    tolerated = Tolerated(comparison.within(tolerance), comparison.sample_max_abs, profile)
+    within, max_abs = np.ones(len(ids), dtype=bool), np.max([low.max_abs[n] for n in low.max_abs], axis=0, initial=0.0)
+    for name, bound in low.max_abs.items():
+        within &= bound <= tolerance.for_output(name).max_abs  # samples left out of the comparison: their lower bounds
+    within[rows], max_abs[rows] = comparison.within(tolerance), comparison.sample_max_abs
+    tolerated = Tolerated(within, max_abs, profile, ~known)
     environment = numeric_changes(golden.metadata, measured.metadata(inference.runtime))
-    comparison.attribution = attribute(recorded.stages, measured.stages | inference.stages, len(measured.ids), tolerated, environment)
+    comparison.attribution = attribute(recorded.stages, measured.stages | inference.stages, len(ids), tolerated, environment)
     return comparison
+
+
+def coverage_note(comparison: Comparison) -> str | None:
+    """What a bounded golden's comparison rests on, when the golden did not keep every sample's raw outputs."""
+    if "golden_raw_samples" not in comparison.details:
+        return None
+    kept, left_out = (int(comparison.details[key] or 0) for key in ("golden_raw_samples", "uncompared_samples"))
+    note = (
+        f"raw outputs of {kept}/{comparison.samples + left_out} samples: numeric checks on those and on the samples bit for bit "
+        "identical to them; on the rest output hashes, a lower bound of max abs from the recorded magnitudes, and predictions"
+    )
+    if left_out:
+        note += "; this task's agreement reads raw outputs: it is compared on those samples only, stage attribution on all"
+    return note
 
 
 def degenerate(inference: Inference, max_abs: float) -> str | None:
@@ -181,6 +239,7 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
     results: list[RuntimeResult] = []
     notes: list[str] = []
     stale: dict[str, list[str]] = {}  # staleness phrase -> runtimes whose golden it applies to
+    covered: dict[str, list[str]] = {}  # a bounded golden's coverage -> runtimes
     for name, inference in measured.inferences.items():
         result = RuntimeResult(
             name,
@@ -208,9 +267,13 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
             assert comparison.attribution is not None
             comparison = judge(comparison, suite.tolerances.for_precision(comparison.attribution.profile))  # the profile attribution used
             result.comparisons.append(comparison)
-            if comparison.attribution and (not comparison.passed or comparison.attribution.noise):
-                notes.append(f"{name} vs golden: {comparison.attribution.message()}")
-            for phrase in staleness(golden.metadata, measured.metadata(name)):
+            attribution = comparison.attribution
+            if not comparison.passed or attribution.noise or attribution.unmeasured:
+                notes.append(f"{name} vs golden: {attribution.message()}")
+            coverage = coverage_note(comparison)
+            if coverage:
+                covered.setdefault(coverage, []).append(name)
+            for phrase in staleness(golden.metadata, measured.metadata(name) | evaluator(task)):
                 stale.setdefault(phrase, []).append(name)
         for comparison in result.comparisons:
             exempt = comparison.details.get("cosine_exempt_samples")
@@ -221,6 +284,10 @@ def judge_run(suite: Suite, measured: RunOutputs, golden_store: GoldenStore | No
                 )
         results.append(result)
     notes += [f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} recorded {phrase}" for phrase, names in stale.items()]
+    notes += [
+        f"golden{'s' if len(names) > 1 else ''} of {', '.join(names)} keep{'' if len(names) > 1 else 's'} {phrase}"
+        for phrase, names in covered.items()
+    ]
     if suite.model.fixed_batch:
         batch = suite.model.fixed_batch
         notes.append(f"{suite.model.weights.name} is fixed to batch {batch}: every runtime was fed batches of {batch}")

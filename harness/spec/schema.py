@@ -260,6 +260,10 @@ class ToleranceTable(Table):
 
 class GoldenTable(Table):
     dir: str | None = None
+    raw_samples: (
+        Annotated[int, Field(ge=0, description="samples whose exact raw outputs a golden keeps (default: all that fit)")] | None
+    ) = None
+    max_raw_mb: Annotated[float, Field(gt=0, description="at most this many MB of raw outputs per golden (uncompressed)")] = 16.0
 
 
 class RunTable(Table):

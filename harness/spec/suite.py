@@ -6,7 +6,7 @@ It is parsed once into typed parts, one per table, each owned by the layer
 that reads it: `ModelSpec` ([model]), `DataSpec` ([data]), `StackSpec`
 ([stack], [stacks.*]; `harness.data.stack`), `TaskSpec` (task, [postprocess];
 `harness.tasks`), `ExportSpec` ([export]; `exporters.spec`), `Tolerances`
-([tolerance.*]), `RunSpec` ([run]).  A function takes the part it reads.
+([tolerance.*]), `RunSpec` ([run]), `GoldenSpec` ([golden]).  A function takes the part it reads.
 """
 
 from __future__ import annotations
@@ -134,6 +134,16 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class GoldenSpec:
+    """[golden]: how much of a run a golden keeps bit for bit (`harness.judge.golden.raw_subset`): exact raw outputs of
+    at most `raw_samples` samples (None: every sample) and at most `max_raw_mb` MB of them; predictions, stage hashes
+    and per-sample output magnitudes of every sample."""
+
+    raw_samples: int | None = None
+    max_raw_mb: float = 16.0
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     path: Path
@@ -147,6 +157,7 @@ class Suite:
     golden_dir: Path
     run: RunSpec
     description: str = ""
+    golden: GoldenSpec = GoldenSpec()
     source: dict[str, Any] | None = None  # the mapping of a suite built without a file (`suite_from_mapping`)
 
     @classmethod
@@ -282,6 +293,7 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
         golden_dir=(base / (spec.golden.dir or f"golden/{path.stem}")).resolve(),
         run=_run_spec(spec.run, model, origin),
         description=spec.description,
+        golden=GoldenSpec(spec.golden.raw_samples, spec.golden.max_raw_mb),
         source=source,
     )
 

@@ -6,7 +6,9 @@ generalised flip (classification: another top-1; detection: an image whose match
 changed), with negative flips (right before, wrong now) and positive flips, and per-class deltas.
 Predictions and targets are numpy arrays with one row per sample (ragged box lists are padded with
 NaN rows), so goldens, shards and stage hashes treat every task alike.  Adding a task is one module
-that calls `register_task`.
+that calls `register_task`.  Two optional attributes are read where present: `agreement_from_predictions`
+(True: `agree` reads predictions only, so a bounded golden compares it on every sample, `harness.judge.golden`)
+and `evaluator` (a string naming the metric's implementation and version, kept in goldens' metadata).
 """
 
 from __future__ import annotations

@@ -87,6 +87,7 @@ def _found(detections: np.ndarray, truth: np.ndarray) -> set[int]:
 @dataclass(frozen=True)
 class DetectionTask:
     name: ClassVar[str] = "detection"
+    agreement_from_predictions: ClassVar[bool] = True  # `agree` reads predictions only: a bounded golden compares it on every sample
     postprocess_keys: ClassVar[dict[str, type]] = {
         "score_threshold": float,
         "nms_iou": float,
