@@ -4,17 +4,23 @@ Deployments differ where a rule meets its boundary: a score equal to the thresho
 threshold *as that implementation computes it* (its precision, its formula, its guards), tied scores, boxes
 with flipped corners, and how many candidates it looks at.  Each entry of `NMS` is one implementation:
 
-| name | score kept if | suppressed if IoU | precision, guards | caps / order | checked against |
-| --- | --- | --- | --- | --- | --- |
-| `torchvision` | > st (its detection models' filter; `nms` itself has none) | > t (t as a double) | the boxes' dtype; corners as given | batched by the coordinate offset trick up to 1000 candidates, per class above; ties: lower index first | torchvision `batched_nms` / `nms` |
-| `onnx-ort` | > st | > t | float32; corners reordered; empty or zero-area pairs never suppress | per class, class-major output; lower index wins ties | ONNX Runtime `NonMaxSuppression` |
-| `onnx-openvino` | > st | >= t | float32; corners reordered; a zero-area box never suppresses | per class; lower index wins ties | OpenVINO `NonMaxSuppression` (CPU) |
-| `opencv` | > st | > t (`1 - float(1 - IoU)` in float32) | double `Rect2d` from x, y, w, h; flipped corners are empty; two empty boxes overlap fully | batched by OpenCV's offset trick; stable sort | `cv2.dnn.NMSBoxes` / `NMSBoxesBatched` |
-| `opencv-int` | as `opencv` | as `opencv` | integer `Rect` (x, y, w, h truncated) | as `opencv` | the same, fed ints |
-| `trt-efficient` | >= st | >= t | float32; corners reordered; empty pairs IoU 0 | the top 4096 candidates only | emulated from the plugin's documentation and source: TensorRT does not run here |
-| `trt-inms` / `trt-inms-2000` | > st | > t | float32; corners reordered | candidates sorted across classes, the top 5000 (2000) considered | emulated from the INMSLayer documentation |
+- `torchvision` (`batched_nms` / `nms`): score kept if > st (its detection models' filter; `nms` has no
+  threshold); suppressed if IoU > t, with t a double; the boxes' own dtype, corners as given, no guard (0 / 0
+  never suppresses); classes apart by the coordinate offset trick up to 1000 candidates (negative coordinates
+  let classes meet), per class above; ties: lower index first.
+- `onnx-ort` (ONNX Runtime `NonMaxSuppression`): > st, IoU > t, float32, corners reordered, an empty
+  intersection or a zero-area box never suppresses; per class, class-major output; lower index wins ties.
+- `onnx-openvino` (OpenVINO `NonMaxSuppression`, CPU): > st, IoU >= t (so t = 0 suppresses disjoint boxes),
+  float32, corners reordered; otherwise as ONNX Runtime.
+- `opencv` (`cv2.dnn.NMSBoxes` / `NMSBoxesBatched`): > st, overlap > t where overlap is
+  `1.f - float(1 - IoU)`; double `Rect2d` (x, y, w, h), flipped corners empty, two empty boxes overlap
+  fully; classes apart by OpenCV's own offset trick; stable sort.  `opencv-int`: fed ints, `Rect` truncation.
+- `trt-efficient` (EfficientNMS_TRT): >= st, IoU >= t, float32, corners reordered, empty pairs IoU 0; only the
+  top 4096 candidates.  Emulated from the plugin's documentation and source: TensorRT does not run here.
+- `trt-inms` / `trt-inms-2000` (INMSLayer): > st, IoU > t, candidates sorted across classes, the top 5000
+  (2000) considered.  Emulated from the INMSLayer documentation.
 
-The rules in this table were checked on real runs where the library runs here (`tests/test_nms.py`: the
+The rules above were checked on real runs where the library runs here (`tests/test_nms.py`: the
 same constructed boundary cases, and random boxes whose threshold is set to one of their own IoUs, through
 the real implementation and the emulation); the TensorRT rows are emulations only.
 
@@ -129,9 +135,7 @@ class Nms:
         `limit` of them (the first `limit` the full run would keep)."""
         dtype = np.dtype(self.precision or boxes.dtype)
         boxes, scores, labels = boxes.astype(dtype), scores.astype(dtype), np.asarray(labels, dtype=np.int64)
-        threshold = dtype.type(score_threshold)
-        passing = scores >= threshold if self.score_rule == ">=" else scores > threshold
-        index = np.flatnonzero(passing)
+        index = np.flatnonzero(self.passes(scores, score_threshold))
         index = index[np.argsort(-scores[index], kind="stable")][: self.cap]
         geometry = self._geometry(boxes[index], labels[index])
         kept = _greedy(
@@ -145,6 +149,12 @@ class Nms:
             kept = kept[np.argsort(labels[index][kept], kind="stable")]
             kept = kept[np.argsort(-scores[index][kept], kind="stable")][:limit]
         return index[kept]
+
+    def passes(self, scores: np.ndarray, score_threshold: float) -> np.ndarray:
+        """Which scores clear the threshold, by this implementation's rule, in its precision."""
+        dtype = np.dtype(self.precision or scores.dtype)
+        scores, threshold = scores.astype(dtype, copy=False), dtype.type(score_threshold)
+        return scores >= threshold if self.score_rule == ">=" else scores > threshold
 
     def _suppressed(self, iou_threshold: float, area_offset: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         # torchvision compares its IoU with the threshold as a double; the others hold the threshold as a float32
@@ -205,9 +215,26 @@ NMS: dict[str, Nms] = {
         Nms("onnx-ort", "ONNX Runtime NonMaxSuppression", ">", ">", _guarded(-np.inf, zero_area_guard=True), class_major=True),
         Nms("onnx-openvino", "OpenVINO NonMaxSuppression (CPU)", ">", ">=", _guarded(0.0, zero_area_guard=True), class_major=True),
         Nms("opencv", "cv2.dnn.NMSBoxes / NMSBoxesBatched", ">", ">", _iou_opencv, precision=np.float32, batching="opencv-offsets"),
-        Nms("opencv-int", "cv2.dnn.NMSBoxesBatched fed integer rectangles", ">", ">", _iou_opencv, batching="opencv-offsets", integer_rects=True),
-        Nms("trt-efficient", "not run: TensorRT is not installed here (EfficientNMS_TRT source)", ">=", ">=", _guarded(0.0, False), cap=4096),
+        Nms(
+            "opencv-int",
+            "cv2.dnn.NMSBoxesBatched fed integer rectangles",
+            ">",
+            ">",
+            _iou_opencv,
+            batching="opencv-offsets",
+            integer_rects=True,
+        ),
+        Nms(
+            "trt-efficient", "not run: TensorRT is not installed here (EfficientNMS_TRT source)", ">=", ">=", _guarded(0.0, False), cap=4096
+        ),
         Nms("trt-inms", "not run: TensorRT is not installed here (INMSLayer documentation)", ">", ">", _guarded(-np.inf, True), cap=5000),
-        Nms("trt-inms-2000", "not run: TensorRT is not installed here (INMSLayer documentation)", ">", ">", _guarded(-np.inf, True), cap=2000),
+        Nms(
+            "trt-inms-2000",
+            "not run: TensorRT is not installed here (INMSLayer documentation)",
+            ">",
+            ">",
+            _guarded(-np.inf, True),
+            cap=2000,
+        ),
     )
 }
