@@ -79,7 +79,7 @@ def _found(detections: np.ndarray, truth: np.ndarray) -> set[int]:
 
 
 # The flags every decoder's detections go through, and those only NMS (dense candidates) reads
-COMMON_KEYS = ("score_threshold", "max_detections", "round_boxes", "clip_minus_one", "plus_one", "decoder")
+COMMON_KEYS = ("score_threshold", "max_detections", "round_boxes", "clip_minus_one", "decoder")  # plus_one: where decode_plus_one is read
 NMS_KEYS = ("nms_iou", "pre_nms_top_k", "class_agnostic", "nms", "area_plus_one", "multi_label")
 
 
