@@ -135,7 +135,7 @@ def test_emulation_equals_the_real_implementation_at_its_own_ious(name: str) -> 
     emulation, compared = NMS[name], 0
     for seed in range(12):
         boxes, scores, labels = _random_case(seed, flip=seed % 3 == 0, ties=seed % 2 == 0)
-        rects = emulation._geometry(boxes.astype(emulation.precision or boxes.dtype), np.zeros(len(boxes), dtype=np.int64))
+        rects, _ = emulation._geometry(boxes.astype(emulation.precision or boxes.dtype), np.zeros(len(boxes), dtype=np.int64), 0.5)
         for first in range(0, 12, 4):
             ious = emulation.overlap(rects[first + 1 :], rects[first], 0.0)
             for threshold in np.unique(ious[np.isfinite(ious) & (ious > 0) & (ious < 1)])[:3]:

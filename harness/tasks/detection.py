@@ -83,6 +83,16 @@ COMMON_KEYS = ("score_threshold", "max_detections", "round_boxes", "clip_minus_o
 NMS_KEYS = ("nms_iou", "pre_nms_top_k", "class_agnostic", "nms", "area_plus_one", "multi_label")
 
 
+def _passing(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(location, label) of an (L, C) mask's true entries in row-major order, read in the mask's own memory
+    order (a channels-first head's scores are an (L, C) view of [C, L] memory)."""
+    classes = mask.shape[1]
+    if mask.flags.c_contiguous or not mask.T.flags.c_contiguous:
+        return np.divmod(np.flatnonzero(mask), classes)
+    label, location = np.divmod(np.flatnonzero(mask.T), mask.shape[0])
+    return np.divmod(np.sort(location * classes + label), classes)
+
+
 @register_task
 @dataclass(frozen=True)
 class DetectionTask(DecodeFlags):
@@ -232,7 +242,7 @@ class DetectionTask(DecodeFlags):
         """(K, 6) detections of one image, best first."""
         implementation = NMS[self.nms]
         if self.multi_label:
-            location, label = np.nonzero(implementation.passes(scores, self.score_threshold))
+            location, label = _passing(implementation.passes(scores, self.score_threshold))
             confidence = scores[location, label]
         else:
             label = np.argmax(scores, axis=1)

@@ -35,20 +35,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# (M, 4) candidate boxes, (4,) kept box, area offset -> (M,) IoU in the implementation's precision; NaN or -inf never suppresses
+# (M, 4) candidate boxes, the (4,) kept box or (M, 4) kept boxes pairwise, area offset -> (M,) IoU in the implementation's
+# precision; NaN or -inf never suppresses
 Overlap = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
 def _iou_torchvision(boxes: np.ndarray, box: np.ndarray, offset: float) -> np.ndarray:
     """torchvision's CPU kernel: corners as given, `inter / (area_i + area_j - inter)`, no guard (0 / 0 is NaN)."""
     off = boxes.dtype.type(offset)
-    area = (box[2] - box[0] + off) * (box[3] - box[1] + off)
+    area = (box[..., 2] - box[..., 0] + off) * (box[..., 3] - box[..., 1] + off)
     areas = (boxes[:, 2] - boxes[:, 0] + off) * (boxes[:, 3] - boxes[:, 1] + off)
-    w = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + off, 0)
-    h = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + off, 0)
+    w = np.maximum(np.minimum(box[..., 2], boxes[:, 2]) - np.maximum(box[..., 0], boxes[:, 0]) + off, 0)
+    h = np.maximum(np.minimum(box[..., 3], boxes[:, 3]) - np.maximum(box[..., 1], boxes[:, 1]) + off, 0)
     inter = w * h
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return inter / (area + areas - inter)
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.full_like(inter, np.nan), where=union != 0)
 
 
 def _reordered(boxes: np.ndarray) -> np.ndarray:
@@ -62,10 +63,10 @@ def _guarded(never: float, zero_area_guard: bool) -> Overlap:
     def overlap(boxes: np.ndarray, box: np.ndarray, offset: float) -> np.ndarray:
         off = boxes.dtype.type(offset)
         boxes, box = _reordered(boxes), _reordered(box)
-        area = (box[2] - box[0] + off) * (box[3] - box[1] + off)
+        area = (box[..., 2] - box[..., 0] + off) * (box[..., 3] - box[..., 1] + off)
         areas = (boxes[:, 2] - boxes[:, 0] + off) * (boxes[:, 3] - boxes[:, 1] + off)
-        w = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + off, 0)
-        h = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + off, 0)
+        w = np.maximum(np.minimum(box[..., 2], boxes[:, 2]) - np.maximum(box[..., 0], boxes[:, 0]) + off, 0)
+        h = np.maximum(np.minimum(box[..., 3], boxes[:, 3]) - np.maximum(box[..., 1], boxes[:, 1]) + off, 0)
         inter = w * h
         union = area + areas - inter
         bad = (inter <= 0) | (union <= 0)
@@ -83,10 +84,10 @@ def _iou_opencv(boxes: np.ndarray, box: np.ndarray, offset: float) -> np.ndarray
     `Aa + Ab <= epsilon` guard makes two empty boxes overlap fully."""
     off = boxes.dtype.type(offset)
     bw, bh = boxes[:, 2] + off, boxes[:, 3] + off
-    aw, ah = box[2] + off, box[3] + off
+    aw, ah = box[..., 2] + off, box[..., 3] + off
     empty = (bw <= 0) | (bh <= 0) | (aw <= 0) | (ah <= 0)
-    inter_w = _rect_extent(boxes[:, 0], bw, box[0], aw)
-    inter_h = _rect_extent(boxes[:, 1], bh, box[1], ah)
+    inter_w = _rect_extent(boxes[:, 0], bw, box[..., 0], aw)
+    inter_h = _rect_extent(boxes[:, 1], bh, box[..., 1], ah)
     inter = np.where(empty | (inter_w <= 0) | (inter_h <= 0), 0, inter_w * inter_h).astype(np.float64)
     areas, area = bw * bh, aw * ah
     total = areas + area
@@ -137,14 +138,8 @@ class Nms:
         boxes, scores, labels = boxes.astype(dtype), scores.astype(dtype), np.asarray(labels, dtype=np.int64)
         index = np.flatnonzero(self.passes(scores, score_threshold))
         index = index[np.argsort(-scores[index], kind="stable")][: self.cap]
-        geometry = self._geometry(boxes[index], labels[index])
-        kept = _greedy(
-            geometry,
-            scores[index],
-            None if self.batching.endswith("offsets") else labels[index],
-            self._suppressed(iou_threshold, area_offset),
-            None if self.class_major else limit,
-        )
+        geometry, reach = self._geometry(boxes[index], labels[index], iou_threshold)
+        kept = _greedy(geometry, labels[index], reach, self._suppressed(iou_threshold, area_offset), None if self.class_major else limit)
         if self.class_major:
             kept = kept[np.argsort(labels[index][kept], kind="stable")]
             kept = kept[np.argsort(-scores[index][kept], kind="stable")][:limit]
@@ -163,49 +158,103 @@ class Nms:
             return lambda rest, box: self.overlap(rest, box, area_offset) >= threshold
         return lambda rest, box: self.overlap(rest, box, area_offset) > threshold
 
-    def _geometry(self, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """The boxes as the implementation holds them: OpenCV's x, y, w, h (offset per class when batched),
-        torchvision's coordinate trick below 1000 candidates."""
+    def _geometry(self, boxes: np.ndarray, labels: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, int | None]:
+        """The boxes as the implementation holds them (OpenCV's x, y, w, h; the offset tricks' shifted boxes), and
+        how many label steps apart boxes can still meet (0: per class; None: any).  An offset trick shifts
+        label l by l (M + 1), M the largest coordinate: with the smallest coordinate `low`, labels fewer than
+        (M - low) / (M + 1) apart overlap once shifted (none when low >= 0); OpenCV's two empty boxes overlap
+        fully wherever they are, and a negative IoU threshold suppresses every pair."""
+        if not len(boxes) or self.batching == "mask":
+            return boxes, 0
         if self.batching == "opencv-offsets":
             rects = np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]].astype(np.float64)  # a Python list of floats: Rect2d
             if self.integer_rects:
                 rects = np.trunc(rects).astype(np.int64)
-            if self.batching == "opencv-offsets" and len(rects):
-                corners = np.c_[rects[:, :2], rects[:, :2] + rects[:, 2:]]
-                shift = labels * (max(float(corners.max()), 0.0) + 1)
-                rects = rects + (np.c_[shift, shift, 0 * shift, 0 * shift]).astype(rects.dtype)
-            return rects
-        if self.batching == "torchvision-offsets" and len(boxes) and boxes.size <= 4000:
-            return boxes + (labels.astype(boxes.dtype) * (boxes.max() + boxes.dtype.type(1)))[:, None]
-        return boxes
+            corners = np.c_[rects[:, :2], rects[:, :2] + rects[:, 2:]]
+            step = max(float(corners.max()), 0.0) + 1
+            shift = labels * step
+            shifted = rects + np.c_[shift, shift, 0 * shift, 0 * shift].astype(rects.dtype)
+            if iou_threshold < 0 or not (rects[:, 2:] > 0).all():
+                return shifted, None
+            return shifted, _reach(float(corners.max()), float(corners.min()), step)
+        if boxes.size > 4000:  # torchvision runs per class above 1000 candidates
+            return boxes, 0
+        step = boxes.max() + boxes.dtype.type(1)
+        shifted = boxes + (labels.astype(boxes.dtype) * step)[:, None]
+        return shifted, None if iou_threshold < 0 else _reach(float(boxes.max()), float(boxes.min()), float(step))
+
+
+PAIR_LIMIT = 200_000  # candidate pairs whose IoUs are computed in one go; past it, one kept box at a time
+
+
+def _reach(high: float, low: float, step: float) -> int:
+    """Label steps within which boxes spanning [low, high] still meet once shifted by label x step (one pixel to spare)."""
+    return max(0, int(np.ceil((high - low + 1) / step)) - 1) if low < 0 else 0
 
 
 def _greedy(
     boxes: np.ndarray,
-    scores: np.ndarray,
-    labels: np.ndarray | None,
+    labels: np.ndarray,
+    reach: int | None,
     suppressed: Callable[[np.ndarray, np.ndarray], np.ndarray],
     limit: int | None,
 ) -> np.ndarray:
-    """Greedy NMS over candidates sorted best first: each kept box suppresses the later ones (of its class, when
-    `labels` is given) it overlaps; vectorised over the later candidates.  Stops once `limit` are kept and the
-    next score is lower (a tie at the limit is still resolved as the full run would)."""
+    """Greedy NMS over candidates sorted best first: each kept box suppresses the later ones it overlaps among
+    those whose labels lie within `reach` of its own (0: its class; None: any); stops once `limit` are kept
+    (later candidates cannot change earlier ones).  Vectorised: every such pair's IoU at once where there are
+    few enough pairs, else each kept box against the later candidates."""
+    if reach is None:
+        labels, reach = np.zeros(len(boxes), dtype=np.int64), 0
+    pairs = _pairs(labels, reach)
+    if pairs is None:
+        return _greedy_each(boxes, labels, reach, suppressed, limit)
+    first, second = pairs
+    hit = suppressed(boxes[second], boxes[first])
+    first, second = first[hit], second[hit]
+    order = np.argsort(first, kind="stable")
+    bounds = np.searchsorted(first[order], np.arange(len(boxes) + 1))
+    second, starts, stops = second[order], bounds[:-1].tolist(), bounds[1:].tolist()  # Python ints: a fast loop
     alive = np.ones(len(boxes), bool)
     kept: list[int] = []
     for i in range(len(boxes)):
-        if not alive[i]:
-            continue
-        if limit is not None and len(kept) >= limit and scores[i] < scores[kept[-1]]:
-            break
-        kept.append(i)
-        later = alive[i + 1 :]
-        rest = np.flatnonzero(later) + i + 1
-        if not len(rest):
-            break
-        if labels is not None:
-            rest = rest[labels[rest] == labels[i]]
-        alive[rest[suppressed(boxes[rest], boxes[i])]] = False
-    return np.array(kept[:limit] if limit is not None else kept, dtype=np.int64)
+        if alive[i]:
+            kept.append(i)
+            if len(kept) == limit:
+                break
+            if stops[i] > starts[i]:
+                alive[second[starts[i] : stops[i]]] = False
+    return np.array(kept, dtype=np.int64)
+
+
+def _pairs(labels: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every (earlier, later) candidate pair whose labels lie within `reach`; None past PAIR_LIMIT.  Sorted by
+    label, each candidate's partners are the run of later ones up to its label + reach."""
+    by_label = np.argsort(labels, kind="stable")
+    ordered = labels[by_label]
+    counts = np.searchsorted(ordered, ordered + reach, side="right") - np.arange(len(labels)) - 1
+    total = int(counts.sum())
+    if total > PAIR_LIMIT:
+        return None
+    k = np.repeat(np.arange(len(labels)), counts)
+    partner = k + 1 + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    a, b = by_label[k], by_label[partner]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _greedy_each(
+    boxes: np.ndarray, labels: np.ndarray, reach: int, suppressed: Callable[[np.ndarray, np.ndarray], np.ndarray], limit: int | None
+) -> np.ndarray:
+    """`_greedy`, each kept box against the later candidates within reach."""
+    alive = np.ones(len(boxes), bool)
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if alive[i]:
+            kept.append(i)
+            if len(kept) == limit:
+                break
+            later = i + 1 + np.flatnonzero(np.abs(labels[i + 1 :] - labels[i]) <= reach)
+            alive[later] &= ~suppressed(boxes[later], boxes[i])
+    return np.array(kept, dtype=np.int64)
 
 
 NMS: dict[str, Nms] = {
