@@ -62,7 +62,7 @@ def test_pycocotools_and_faster_coco_eval_agree_on_the_demo() -> None:
     run = SuiteRun(suite, ArtifactCache(Path("/nonexistent")))  # targets only: nothing is built
     index = {s.id: s for s in run.samples}
     targets = np.stack([index[i].target for i in golden.ids])
-    first, second = coco_evaluate(golden.predictions, targets), coco_evaluate(golden.predictions, targets, "faster_coco_eval")
+    first, second = coco_evaluate(golden.predictions, targets, "pycocotools"), coco_evaluate(golden.predictions, targets)
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         assert first[name] == pytest.approx(second[name], abs=1e-4), name
     assert 0.3 < first["AP"] < 1.0  # high enough that a 1-point drop is measurable

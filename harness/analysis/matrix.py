@@ -40,7 +40,7 @@ from harness.run.plan import DEFAULT_CHUNK
 from harness.run.prepared import SuiteRun
 from harness.run.sessions import Sessions
 from harness.spec.suite import Suite
-from harness.tasks import TASKS, make_task
+from harness.tasks import make_task
 from runtimes import get_runtime
 
 
@@ -98,7 +98,8 @@ def _order_axis(suite: Suite) -> list[Variant]:
 
 def _postprocess_axis(suite: Suite) -> list[Variant]:
     """The task's post-processing variants (box decoding, NMS, thresholds): outputs re-used, predictions recomputed."""
-    variants = TASKS[suite.task.name].postprocess_variants
+    task = make_task(suite.task)  # a task may leave out variants its configuration does not read (detection: per decoder)
+    variants = task.applicable_variants() if hasattr(task, "applicable_variants") else task.postprocess_variants
     return [Variant("postprocess", name, postprocess=tuple(flags.items())) for name, flags in variants.items()]
 
 
