@@ -36,8 +36,8 @@ gpu: $(STAMP)
 
 # One-shot check of the GPU code paths on a GPU machine without internet, with that machine's Python (README "GPU
 # check"): the wheels it lacks come from .gpu-wheels/ (`make gpu-wheels` here). Without a GPU: the CPU part only;
-# GPU_CHECK_CPU=quick makes that short.
-GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+# GPU_CHECK_CPU=quick makes that short. The project's venv where there is one, else python3 or python (the one with torch).
+GPU_CHECK_PYTHON ?= $(wildcard $(BIN)/python)
 gpu-check:
 	GPU_CHECK_PYTHON=$(GPU_CHECK_PYTHON) bash scripts/gpu_check.sh
 

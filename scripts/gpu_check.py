@@ -30,6 +30,7 @@ MACHINE_PACKAGES = {
 }
 LEFT_OUT = ("av",)  # dependencies without a wheel there, on purpose (why: the head of scripts/gpu_wheels.txt)
 NO_CUDA = 3
+COMMAND_SHOWN = 200  # characters of a step's command in summary.md (summary.json has it whole)
 # The demo run's runtimes on a GPU (the three), then every other CUDA runtime at fp32/fp16 that can run there.
 DEMO_RUNTIMES = ("torch-cuda-fp32", "torch-cuda-fp16", "ort-fp32")
 
@@ -117,13 +118,14 @@ def summary(out: Path) -> int:
     steps = []
     for line in (out / "steps.tsv").read_text().splitlines():
         name, rc, seconds, log, command = line.split("\t")
-        steps.append({"step": name, "rc": int(rc), "seconds": int(seconds), "log": log, "command": command})
+        steps.append({"step": name, "rc": int(rc), "seconds": int(seconds), "log": log, "command": command.strip()})
     gpu_file = out / "gpu.json"
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else {}
     (out / "summary.json").write_text(json.dumps({"gpu": gpu, "steps": steps}, indent=2) + "\n")
     device = gpu.get("gpu") or f"no CUDA device ({gpu.get('no_cuda', 'not probed')})"
     lines = [f"# GPU check: {device}", "", "| step | exit | seconds | log | command |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {s['step']} | {s['rc']} | {s['seconds']} | {s['log']} | `{s['command']}` |" for s in steps]
+    shown = [c if len(c) <= COMMAND_SHOWN else c[:COMMAND_SHOWN] + " ..." for c in (s["command"] for s in steps)]
+    lines += [f"| {s['step']} | {s['rc']} | {s['seconds']} | {s['log']} | `{c}` |" for s, c in zip(steps, shown, strict=True)]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return 0
 

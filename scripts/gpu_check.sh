@@ -12,9 +12,9 @@
 # Setup: the wheels go into a private folder put on PYTHONPATH with the repository (`pip install --target`: the
 # machine's own packages, its CUDA PyTorch above all, stay as they are, and nothing needs the internet), the project
 # is installed editable into it for its entry points (`harness`, the pytest plugin), and every module is imported.
-# GPU part: nvidia-smi, `harness doctor`, the `gpu`-marked tests, `harness run --suite demo` on torch-cuda-fp32,
-# torch-cuda-fp16 and ort-fp32 (+ the other available CUDA runtimes) without and then with the goldens (recorded
-# on other CPUs: their verdict is kept, not required), `harness matrix --axes decoder` (nvJPEG is a decoder row).
+# GPU part: nvidia-smi, `harness doctor`, the `gpu`-marked tests, `harness run --suite demo --no-golden` on
+# torch-cuda-fp32, torch-cuda-fp16 and ort-fp32 (+ the other available CUDA runtimes), `harness matrix --axes decoder`
+# (nvJPEG is a decoder row), the demo run again against the goldens (recorded on other CPUs: kept, not required).
 # Without a CUDA device: one line says so and the GPU part is skipped.  CPU part, after the GPU part so that its
 # numbers come back even when time runs out: the demo on ort-fp32 against the goldens, then the test suite
 # (`-n 8` with pytest-xdist), in whatever time the budget leaves.
@@ -23,16 +23,22 @@
 # the GPU; modules.json: each module's version and origin.  Exit 0 whatever the steps gave, 1 when setup failed.
 #
 # Environment: GPU_CHECK_CPU=full|quick (quick: demo on 32 samples, tests/test_gpu.py), GPU_CHECK_OUT (default
-# $OUT, else reports/gpu-check), GPU_CHECK_PYTHON (python3), GPU_CHECK_WHEELS (.gpu-wheels), GPU_CHECK_BUDGET_S.
+# $OUT, else reports/gpu-check), GPU_CHECK_PYTHON (default: python3 or python, the one with torch),
+# GPU_CHECK_WHEELS (.gpu-wheels), GPU_CHECK_BUDGET_S.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-PY="${GPU_CHECK_PYTHON:-python3}"
+PY="${GPU_CHECK_PYTHON:-}"
+if [ -z "$PY" ]; then  # the machine's Python with PyTorch: python3, else python
+  for candidate in python3 python; do
+    if "$candidate" -c "import torch" 2>/dev/null; then PY=$candidate && break; fi
+  done
+  PY="${PY:-python3}"
+fi
 CPU_MODE="${GPU_CHECK_CPU:-full}"
 BUDGET="${GPU_CHECK_BUDGET_S:-450}"
 WHEELS="${GPU_CHECK_WHEELS:-$REPO/.gpu-wheels}"
-OUT_DIR="${GPU_CHECK_OUT:-${OUT:-reports/gpu-check}}"
+OUT_DIR="${GPU_CHECK_OUT:-${OUT:-$REPO/reports/gpu-check}}"
 case "$CPU_MODE" in full | quick) ;; *)
   echo "gpu_check: GPU_CHECK_CPU=$CPU_MODE: use full or quick" >&2
   exit 1
@@ -40,6 +46,7 @@ case "$CPU_MODE" in full | quick) ;; *)
 esac
 mkdir -p "$OUT_DIR/logs"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+cd "$REPO"
 : >"$OUT_DIR/steps.tsv"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -65,7 +72,7 @@ step() {
   else
     timeout -s INT -k 15 "$limit" "$@" >"$OUT_DIR/logs/$name.log" 2>&1 || RC=$?
   fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$RC" "$((SECONDS - began))" "logs/$name.log" "$*" >>"$OUT_DIR/steps.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$RC" "$((SECONDS - began))" "logs/$name.log" "$(printf '%q ' "$@")" >>"$OUT_DIR/steps.tsv"
   echo "gpu_check: $name: exit $RC in $((SECONDS - began)) s"
   "$PY" scripts/gpu_check.py summary "$OUT_DIR" || echo "gpu_check: the summary could not be written"
 }
@@ -100,8 +107,8 @@ if [ "$RC" -eq 0 ]; then
   mapfile -t gpu_tests < <(grep -l "pytest.mark.gpu" tests/test_*.py)
   step gpu-tests 200 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rA --junitxml "$OUT_DIR/gpu-tests.xml" "${gpu_tests[@]}"
   step demo-gpu 120 "$PY" -m harness run --suite demo "${runtime_args[@]}" --no-golden --report-dir "$OUT_DIR/demo-gpu"
-  step demo-gpu-golden 90 "$PY" -m harness run --suite demo "${runtime_args[@]}" --report-dir "$OUT_DIR/demo-gpu-golden"
   step matrix-decoder 120 "$PY" -m harness matrix --suite demo --axes decoder --limit 100 --report-dir "$OUT_DIR/matrix-decoder"
+  step demo-gpu-golden 90 "$PY" -m harness run --suite demo "${runtime_args[@]}" --report-dir "$OUT_DIR/demo-gpu-golden"
 elif [ "$RC" -eq 3 ]; then
   echo "no CUDA device: GPU part skipped ($(tail -n 1 "$OUT_DIR/logs/probe.log"))"
 else
