@@ -13,6 +13,7 @@ upsampling, DCT-domain downscaling, nvJPEG, and EXIF handling.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Callable
 from functools import partial
@@ -129,7 +130,16 @@ def decode_opencv(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
-@register_decoder("pyav")
+def _module_missing(module: str, package: str) -> Callable[[], str | None]:
+    """A probe: why a decoder that imports `module` (pip package `package`) cannot run, or None when it is installed."""
+
+    def probe() -> str | None:
+        return None if importlib.util.find_spec(module) else f"python module {module} not installed (pip install {package})"
+
+    return probe
+
+
+@register_decoder("pyav", probe=_module_missing("av", "av"))
 def decode_pyav(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
     """FFmpeg's decoder through PyAV: YUV planes converted to RGB by swscale (its own chroma upsampling and rounding)."""
     import av
@@ -156,8 +166,8 @@ def _decode_simplejpeg(data: bytes, exif: bool, min_side: int = 0, fast: bool = 
 
 
 JPEG_ONLY = frozenset({"JPEG", "MPO"})
-register_decoder("simplejpeg", formats=JPEG_ONLY)(partial(_decode_simplejpeg, fast=False))
-register_decoder("simplejpeg-fast", formats=JPEG_ONLY)(partial(_decode_simplejpeg, fast=True))
+register_decoder("simplejpeg", _module_missing("simplejpeg", "simplejpeg"), JPEG_ONLY)(partial(_decode_simplejpeg, fast=False))
+register_decoder("simplejpeg-fast", _module_missing("simplejpeg", "simplejpeg"), JPEG_ONLY)(partial(_decode_simplejpeg, fast=True))
 
 
 def _cuda_missing() -> str | None:
