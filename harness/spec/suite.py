@@ -24,6 +24,7 @@ from harness.core.errors import HarnessError
 from harness.core.hashing import sha256_file
 from harness.core.plugins import load_installed, load_plugins
 from harness.data.colour import COLOUR_PATHS
+from harness.data.dataset import class_names
 from harness.data.decoders import DECODERS
 from harness.data.intake import IntakePolicy
 from harness.data.resizers import RESIZERS
@@ -232,13 +233,15 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
                 f"{origin}: [tolerance.{precision}.outputs.{unknown[0]}]: the model has no output '{unknown[0]}'",
                 f"its outputs: {', '.join(model.output_names)}",
             )
+    manifest = base / (spec.data.manifest or spec.data.image_folder or "")
+    counted = getattr(TASKS.get(spec.task), "takes_classes", False)  # a task that scores every class, seen or not
     return Suite(
         name=spec.name or path.stem,
         path=path,
-        task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess)),
+        task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess), len(class_names(manifest)) if counted else 0),
         model=model,
         data=DataSpec(
-            manifest=base / (spec.data.manifest or spec.data.image_folder or ""),
+            manifest=manifest,
             split=spec.data.split,
             calibration_split=spec.data.calibration_split,
             intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
