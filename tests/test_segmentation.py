@@ -24,7 +24,7 @@ from harness.core.errors import HarnessError
 from harness.data.dataset import load_dataset
 from harness.data.stack import RESIZE_MODES, StackSpec, prepare
 from harness.tasks.base import TaskSpec, make_task, target_parser
-from harness.tasks.segmentation import SegmentationTask, class_iou, confusion, mean_iou
+from harness.tasks.segmentation import SegmentationTask, class_iou, confusion, image_size, mean_iou
 
 from .conftest import CliResult
 
@@ -371,3 +371,55 @@ def test_resize_rewrites_on_the_demo_segmenter(tmp_path: Path) -> None:
         got = ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, {"images": x})[0]
         np.testing.assert_allclose(got, patched, atol=1e-4)
         assert not np.allclose(patched, reference, atol=1e-3)
+
+
+# -- a one-class probability map: DBNet ------------------------------------------------------------------
+
+
+def test_a_thresholded_probability_map_suite_on_a_real_dbnet(tmp_path: Path, harness_cli: Callable[..., CliResult], cache: object) -> None:
+    """rapidocr's PP-OCRv4 text detector (one sigmoid map) as a segmentation suite with `threshold = 0.3`.  The masks
+    are pseudo-truth: ort-fp32's own map, thresholded and brought back through the geometry on this machine, so
+    ort-fp32 scores mIoU 1 exactly and OpenVINO's fp32 map is judged against it pixel by pixel."""
+    import sys
+
+    from harness.run.prepared import SuiteRun
+    from harness.spec.suite import load_suite
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import real_models
+
+    if not real_models.available("dbnet"):
+        pytest.skip("rapidocr_onnxruntime is not installed (make install puts it in)")
+    suite_file = real_models.write_suites(tmp_path, ("dbnet",))["dbnet"]
+    folder = suite_file.parent
+    text = suite_file.read_text().replace('task = "raw"', 'task = "segmentation"').replace('"ort-fp16", "ort-int8"', '"ov-fp32"')
+    suite_file.write_text(text + '\n[postprocess]\nthreshold = 0.3\nmask_canvas = 640\n\n[golden]\ndir = "golden"\n')
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["classes"] = ["background", "text"]
+    for entries in manifest["splits"].values():
+        for entry in entries:
+            with Image.open(folder / entry["file"]) as image:
+                size = image.size
+            entry["mask"] = entry["file"].rsplit(".", 1)[0] + ".png"
+            (folder / entry["mask"]).write_bytes(png_of(np.zeros(size[::-1], np.uint8)))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    run = SuiteRun(load_suite(suite_file), cache)  # type: ignore[arg-type]
+    inference = run.infer("ort-fp32", 4)
+    task = run.task
+    for sample, predicted in zip(run.samples, inference.predictions, strict=True):
+        height, width = image_size(sample.path)
+        (folder / sample.id).with_suffix(".png").write_bytes(png_of(predicted[:height, :width]))
+    foreground = float(np.mean(inference.predictions == 1))
+    stricter = make_task(TaskSpec("segmentation", task.output_names, {"threshold": 0.5, "mask_canvas": 640}))
+    assert 0.001 < float(np.mean(stricter.predictions(inference.outputs, run.inputs.geometry) == 1)) < foreground < 0.5
+
+    result = harness_cli("run", "--suite", suite_file, "--no-golden", "--report-dir", tmp_path / "report")
+    assert result.code in (0, 1), result.err  # the verdict is OpenVINO's to earn; nothing may crash
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["task"] == "segmentation" and report["metric_name"] == "mIoU (nanmean)"
+    by_runtime = {r["runtime"]: r for r in report["results"]}
+    assert by_runtime["ort-fp32"]["metric"] == 1.0
+    openvino = by_runtime["ov-fp32"]["comparisons"][0]
+    assert openvino["changed_pixels_mean"] < 0.01 and openvino["miou_nanmean"] > 0.9
+    assert "<figure>" in (tmp_path / "report" / "report.html").read_text() or not openvino["flips"]

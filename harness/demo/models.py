@@ -109,8 +109,8 @@ def build_demo_detector(num_classes: int = 6) -> nn.Module:
 
 
 class DemoSegmenter(nn.Module):
-    """Small U-Net-style segmenter: a stride-1 stem, a stride-2 3x3 max-pool with padding (its ceil mode changes
-    every later size), encoder stages at strides 4, 8 and 16, and a decoder that upsamples bilinearly
+    """Small U-Net-style segmenter: a stride-2 stem, a stride-2 3x3 max-pool with padding (its ceil mode changes
+    every later size), encoder stages at strides 8, 16 and 32, and a decoder that upsamples bilinearly
     (`F.interpolate(mode="bilinear")`, PyTorch's half-pixel centres) onto each skip's size and adds it.
 
     Output: `logits` (N, classes, H/4, W/4): the class scores on a grid a quarter of the input's side, as
@@ -120,11 +120,11 @@ class DemoSegmenter(nn.Module):
 
     def __init__(self, num_classes: int = 7, widths: tuple[int, ...] = (16, 32, 48, 64)) -> None:
         super().__init__()
-        self.stem = conv_bn(3, widths[0])
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # stride 2
+        self.stem = conv_bn(3, widths[0], 2)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # stride 4
         self.down = nn.ModuleList(
             nn.Sequential(conv_bn(cin, cout, 2), conv_bn(cout, cout)) for cin, cout in itertools.pairwise(widths)
-        )  # strides 4, 8, 16
+        )  # strides 8, 16, 32
         self.lateral = nn.ModuleList(nn.Conv2d(c, widths[1], 1) for c in widths[1:])
         self.fuse = nn.ModuleList(conv_bn(widths[1], widths[1]) for _ in widths[1:-1])
         self.classifier = nn.Conv2d(widths[1], num_classes, 1)

@@ -412,7 +412,7 @@ class SegmentationTask:
             negative_flips=negative,
             positive_flips=positive,
             per_class=[
-                ClassDelta(c, int(truth_pixels[c]), float(np.nan_to_num(iou[c])), float(np.nan_to_num(base_iou[c])))
+                ClassDelta(int(c), int(truth_pixels[c]), float(np.nan_to_num(iou[c])), float(np.nan_to_num(base_iou[c])))
                 for c in np.flatnonzero(present)
             ],
             metric=mean_iou(iou, self.miou),
