@@ -423,3 +423,45 @@ def test_a_thresholded_probability_map_suite_on_a_real_dbnet(tmp_path: Path, har
     openvino = by_runtime["ov-fp32"]["comparisons"][0]
     assert openvino["changed_pixels_mean"] < 0.01 and openvino["miou_nanmean"] > 0.9
     assert "<figure>" in (tmp_path / "report" / "report.html").read_text() or not openvino["flips"]
+
+
+# -- the bundled suite and its report -------------------------------------------------------------------------
+
+
+def test_overlay_panels_mark_the_changed_pixels() -> None:
+    from harness.report.html import CHANGED, overlay_panels
+
+    image = np.full((6, 5, 3), 100, dtype=np.uint8)
+    truth, baseline = np.zeros((6, 5), np.uint8), np.ones((6, 5), np.uint8)
+    runtime = baseline.copy()
+    runtime[2:4, 1:3] = 0
+    truth[0, 0] = 255  # ignored: left bare
+    panels = overlay_panels(image, [truth, baseline, runtime], classes=2)
+    assert panels.shape == (6, 3 * 5 + 2 * 2, 3)
+    third = panels[:, 14:]
+    assert (np.all(third == CHANGED, axis=-1) == (runtime != baseline)).all()
+    assert (panels[0, 0] == 100).all() and not (panels[1, 0] == 100).all()
+
+
+def test_the_segment_suite_against_its_goldens(harness_cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    result = harness_cli("run", "--suite", "segment", "--runtime", "torch-fp32", "--runtime", "ort-fp32", "--limit", "40",
+                         "--report-dir", tmp_path)  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["task"] == "segmentation" and report["metric_name"] == "mIoU (nanmean)"
+    ort_vs_torch = next(r for r in report["results"] if r["runtime"] == "ort-fp32")["comparisons"][0]
+    assert ort_vs_torch["changed_pixels_max"] <= 0.01 and {"miou_zero", "pixel_accuracy"} <= set(ort_vs_torch)
+    for runtime in report["results"]:
+        assert runtime["comparisons"][-1]["attribution"]["first_changed_stage"] is None
+
+
+def test_the_html_report_draws_the_flipped_masks(harness_cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    """ort-int8 moves masks: the flipped images (the largest change first) get their truth, reference and runtime panels."""
+    result = harness_cli("run", "--suite", "segment", "--runtime", "torch-fp32", "--runtime", "ort-int8", "--limit", "24",
+                         "--no-golden", "--report-dir", tmp_path)  # fmt: skip
+    assert result.code in (0, 1), result.err
+    comparison = next(r for r in json.loads((tmp_path / "report.json").read_text())["results"] if r["runtime"] == "ort-int8")
+    flips = comparison["comparisons"][0]["flips"]
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("changed pixels magenta") == min(len(flips), 12)
+    assert all(f"{sample_id}: " in page for sample_id in flips[:12])
