@@ -117,9 +117,7 @@ def dense_labels(
     return np.concatenate([label(resample(scores, (row_index[b], row_weight[b]), cols)) for b in blocks])
 
 
-def bilinear_labels(
-    scores: np.ndarray, coords: tuple[np.ndarray, np.ndarray], label: Labeller, grid_labels: np.ndarray | None = None
-) -> np.ndarray:
+def bilinear_labels(scores: np.ndarray, coords: tuple[np.ndarray, np.ndarray], label: Labeller) -> np.ndarray:
     """The labels of bilinearly interpolated scores at `coords` (rows, columns; cell-index coordinates), interpolating
     only where they can differ from the grid's.
 
@@ -127,7 +125,7 @@ def bilinear_labels(
     each corner, so it is at their convex combination too (for a threshold: all corners pass it, so does their
     mean).  The other pixels, near boundaries, are interpolated in full and labelled.  Same labels as interpolating
     everywhere, up to float rounding of exact ties."""
-    grid = label(scores) if grid_labels is None else grid_labels
+    grid = label(scores)
     padded = np.pad(grid, 1, mode="edge")  # clamped taps at the borders: the edge cell twice
     uniform = (padded[:-1, :-1] == padded[1:, :-1]) & (padded[:-1, :-1] == padded[:-1, 1:]) & (padded[:-1, :-1] == padded[1:, 1:])
     row, col = (np.clip(np.floor(c), -1, n - 1).astype(np.intp) + 1 for c, n in zip(coords, grid.shape, strict=True))
@@ -299,6 +297,7 @@ class SegmentationTask:
         return partial(self.mask_target, root)
 
     def target(self, entry: dict[str, Any], classes: int) -> np.ndarray:
+        """The entry's mask, its path relative to the working directory (a manifest's loader uses `target_parser`)."""
         return self.mask_target(Path.cwd(), entry, classes)
 
     def mask_target(self, root: Path, entry: dict[str, Any], classes: int) -> np.ndarray:
