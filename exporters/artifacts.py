@@ -350,7 +350,17 @@ class ModelArtifacts:
         fields = {"artifact": "onnx-fp32-variant", "variant": variant.name, "source_sha256": self._sha256(source), "onnx": onnx.__version__}
         path = self._cached(f"onnx:fp32+{variant.name}", fields, ONNX_FILENAMES["fp32"], lambda out: rewrite_onnx(source, out, variant))
         if self.model and self._parity_inputs:
-            self._check_parity(path, f"model variant '{variant.name}' rewrite")
+            from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+            from exporters.rewrites import VariantNotApplicable
+
+            try:
+                self._check_parity(path, f"model variant '{variant.name}' rewrite")
+            except Fail as exc:  # sizes the export fixed (a Resize to a skip's size) no longer fit the shapes it changes
+                raise VariantNotApplicable(
+                    f"the rewrite of model variant '{variant.name}' fails in ONNX Runtime: {first_line(exc)}"[:300],
+                    "the exported graph fixed shapes the variant changes",
+                ) from exc
         return path
 
     def calibration_inputs(self) -> CalibrationSet:

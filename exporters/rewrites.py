@@ -1,7 +1,11 @@
 """Model-inference variants: one ONNX graph rewrite and its PyTorch twin each.
 
 Deployment runtimes disagree with training frameworks on a few op settings
-(SysNoise): max-pool ceil mode, nearest vs bilinear upsampling.  A variant
+(SysNoise): max-pool ceil mode, nearest vs bilinear upsampling, the coordinate
+transformation of a resize (half-pixel centres, align-corners, asymmetric:
+TensorRT once defaulted to asymmetric where PyTorch uses half-pixel) and the
+rounding of a nearest resize (ONNX round_prefer_floor vs floor: PyTorch's
+nearest-exact vs nearest).  A variant
 rewrites the exported FP32 ONNX once (every runtime then consumes the
 rewritten file and its FP16/INT8 derivatives) and patches the PyTorch modules
 the same way, so torch runtimes run the variant too and the rewrite is
@@ -13,7 +17,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,7 @@ class ModelVariant:
     patch_module: Callable[[nn.Module], bool]  # changes one PyTorch module in place; True when it did
     # functional calls the twin reroutes: F.interpolate with this mode -> these keyword values
     interpolate: tuple[str, dict[str, Any]] | None = None
+    interpolate_as: Callable[..., Any] | None = None  # or -> this function (a resize PyTorch has no mode for)
 
 
 MODEL_VARIANTS: dict[str, ModelVariant] = {}
@@ -107,10 +112,111 @@ _ATTRIBUTE_VARIANTS: list[tuple[Any, ...]] = [
         ("bilinear", {"mode": "nearest", "align_corners": None}),
     ),
 ]
+
+
+def resize_asymmetric(x: Any, size: Any = None, scale_factor: Any = None, **_options: Any) -> Any:
+    """Bilinear resize with ONNX's `asymmetric` coordinates (source = destination * in / out, no half-pixel shift;
+    clamped at the far edge), which PyTorch has no mode for: the twin of `resize-asymmetric`."""
+    import torch
+
+    spatial = x.shape[2:]
+    if size is None:
+        factors = scale_factor if isinstance(scale_factor, tuple | list) else [scale_factor] * len(spatial)
+        size = [int(n * f) for n, f in zip(spatial, factors, strict=True)]
+    size = [size] * len(spatial) if isinstance(size, int) else list(size)
+    out = x
+    for axis, (before, after) in enumerate(zip(spatial, size, strict=True)):
+        dim = 2 + axis
+        source = torch.arange(after, dtype=torch.float64) * (before / after)
+        low = source.floor().clamp(max=before - 1).long()
+        high = (low + 1).clamp(max=before - 1)
+        shape = [1] * x.dim()
+        shape[dim] = after
+        t = (source - low).clamp(max=1.0).to(x.dtype).reshape(shape)
+        out = out.index_select(dim, low) * (1 - t) + out.index_select(dim, high) * t
+    return out
+
+
+@cache
+def _asymmetric_upsample_class() -> type:
+    from torch import nn
+
+    class AsymmetricUpsample(nn.Upsample):
+        """nn.Upsample(mode="bilinear") run with asymmetric coordinates (`resize_asymmetric`)."""
+
+        def forward(self, x: Any) -> Any:
+            return resize_asymmetric(x, self.size, self.scale_factor)
+
+    return AsymmetricUpsample
+
+
+def _asymmetric_upsample(module: nn.Module) -> bool:
+    """A bilinear nn.Upsample becomes an `AsymmetricUpsample` (the class swapped: it survives deepcopy and .to())."""
+    from torch import nn
+
+    if type(module) is not nn.Upsample or module.mode != "bilinear":
+        return False
+    module.__class__ = _asymmetric_upsample_class()
+    return True
+
+
+_LINEAR = {"mode": ("linear", "nearest")}
+_NEAREST = {"mode": ("nearest", "nearest")}
+_ATTRIBUTE_VARIANTS += [
+    (
+        "resize-half-pixel",
+        "bilinear Resize with half_pixel coordinates (ONNX's default; PyTorch align_corners=False)",
+        ("Resize", _LINEAR, {"coordinate_transformation_mode": "half_pixel"}),
+        ("Upsample", {"mode": "bilinear"}, {"align_corners": False}),
+        ("bilinear", {"align_corners": False}),
+    ),
+    (
+        "resize-pytorch-half-pixel",
+        "bilinear Resize with pytorch_half_pixel coordinates (half_pixel but a length-1 output samples the first pixel)",
+        ("Resize", _LINEAR, {"coordinate_transformation_mode": "pytorch_half_pixel"}),
+        ("Upsample", {"mode": "bilinear"}, {"align_corners": False}),
+        ("bilinear", {"align_corners": False}),
+    ),
+    (
+        "resize-align-corners",
+        "bilinear Resize with align_corners coordinates (corner pixels' centres aligned; PyTorch align_corners=True)",
+        ("Resize", _LINEAR, {"coordinate_transformation_mode": "align_corners"}),
+        ("Upsample", {"mode": "bilinear"}, {"align_corners": True}),
+        ("bilinear", {"align_corners": True}),
+    ),
+    (
+        "resize-asymmetric",
+        "bilinear Resize with asymmetric coordinates (source = destination / scale: TensorRT's old default)",
+        ("Resize", _LINEAR, {"coordinate_transformation_mode": "asymmetric"}),
+        lambda module: _asymmetric_upsample(module),
+        ("bilinear", {}),
+        resize_asymmetric,
+    ),
+    (
+        "nearest-round-prefer-floor",
+        "nearest Resize with half_pixel coordinates, ties rounded down (ONNX's default; PyTorch nearest-exact, which "
+        "rounds ties up: the same cells unless a source coordinate falls half-way, which takes an even input side)",
+        ("Resize", _NEAREST, {"coordinate_transformation_mode": "half_pixel", "nearest_mode": "round_prefer_floor"}),
+        ("Upsample", {"mode": "nearest"}, {"mode": "nearest-exact"}),
+        ("nearest", {"mode": "nearest-exact"}),
+    ),
+    (
+        "nearest-floor",
+        "nearest Resize with asymmetric coordinates, rounded down (PyTorch's nearest, what it exports) on a half-pixel one",
+        ("Resize", _NEAREST, {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}),
+        ("Upsample", {"mode": "nearest-exact"}, {"mode": "nearest"}),
+        ("nearest-exact", {"mode": "nearest"}),
+    ),
+]
 for _name, _description, _onnx, _torch, *_functional in _ATTRIBUTE_VARIANTS:
     register_variant(
         ModelVariant(
-            _name, _description, partial(_set_attributes, *_onnx), partial(_set_module, *_torch), _functional[0] if _functional else None
+            _name,
+            _description,
+            partial(_set_attributes, *_onnx),
+            _torch if callable(_torch) else partial(_set_module, *_torch),
+            _functional[0] if _functional else None,
+            _functional[1] if len(_functional) > 1 else None,
         )
     )
 
@@ -162,7 +268,7 @@ def patch_torch(model: nn.Module, variant: ModelVariant) -> list[str]:
         mode = variant.interpolate[0]
         calls = [name or type(model).__name__ for name, module in model.named_modules() if _calls_interpolate(type(module), mode)]
         if calls:
-            _reroute_interpolate(model, *variant.interpolate)
+            _reroute_interpolate(model, *variant.interpolate, variant.interpolate_as)
             changed += [f"{name}.forward: F.interpolate(mode='{variant.interpolate[0]}')" for name in calls]
     return changed
 
@@ -176,8 +282,9 @@ def _calls_interpolate(kind: type, mode: str) -> bool:
     return "interpolate(" in source and (f'mode="{mode}"' in source or f"mode='{mode}'" in source)
 
 
-def _reroute_interpolate(model: nn.Module, mode: str, values: dict[str, Any]) -> None:
-    """Hooks that swap `F.interpolate` for a rerouting wrapper while `model` runs (hooks survive deepcopy and .to())."""
+def _reroute_interpolate(model: nn.Module, mode: str, values: dict[str, Any], function: Callable[..., Any] | None = None) -> None:
+    """Hooks that swap `F.interpolate` for a rerouting wrapper while `model` runs (hooks survive deepcopy and .to()):
+    calls of `mode` get `values`, or go to `function` instead."""
     from torch.nn import functional
 
     saved: list[Callable[..., Any]] = []
@@ -191,6 +298,8 @@ def _reroute_interpolate(model: nn.Module, mode: str, values: dict[str, Any]) ->
                 names = ("mode", "align_corners", "recompute_scale_factor", "antialias")[: len(args) - 3]
                 args, options = args[:3], dict(zip(names, args[3:], strict=True)) | options
             if options.get("mode", "nearest") == mode:
+                if function is not None:
+                    return function(*args, **options)
                 options |= values
             return original(*args, **options)
 

@@ -1,10 +1,12 @@
-"""Synthetic detection scenes for the bundled detection demo: real JPEGs with several objects each.
+"""Synthetic scenes for the bundled detection and segmentation demos: real JPEGs with several objects each.
 
 Six shape classes drawn at scales from small (8 px) to large (60% of the shorter side), overlapping
 at most a little, on textured backgrounds (gradients, fine stripes that make resizing matter, noise)
-with unannotated clutter (lines, dots).  Boxes are exact: computed from the drawn geometry.
-Shared by `make_detection_data.py` (committed eval/calib splits) and `train_detector.py` (fresh
-training scenes, other seeds).
+with unannotated clutter (lines, dots).  Boxes are exact: computed from the drawn geometry.  The
+mask (a grey PNG, class index + 1 per pixel, 0 background) is drawn with the same shapes in the same
+order, so it is the image's exact rasterisation, later objects over earlier ones.
+Shared by `make_detection_data.py`, `make_segmentation_data.py` (committed eval/calib splits),
+`train_detector.py` and `train_segmenter.py` (fresh training scenes, other seeds).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,6 +30,7 @@ class Scene:
     height: int
     boxes: list[list[float]]  # x1, y1, x2, y2 in pixels
     labels: list[int]
+    mask: np.ndarray  # (height, width) uint8: 0 background, label + 1 where an object is drawn
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -58,23 +62,28 @@ def _star(cx: float, cy: float, r: float, rotation: float) -> list[tuple[float, 
 
 
 def _draw(
-    draw: ImageDraw.ImageDraw, label: int, x: float, y: float, size: float, colour: tuple[int, ...], rng: np.random.Generator
+    targets: list[tuple[ImageDraw.ImageDraw, Any]], label: int, x: float, y: float, size: float, rng: np.random.Generator
 ) -> list[float]:
-    """Draw one object whose bounding square is (x, y, size); return its exact box."""
+    """Draw one object whose bounding square is (x, y, size) on each (canvas, fill) of `targets` (the image, its
+    mask); return its exact box."""
     cx, cy, r = x + size / 2, y + size / 2, size / 2
-    if label == 0:
-        draw.ellipse([x, y, x + size, y + size], fill=colour)
-    elif label == 1:
-        draw.rectangle([x, y, x + size, y + size], fill=colour)
-    elif label == 3:
-        draw.ellipse([x, y, x + size, y + size], outline=colour, width=max(2, int(size * 0.18)))
-    elif label == 4:
-        bar = max(2.0, size * 0.28)
-        draw.rectangle([x, cy - bar / 2, x + size, cy + bar / 2], fill=colour)
-        draw.rectangle([cx - bar / 2, y, cx + bar / 2, y + size], fill=colour)
-    else:
+    points = None
+    if label in (2, 5):
         points = _star(cx, cy, r, rng.uniform(0, 2 * math.pi)) if label == 5 else [(cx, y), (x + size, y + size), (x, y + size)]
-        draw.polygon(points, fill=colour)
+    for draw, colour in targets:
+        if label == 0:
+            draw.ellipse([x, y, x + size, y + size], fill=colour)
+        elif label == 1:
+            draw.rectangle([x, y, x + size, y + size], fill=colour)
+        elif label == 3:
+            draw.ellipse([x, y, x + size, y + size], outline=colour, width=max(2, int(size * 0.18)))
+        elif label == 4:
+            bar = max(2.0, size * 0.28)
+            draw.rectangle([x, cy - bar / 2, x + size, cy + bar / 2], fill=colour)
+            draw.rectangle([cx - bar / 2, y, cx + bar / 2, y + size], fill=colour)
+        else:
+            draw.polygon(points, fill=colour)
+    if points is not None:
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         return [min(xs), min(ys), max(xs), max(ys)]
     return [x, y, x + size, y + size]
@@ -88,10 +97,13 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def scene(rng: np.random.Generator) -> Scene:
-    width, height = int(rng.integers(160, 257)), int(rng.integers(120, 201))
+def scene(rng: np.random.Generator, widths: tuple[int, int] = (160, 257), heights: tuple[int, int] = (120, 201)) -> Scene:
+    """One scene of a width in `widths` and a height in `heights` (half-open ranges, pixels)."""
+    width, height = int(rng.integers(*widths)), int(rng.integers(*heights))
     image = Image.fromarray(_background(rng, height, width))
     draw = ImageDraw.Draw(image)
+    mask = Image.new("L", (width, height), 0)
+    mask_draw = ImageDraw.Draw(mask)
     for _ in range(int(rng.integers(3, 9))):  # clutter: thin lines and dots, not annotated
         x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
         tone = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -113,8 +125,8 @@ def scene(rng: np.random.Generator) -> Scene:
             continue
         label = int(rng.integers(len(CLASSES)))
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        boxes.append(_draw(draw, label, x, y, size, colour, rng))
+        boxes.append(_draw([(draw, colour), (mask_draw, label + 1)], label, x, y, size, rng))
         labels.append(label)
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=int(rng.integers(85, 96)), subsampling=int(rng.choice([0, 2])))
-    return Scene(buf.getvalue(), width, height, [[round(v, 2) for v in b] for b in boxes], labels)
+    return Scene(buf.getvalue(), width, height, [[round(v, 2) for v in b] for b in boxes], labels, np.asarray(mask))

@@ -7,7 +7,7 @@ or resizer registries, so users add stacks without code.  Named stacks
 (`[stacks.<name>]`) override keys of the suite's reference `[stack]`.
 
 The stack returns the tensor with its `Geometry`: the scale and offset that
-map source pixels to tensor pixels, so boxes (and later masks) predicted on
+map source pixels to tensor pixels, so boxes and masks predicted on
 the tensor map back to the original image.  Resize modes: `shorter` (shorter
 side to `resize_size`, then the crop), `direct` (both sides, aspect
 distorted), `letterbox` (keep the ratio, fit in `resize_size` square, pad the
@@ -111,6 +111,21 @@ class Geometry:
         source = (np.asarray(boxes, dtype=np.float64) - offset) / scale
         height, width = self.source_hw
         return np.clip(source, 0, [width, height, width, height])
+
+    def tensor_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the centre of each source row and column lands in the tensor (continuous tensor pixels, may fall
+        outside it where a crop cut the source): a dense map on the tensor is sampled there to come back to the
+        source image (segmentation masks)."""
+        return tuple(  # type: ignore[return-value]
+            (np.arange(self.source_hw[axis]) + 0.5) * self.scale[axis] + self.offset[axis] for axis in (0, 1)
+        )
+
+    def source_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the centre of each tensor row and column lies in the source image (continuous source pixels, outside
+        it on padding): a source mask is sampled there to be laid on the tensor."""
+        return tuple(  # type: ignore[return-value]
+            (np.arange(self.tensor_hw[axis]) + 0.5 - self.offset[axis]) / self.scale[axis] for axis in (0, 1)
+        )
 
 
 def stack_from(name: str, keys: dict[str, Any], origin: str, base: StackSpec | None = None) -> StackSpec:

@@ -1,10 +1,13 @@
-"""The bundled demos' models: a small ResNet classifier and an FCOS-style detector with a feature pyramid.
+"""The bundled demos' models: a small ResNet classifier, an FCOS-style detector with a feature pyramid and a
+U-Net-style segmenter.
 
-They reach suites the way a user's model does, by builder name (`demo-resnet`, `demo-detector` are aliases
+They reach suites the way a user's model does, by builder name (`demo-resnet`, `demo-detector`, `demo-segmenter` are aliases
 of import paths in `harness.spec.models`); nothing of the harness imports this room.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import nn
@@ -103,3 +106,42 @@ class DemoDetector(nn.Module):
 
 def build_demo_detector(num_classes: int = 6) -> nn.Module:
     return DemoDetector(num_classes=num_classes)
+
+
+class DemoSegmenter(nn.Module):
+    """Small U-Net-style segmenter: a stride-2 stem, a stride-2 3x3 max-pool with padding (its ceil mode changes
+    every later size), encoder stages at strides 8, 16 and 32, and a decoder that upsamples bilinearly
+    (`F.interpolate(mode="bilinear")`, PyTorch's half-pixel centres) onto each skip's size and adds it.
+
+    Output: `logits` (N, classes, H/4, W/4): the class scores on a grid a quarter of the input's side, as
+    DeepLab-style nets leave them; `harness.tasks.segmentation` resizes them back to each source image.  The last
+    resize targets H/4 x W/4 exactly, so a ceil-mode pool moves the features but not the output's shape.
+    """
+
+    def __init__(self, num_classes: int = 7, widths: tuple[int, ...] = (16, 32, 48, 64)) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, widths[0], 2)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # stride 4
+        self.down = nn.ModuleList(
+            nn.Sequential(conv_bn(cin, cout, 2), conv_bn(cout, cout)) for cin, cout in itertools.pairwise(widths)
+        )  # strides 8, 16, 32
+        self.lateral = nn.ModuleList(nn.Conv2d(c, widths[1], 1) for c in widths[1:])
+        self.fuse = nn.ModuleList(conv_bn(widths[1], widths[1]) for _ in widths[1:-1])
+        self.classifier = nn.Conv2d(widths[1], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2] // 4, x.shape[-1] // 4
+        feature = self.pool(self.stem(x))
+        skips = []
+        for stage in self.down:
+            feature = stage(feature)
+            skips.append(feature)
+        top = self.lateral[-1](skips[-1])
+        for level in range(len(skips) - 2, -1, -1):
+            skip = self.lateral[level](skips[level])
+            top = self.fuse[level](skip + nn.functional.interpolate(top, size=skip.shape[-2:], mode="bilinear", align_corners=False))
+        return self.classifier(nn.functional.interpolate(top, size=(height, width), mode="bilinear", align_corners=False))
+
+
+def build_demo_segmenter(num_classes: int = 7) -> nn.Module:
+    return DemoSegmenter(num_classes=num_classes)

@@ -1,6 +1,8 @@
 """Self-contained HTML report: the verdict table, notes, and plots inline
 (per-sample error histograms per runtime, per-class delta bars, thumbnails
-of flipped samples), one file to attach to a CI run."""
+of flipped samples: segmentation's with the truth, baseline and runtime
+masks over the image and the changed pixels marked, the largest change first),
+one file to attach to a CI run."""
 
 from __future__ import annotations
 
@@ -109,9 +111,54 @@ def _thumbnail(path: Path, boxes: dict[str, np.ndarray] | None = None) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+CHANGED = np.array([255, 0, 255], dtype=np.float32)  # magenta: pixels whose class changed
+
+
+def overlay_panels(image: np.ndarray, masks: list[np.ndarray], classes: int, alpha: float = 0.55) -> np.ndarray:
+    """The RGB image once per mask (truth, baseline, runtime), each mask's classes blended over it in tab20 colours
+    (values past the classes, ignore_index, left bare); in the third panel on, the pixels whose class differs from
+    the panel before are magenta."""
+    from matplotlib import colormaps
+
+    colours = np.array(colormaps["tab20"].colors, dtype=np.float32)[np.arange(max(classes, 1)) % 20] * 255
+    panels = []
+    for k, mask in enumerate(masks):
+        shown = mask < classes
+        blended = image.astype(np.float32)
+        blended[shown] = (1 - alpha) * blended[shown] + alpha * colours[mask[shown]]
+        if k > 1:
+            blended[mask != masks[k - 1]] = CHANGED
+        panels += [blended.astype(np.uint8), np.full((image.shape[0], 2, 3), 255, dtype=np.uint8)]
+    return np.concatenate(panels[:-1], axis=1)
+
+
+def _mask_panels(path: Path, masks: list[np.ndarray], classes: int) -> str:
+    """The image with each mask over it side by side and the changed pixels marked, as an inline PNG."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except OSError:
+        return "(unreadable)"
+    panel = Image.fromarray(overlay_panels(pixels, masks, classes))
+    scale = min(1.0, 480 / panel.width)
+    panel = panel.resize((max(1, round(panel.width * scale)), max(1, round(panel.height * scale))), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    panel.save(buf, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
 LEGEND = " ".join(
     f'<span style="color:rgb{colour}">&#9632; {kind}</span>' for kind, colour in BOX_COLOURS.items()
 )  # the box colours of detection thumbnails
+
+
+def _source_hw(path: Path, canvas: tuple[int, ...]) -> tuple[int, int]:
+    """The image's size (the mask's part of the canvas), from its header."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except OSError:
+        return int(canvas[0]), int(canvas[1])
 
 
 def _flipped(report: RunReport, measured: RunOutputs, image_root: Path, classes: Sequence[str]) -> str:
@@ -128,6 +175,19 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path, classes:
                 i = index[sample_id]
                 if predictions.size == 0:  # raw outputs: no predictions, the sample's outputs left the profile
                     caption, boxes = f"outputs outside the profile: max abs {comp.sample_max_abs[i]:.3g}", None
+                elif report.task == "segmentation":  # masks over the image; flips come largest change first
+                    height, width = _source_hw(image_root / sample_id, predictions.shape[1:])
+                    masks = {"truth": measured.labels[i, :height, :width]}
+                    if baseline is not None:
+                        masks[str(comp.against)] = baseline.predictions[i, :height, :width]
+                    masks[result.runtime] = predictions[i, :height, :width]
+                    panels = list(masks.values())
+                    changed = f"{100 * np.mean(panels[-1] != panels[-2]):.1f}% of pixels changed; " if baseline is not None else ""
+                    figures.append(
+                        f"<figure>{_mask_panels(image_root / sample_id, panels, len(classes))}<figcaption>{html.escape(sample_id)}: "
+                        f"{changed}{' | '.join(map(html.escape, masks))}, changed pixels magenta</figcaption></figure>"
+                    )
+                    continue
                 elif predictions.ndim == 1:  # one label per sample
                     was = f"{comp.against}: {_name(baseline.predictions[i], classes)}<br>" if baseline is not None else ""
                     now = f"{result.runtime}: {_name(predictions[i], classes)}"
@@ -140,7 +200,7 @@ def _flipped(report: RunReport, measured: RunOutputs, image_root: Path, classes:
                 image = _thumbnail(image_root / sample_id, boxes)
                 figures.append(f"<figure>{image}<figcaption>{html.escape(sample_id)}<br>{caption}</figcaption></figure>")
             more = f" (first {THUMBNAILS} of {len(comp.flips)})" if len(comp.flips) > THUMBNAILS else ""
-            legend = f"<p>boxes: {LEGEND}</p>" if predictions.ndim > 1 and predictions.size else ""
+            legend = f"<p>boxes: {LEGEND}</p>" if predictions.ndim > 1 and predictions.size and report.task != "segmentation" else ""
             parts.append(f"<h3>{html.escape(result.runtime)} vs {html.escape(str(comp.against))}{more}</h3>{legend}" + "".join(figures))
     return "".join(parts) or "<p>no flipped samples</p>"
 

@@ -33,6 +33,7 @@ from harness.run.prepared import SuiteRun
 from harness.run.sessions import validate_runtimes
 from harness.spec.suite import Suite
 from harness.tasks import make_task
+from harness.tasks.base import target_parser
 from runtimes import get_runtime
 
 DEFAULT_CHUNK = 1024  # samples per unit: a resume loses at most one unit's work; tensors held <= 2 units
@@ -148,7 +149,7 @@ def plan_run(suite: Suite, request: RunRequest, run: SuiteRun | None = None) -> 
     validate_runtimes(list(order))
     if run is None:
         task = make_task(suite.task)
-        dataset = suite.data.load(suite.data.split, task.target)
+        dataset = suite.data.load(suite.data.split, target_parser(task, suite.data.root))
     else:
         dataset = run.dataset
     total = min(request.limit, len(dataset.samples)) if request.limit else len(dataset.samples)

@@ -21,7 +21,7 @@ from harness.run.outputs import Inference
 from harness.run.sessions import Sessions, Tracker, batches, no_tracking
 from harness.spec.suite import Suite
 from harness.tasks import Task, make_task
-from harness.tasks.base import Shapes, shapes_of
+from harness.tasks.base import Shapes, shapes_of, target_parser
 
 
 class SuiteRun:
@@ -34,7 +34,7 @@ class SuiteRun:
         self.stack = stack or suite.stack  # what the samples are fed through; calibration always uses the reference stack
         self.track = track
         self.task: Task = make_task(suite.task)
-        self.dataset: Dataset = suite.data.load(suite.data.split, self.task.target)
+        self.dataset: Dataset = suite.data.load(suite.data.split, target_parser(self.task, suite.data.root))
         self.samples = self.dataset.samples[:limit] if limit else self.dataset.samples
         self.cache = cache
         self._inputs: InputSet | None = None
@@ -92,7 +92,7 @@ class SuiteRun:
         """The calibration split through the reference stack (INT8 quantization data)."""
         if not self.suite.data.calibration_split:
             raise HarnessError(f"{self.suite.path}: no [data] calibration_split", "int8 variants need calibration data")
-        samples = self.suite.data.load(self.suite.data.calibration_split, self.task.target).samples
+        samples = self.suite.data.load(self.suite.data.calibration_split, target_parser(self.task, self.suite.data.root)).samples
         return build_inputs(samples, self.suite.stack, self.track("decode calibration split", len(samples)), self.suite.data.intake)
 
     def infer(

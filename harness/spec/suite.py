@@ -272,20 +272,22 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
                 f"{origin}: [tolerance.{precision}.outputs.{unknown[0]}]: the model has no output '{unknown[0]}'",
                 f"its outputs: {', '.join(model.output_names)}",
             )
+    counted = getattr(TASKS.get(spec.task), "takes_classes", False)  # a task that scores every class, seen or not
+    data = DataSpec(
+        manifest=base / listing if (listing := spec.data.manifest or spec.data.image_folder) else None,
+        split=spec.data.split,
+        calibration_split=spec.data.calibration_split,
+        intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
+        coco={split: base / file for split, file in spec.data.per_split("coco").items()},
+        images={split: base / folder for split, folder in spec.data.per_split("images").items()},
+        yolo=base / spec.data.yolo if spec.data.yolo else None,
+    )
     return Suite(
         name=spec.name or path.stem,
         path=path,
-        task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess)),
+        task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess), len(data.class_names()) if counted else 0),
         model=model,
-        data=DataSpec(
-            manifest=base / listing if (listing := spec.data.manifest or spec.data.image_folder) else None,
-            split=spec.data.split,
-            calibration_split=spec.data.calibration_split,
-            intake=IntakePolicy(spec.data.max_pixels, spec.data.min_side),
-            coco={split: base / file for split, file in spec.data.per_split("coco").items()},
-            images={split: base / folder for split, folder in spec.data.per_split("images").items()},
-            yolo=base / spec.data.yolo if spec.data.yolo else None,
-        ),
+        data=data,
         stack=reference_stack,
         stacks=stacks,
         export=ExportSpec(**spec.export.given()),

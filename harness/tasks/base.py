@@ -13,8 +13,9 @@ and `evaluator` (a string naming the metric's implementation and version, kept i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -125,11 +126,13 @@ def register_task(factory: type, name: str | None = None) -> type:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a suite says of its task: the task's name, the model's outputs it reads, its post-processing flags."""
+    """What a suite says of its task: the task's name, the model's outputs it reads, its post-processing flags, and
+    how many classes its manifest lists (0: unknown; a task with `takes_classes` is built with the count)."""
 
     name: str
     output_names: tuple[str, ...]
     postprocess: dict[str, Any] = field(default_factory=dict)
+    classes: int = 0
 
     def with_postprocess(self, flags: dict[str, Any]) -> TaskSpec:
         """The same task with `flags` over the suite's post-processing (a matrix variant)."""
@@ -139,4 +142,14 @@ class TaskSpec:
 def make_task(spec: TaskSpec) -> Task:
     if spec.name not in TASKS:
         raise ValueError(f"unknown task {spec.name}")
-    return TASKS[spec.name](spec.output_names, **spec.postprocess)
+    factory = TASKS[spec.name]
+    counted = {"classes": spec.classes} if getattr(factory, "takes_classes", False) and spec.classes else {}
+    return factory(spec.output_names, **spec.postprocess, **counted)
+
+
+def target_parser(task: Task, manifest: Path) -> Callable[[dict[str, Any], int], np.ndarray]:
+    """The parser of `task`'s targets in `manifest`'s entries: a task whose targets are files beside the images
+    (segmentation masks) reads them from the manifest's folder (its `target_parser(root)`), the others parse the
+    entry alone (`target`)."""
+    bound = getattr(task, "target_parser", None)
+    return bound((manifest if manifest.is_dir() else manifest.parent).resolve()) if bound else task.target
