@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from detection_scenes import CLASSES, scene
-from safetensors.torch import save_file
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from training import epoch_line, save_weights
 
 from harness.data.stack import decode, prepare, stack_from
 from harness.demo.models import DemoDetector
@@ -109,15 +109,8 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             total += float(loss)
-        print(
-            f"epoch {epoch + 1}/{args.epochs}: loss {total / (args.train // args.batch):.4f} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-    model.eval()
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    out = ROOT / "harness" / "suites" / "detect" / "weights.safetensors"
-    save_file(weights, str(out))
-    print(f"wrote {out} ({sum(v.numel() for v in weights.values())} values)")
+        epoch_line(epoch, args.epochs, total / (args.train // args.batch), start)
+    save_weights(model, "detect", start)
 
 
 if __name__ == "__main__":

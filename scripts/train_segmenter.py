@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from detection_scenes import scene
 from make_segmentation_data import SEGMENT_CLASSES, SIZES
-from safetensors.torch import save_file
+from training import epoch_line, save_weights
 
 from harness.data.stack import Geometry, decode, prepare, stack_from
 from harness.demo.models import DemoSegmenter
@@ -83,15 +83,8 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             total += float(loss.detach())
-        print(
-            f"epoch {epoch + 1}/{args.epochs}: loss {total / (args.train // args.batch):.4f} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-    model.eval()
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    out = ROOT / "harness" / "suites" / "segment" / "weights.safetensors"
-    save_file(weights, str(out))
-    print(f"wrote {out} ({sum(v.numel() for v in weights.values())} values) in {time.perf_counter() - start:.0f} s")
+        epoch_line(epoch, args.epochs, total / (args.train // args.batch), start)
+    save_weights(model, "segment", start)
 
 
 if __name__ == "__main__":
