@@ -134,11 +134,13 @@ def test_report_command_compares_two_runs(harness_cli: Cli, tmp_path: Path) -> N
     assert bad.code == 2 and "not a readable report.json" in bad.err
 
 
-def test_repeat_reports_determinism(harness_cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("suite", ["demo", "detect", "segment"])
+def test_repeat_reports_determinism(harness_cli: Cli, tmp_path: Path, suite: str) -> None:
+    """Labels, NaN-padded box lists and masks alike (NaN padding equals itself)."""
     result = harness_cli(
-        "run", "--suite", "demo", "--runtime", "ort-fp32", "--limit", "32", "--repeat", "3", "--no-golden", "--report-dir", tmp_path
+        "run", "--suite", suite, "--runtime", "ort-fp32", "--limit", "16", "--repeat", "3", "--no-golden", "--report-dir", tmp_path
     )
-    assert result.code == 0
+    assert result.code == 0, result.err
     report = json.loads((tmp_path / "report.json").read_text())
     det = {r["runtime"]: r["determinism"] for r in report["results"]}
     assert det["ort-fp32"] == {"repeats": 3, "bit_identical": True, "max_abs_spread": 0.0, "prediction_changes": 0}

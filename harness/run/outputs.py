@@ -66,8 +66,14 @@ def determinism(runs: list[Inference]) -> Determinism:
     identical = all(np.array_equal(r.outputs[n], first.outputs[n]) for r in runs[1:] for n in first.outputs)
     changed = np.zeros(len(first.predictions), dtype=bool)
     for r in runs[1:]:
-        changed |= r.predictions != first.predictions
+        changed |= _changed_rows(r.predictions, first.predictions)
     return Determinism(len(runs), identical, spread, int(changed.sum()))
+
+
+def _changed_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per sample: do two predictions differ (labels, NaN-padded box lists, masks alike; NaN equals NaN)?"""
+    x, y = np.asarray(a, np.float64).reshape(len(a), -1), np.asarray(b, np.float64).reshape(len(b), -1)
+    return ~np.all((x == y) | (np.isnan(x) & np.isnan(y)), axis=1)
 
 
 @dataclass
