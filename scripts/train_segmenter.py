@@ -5,7 +5,7 @@ through the suite's reference stack; each mask is laid on the tensor through the
 source pixel; padding is ignored).  The logits are upsampled bilinearly to the tensor's size and scored by
 cross-entropy.  About 10 minutes on 2 busy threads.
 
-    python scripts/train_segmenter.py [--train 2500] [--epochs 8] [--threads 2]
+    python scripts/train_segmenter.py [--train 2500] [--epochs 45] [--threads 2]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def mask_on_tensor(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=2500)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=45)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
