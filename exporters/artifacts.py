@@ -128,23 +128,20 @@ class ModelArtifacts:
     @cached_property
     def fixed_batch(self) -> int | None:
         """The batch size a ready ONNX file's input is fixed to (every runtime is then fed at that size)."""
-        if self._onnx_file is None:
-            return None
-        import onnx
-
-        graph = onnx.load(str(self._onnx_file), load_external_data=False).graph
-        declared = next(i for i in graph.input if i.name == self.input_names[0])
-        dims = declared.type.tensor_type.shape.dim
-        return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        return self._onnx_io[2] if self._onnx_file is not None else None
 
     @cached_property
-    def _onnx_io(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _onnx_io(self) -> tuple[tuple[str, ...], tuple[str, ...], int | None]:
+        """A ready file's input names, output names and its first input's fixed batch size (None: dynamic), read once."""
         assert self._onnx_file is not None
         import onnx
 
         graph = onnx.load(str(self._onnx_file), load_external_data=False).graph
         initializers = {i.name for i in graph.initializer}
-        return tuple(i.name for i in graph.input if i.name not in initializers), tuple(o.name for o in graph.output)
+        inputs = [i for i in graph.input if i.name not in initializers]
+        dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+        batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        return tuple(i.name for i in inputs), tuple(o.name for o in graph.output), batch
 
     @property
     def input_names(self) -> tuple[str, ...]:
