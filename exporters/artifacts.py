@@ -11,8 +11,9 @@ model alike; its precision variants derive from the rewritten file.
 
 An artifact is a recipe, a chain of steps each cached under the hash of its
 input file and its own settings (so under the hash of the whole chain):
-`export-onnx -> [rewrite] -> fp16 (after its range audit) | int8 -> [keep-fp32 layers] -> [mark tensors]
--> [openvino-ir | tensorrt-engine]`. `derive(keep_fp32=..., mark=...)` gives
+`export-onnx -> [rewrite] -> fp16 (after its range audit) | int8 -> [keep-fp32 layers] -> [nms-graph] -> [mark tensors]
+-> [openvino-ir | tensorrt-engine]` (`nms-graph`: `[export] nms = "graph"` appends the decode and NMS,
+`exporters.nms_graph`; the PyTorch model gets its twin). `derive(keep_fp32=..., mark=...)` gives
 the same model with other steps: "the int8 model with these 6 intermediate
 tensors exposed" is an ordinary cached artifact on every backend.
 """
@@ -108,6 +109,8 @@ class ModelArtifacts:
             steps.append(f"int8({self.export.int8_calibration}{', per-channel' if self.export.int8_per_channel else ''})")
         if self.keep_fp32.get(precision):
             steps.append(f"keep-fp32({', '.join(self.keep_fp32[precision])})")
+        if self.export.graph_nms:
+            steps.append(f"nms-graph({self.export.graph_nms.decoder}, K={self.export.graph_nms.max_detections})")
         if self.mark:
             steps.append(f"mark({len(self.mark)} tensors)")
         if target != "onnx":
@@ -149,6 +152,11 @@ class ModelArtifacts:
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        """What every runtime returns: the model's outputs, or the graph NMS's detections."""
+        if self.export.graph_nms:
+            from exporters.nms_graph import GRAPH_OUTPUTS
+
+            return GRAPH_OUTPUTS
         return self.model.output_names if self.model else self._onnx_io[1]
 
     # -- PyTorch ----------------------------------------------------------------------
@@ -184,8 +192,19 @@ class ModelArtifacts:
         return model
 
     def torch_model(self) -> torch.nn.Module:
-        """The PyTorch model, with the model variant applied when there is one."""
+        """The PyTorch model, with the model variant applied when there is one, and the graph NMS's twin after it."""
+        return self._torch_nms if self.export.graph_nms else self._torch_plain
+
+    @property
+    def _torch_plain(self) -> torch.nn.Module:
         return self._torch_variant if self.variant else self._torch
+
+    @cached_property
+    def _torch_nms(self) -> torch.nn.Module:
+        from exporters.nms_graph import twin
+
+        assert self.export.graph_nms is not None
+        return twin(self._torch_plain, self.export.graph_nms)
 
     # -- cached files -------------------------------------------------------------
 
@@ -220,6 +239,8 @@ class ModelArtifacts:
         from exporters.graph import SURGERY_VERSION, mark_outputs
 
         path = self._precision_onnx(precision)
+        if self.export.graph_nms:
+            path = self._nms_onnx(path, precision)
         if not self.mark:
             return path
         fields = {
@@ -229,6 +250,17 @@ class ModelArtifacts:
             "surgery": SURGERY_VERSION,
         }
         return self._cached(f"onnx:{precision}+mark", fields, path.name, lambda out: mark_outputs(path, out, self.mark))
+
+    def _nms_onnx(self, source: Path, precision: str) -> Path:
+        """`source` with the decode and NMS appended (`exporters.nms_graph`)."""
+        import onnx
+
+        from exporters.nms_graph import append_nms
+
+        assert self.export.graph_nms is not None
+        nms = self.export.graph_nms
+        fields = {"artifact": f"onnx-{precision}-nms", "source_sha256": self._sha256(source), "onnx": onnx.__version__} | nms.describe()
+        return self._cached(f"onnx:{precision}+nms", fields, source.name, lambda out: append_nms(source, out, nms))
 
     def marked_outputs(self, precision: str) -> dict[str, str]:
         """Exposed tensor -> the graph output that carries it (after its DequantizeLinear in a Q/DQ model)."""
@@ -463,7 +495,7 @@ class ModelArtifacts:
         from exporters.onnx_export import check_parity
 
         assert self.model is not None and self._parity_inputs is not None
-        self.parity = check_parity(model or self.torch_model(), path, self._parity_inputs(), self.model.input_name, self.export.atol)
+        self.parity = check_parity(model or self._torch_plain, path, self._parity_inputs(), self.model.input_name, self.export.atol)
         self.log.extend(f"{r.line()} [{what}]" for r in self.parity)
         failed = [r for r in self.parity if not r.ok]
         if failed:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from exporters.nms_graph import NMS_PLACES, GraphNms
 from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:
@@ -43,10 +44,14 @@ class ExportSpec:
     int8_per_channel: bool = True
     trt_workspace_mb: int = 1024
     trt_batch: tuple[int, int, int] = (1, 32, 64)
+    nms: str = "python"  # one of NMS_PLACES: the task's NMS on raw outputs, or NMS appended to the graph (`exporters.nms_graph`)
+    graph_nms: GraphNms | None = None  # with nms = "graph": what the appended graph does (built from the suite's [postprocess])
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
             raise HarnessError(f"unknown exporter '{self.exporter}'", f"choose one of {', '.join(EXPORTERS)}")
+        if self.nms not in NMS_PLACES:
+            raise HarnessError(f"[export] nms = '{self.nms}'", f"choose one of {', '.join(NMS_PLACES)}")
 
     def keep_for(self, precision: str) -> tuple[str, ...]:
         return {"fp16": self.fp16_keep_fp32, "int8": self.int8_keep_fp32}.get(precision, ())

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, model_validator
 
+from exporters.nms_graph import NMS_PLACES
 from exporters.spec import EXPORTERS, Fp16OutOfRange
 from harness.core.errors import HarnessError
 from harness.data.intake import IntakePolicy
@@ -64,6 +65,8 @@ class Names:
             return sorted(INT8_CALIBRATIONS)
         if registry == "exporter":
             return sorted(EXPORTERS)
+        if registry == "nms_place":
+            return sorted(NMS_PLACES)
         return sorted(self.postprocess if registry == "task" else getattr(self, registry))
 
 
@@ -95,6 +98,7 @@ Rounding = one_of("rounding")
 Layout = one_of("layout")
 Calibration = one_of("int8_calibration")
 Exporter = one_of("exporter")
+NmsPlace = one_of("nms_place")
 TaskName = one_of("task")
 Resizer = one_of("resize")
 Colour = one_of("colour")
@@ -225,6 +229,13 @@ class ExportTable(Table):
     int8_calibration: Calibration = "minmax"
     int8_per_channel: bool = True
     trt_workspace_mb: Annotated[int, Field(ge=1)] = 1024
+    nms: Annotated[
+        NmsPlace,
+        Field(
+            description="detection: python (the task's NMS on the raw outputs) | graph (decode + NonMaxSuppression appended to "
+            "the exported graph, run by each runtime; the PyTorch reference runs torchvision's batched_nms)"
+        ),
+    ] = "python"
     trt_batch: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=3, max_length=3, description="min, opt, max batch")] = [
         1,
         32,

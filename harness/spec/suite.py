@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporters.nms_graph import GRAPH_OUTPUTS, GraphNms
 from exporters.onnx_file import OnnxSignature, TensorInfo, read_onnx
 from exporters.spec import ExportSpec
 from harness.core.errors import HarnessError
@@ -31,8 +32,9 @@ from harness.data.intake import IntakePolicy
 from harness.data.resizers import RESIZERS
 from harness.data.stack import LAYOUTS, ORDERS, RESIZE_MODES, ROUNDINGS, StackSpec, stack_from
 from harness.spec.tolerance import Tolerances, merge_profiles
-from harness.tasks import POSTPROCESS_KEYS, TASKS, register_task
+from harness.tasks import POSTPROCESS_KEYS, TASKS, make_task, register_task
 from harness.tasks.base import TaskSpec
+from harness.tasks.boxes import locations
 from runtimes import RUNTIMES
 
 if TYPE_CHECKING:
@@ -265,13 +267,6 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
     reference_stack = stack_from("reference", spec.stack.given(), origin)
     stacks = {name: stack_from(name, table.given(), origin, base=reference_stack) for name, table in spec.stacks.items()}
     model = _model(spec.model, base, reference_stack)
-    for precision, table in spec.tolerance.items():
-        unknown = [name for name in table.outputs or {} if name not in model.output_names]
-        if unknown:
-            raise HarnessError(
-                f"{origin}: [tolerance.{precision}.outputs.{unknown[0]}]: the model has no output '{unknown[0]}'",
-                f"its outputs: {', '.join(model.output_names)}",
-            )
     counted = getattr(TASKS.get(spec.task), "takes_classes", False)  # a task that scores every class, seen or not
     data = DataSpec(
         manifest=base / listing if (listing := spec.data.manifest or spec.data.image_folder) else None,
@@ -282,15 +277,26 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
         images={split: base / folder for split, folder in spec.data.per_split("images").items()},
         yolo=base / spec.data.yolo if spec.data.yolo else None,
     )
+    task = TaskSpec(spec.task, model.output_names, dict(spec.postprocess), len(data.class_names()) if counted else 0)
+    export = ExportSpec(**spec.export.given())
+    if export.nms == "graph":
+        task, export = _graph_nms(task, export, reference_stack, origin)
+    for precision, table in spec.tolerance.items():
+        unknown = [name for name in table.outputs or {} if name not in task.output_names]
+        if unknown:
+            raise HarnessError(
+                f"{origin}: [tolerance.{precision}.outputs.{unknown[0]}]: the model has no output '{unknown[0]}'",
+                f"its outputs: {', '.join(task.output_names)}",
+            )
     return Suite(
         name=spec.name or path.stem,
         path=path,
-        task=TaskSpec(spec.task, model.output_names, dict(spec.postprocess), len(data.class_names()) if counted else 0),
+        task=task,
         model=model,
         data=data,
         stack=reference_stack,
         stacks=stacks,
-        export=ExportSpec(**spec.export.given()),
+        export=export,
         tolerances=Tolerances(merge_profiles({precision: table.given() for precision, table in spec.tolerance.items()})),
         golden_dir=(base / (spec.golden.dir or f"golden/{path.stem}")).resolve(),
         run=_run_spec(spec.run, model, origin),
@@ -298,6 +304,48 @@ def _suite(data: dict[str, Any], path: Path, source: dict[str, Any] | None) -> S
         golden=GoldenSpec(spec.golden.raw_samples, spec.golden.max_raw_mb),
         source=source,
     )
+
+
+# [postprocess] keys the graph NMS carries out (`exporters.nms_graph`), and those the `final` decoding after it reads
+GRAPH_NMS_KEYS = ("decoder", "strides", "clamp", "decode_plus_one", "score_threshold", "nms_iou", "pre_nms_top_k", "max_detections")
+AFTER_GRAPH_KEYS = ("score_threshold", "max_detections", "round_boxes", "clip_minus_one")
+
+
+def _graph_nms(task: TaskSpec, export: ExportSpec, stack: StackSpec, origin: str) -> tuple[TaskSpec, ExportSpec]:
+    """[export] nms = "graph": the decode and NMS [postprocess] describes move into the exported graph (and the PyTorch
+    model's twin); the task reads the graph's fixed-K detections with the `final` decoder."""
+    if task.name != "detection":
+        raise HarnessError(f"{origin}: [export] nms = 'graph' is for detection suites (task is '{task.name}')", "remove [export] nms")
+    other = sorted(set(task.postprocess) - {*GRAPH_NMS_KEYS, *AFTER_GRAPH_KEYS})
+    if other:
+        raise HarnessError(
+            f"{origin}: [postprocess] {other[0]} has no counterpart in the graph NMS (per-class NonMaxSuppression over every "
+            "class, the decoder's default activation)",
+            f"remove {other[0]}, or set [export] nms = 'python'",
+        )
+    if stack.input_hw is None:
+        raise HarnessError(
+            f"{origin}: [export] nms = 'graph' needs one input size (the decode's location grid is a constant of the graph)",
+            "give [stack] a fixed size (crop, letterbox or direct resize, or keep-ratio with max_size)",
+        )
+    flags: Any = make_task(task)  # the detection flags with their defaults, checked
+    centres, strides = locations(stack.input_hw, tuple(flags.strides))
+    graph = GraphNms(
+        decoder=flags.decoder,
+        inputs=tuple(task.output_names[: 2 if flags.decoder == "fcos" else 1]),
+        input_hw=tuple(stack.input_hw),
+        strides=tuple(flags.strides),
+        clamp=flags.clamp,
+        decode_plus_one=flags.decode_plus_one,
+        score_threshold=flags.score_threshold,
+        iou_threshold=flags.nms_iou,
+        pre_nms_top_k=flags.pre_nms_top_k,
+        max_detections=flags.max_detections,
+        centres=centres,
+        location_strides=strides,
+    )
+    after = {key: value for key, value in task.postprocess.items() if key in AFTER_GRAPH_KEYS}
+    return replace(task, output_names=GRAPH_OUTPUTS, postprocess=after | {"decoder": "final"}), replace(export, graph_nms=graph)
 
 
 def _model(table: ModelTable, base: Path, stack: StackSpec) -> ModelSpec:
