@@ -4,13 +4,13 @@ demo detector the in-graph NMS (ONNX Runtime's, OpenVINO's) is compared with the
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
+import tomllib
 
 from exporters.cache import ArtifactCache
 from exporters.nms_graph import GRAPH_OUTPUTS, GraphNms, append_nms
@@ -104,7 +104,7 @@ def test_demo_detector_in_graph_nms_against_python_nms(both: dict[str, SuiteRun]
         inference = graph_run.infer(runtime, 16)
         assert set(inference.outputs) == set(GRAPH_OUTPUTS)
         counts = inference.outputs["num_dets"][:, 0]
-        assert ((0 <= counts) & (counts <= 100)).all()
+        assert ((counts >= 0) & (counts <= 100)).all()
         assert (np.sum(~np.isnan(inference.predictions[:, :, 0]), axis=1) <= counts).all()  # `final` keeps the counted rows
         agreement = python_run.task.agree(ids, targets, inference, python)
         lines.append(
