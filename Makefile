@@ -20,6 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/harness run --suite demo
 	$(BIN)/harness run --suite detect
+	$(BIN)/harness run --suite detect-nms
 	$(BIN)/harness run --suite segment
 
 test: $(STAMP)

@@ -68,6 +68,7 @@ class ModelArtifacts:
         parity_inputs: Callable[[], np.ndarray] | None = None,
         calibration_inputs: Callable[[], CalibrationSet] | None = None,
         variant: ModelVariant | None = None,
+        ragged: tuple[tuple[str, ...], int] = ((), 0),
     ) -> None:
         if (model is None) == (onnx_file is None):
             raise ValueError("give either a model or an onnx_file")
@@ -77,6 +78,7 @@ class ModelArtifacts:
         self._parity_inputs = parity_inputs
         self._calibration_inputs = calibration_inputs
         self.variant = variant
+        self.ragged = ragged  # outputs without a batch axis (data-dependent rows) and the rows they are padded to
         self.export = export or ExportSpec()
         self.input_hw = input_hw
         # recipe steps after the precision conversion (`derive` changes them)
@@ -130,7 +132,10 @@ class ModelArtifacts:
 
     @cached_property
     def fixed_batch(self) -> int | None:
-        """The batch size a ready ONNX file's input is fixed to (every runtime is then fed at that size)."""
+        """The batch size a ready ONNX file's input is fixed to (every runtime is then fed at that size); 1 for a model
+        with ragged outputs (one image's rows each)."""
+        if self.ragged[0]:
+            return 1
         return self._onnx_io[2] if self._onnx_file is not None else None
 
     @cached_property

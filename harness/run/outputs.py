@@ -26,6 +26,26 @@ from harness.core.files import atomic_write
 from harness.core.hashing import digest, sample_digests
 
 FILENAME = "outputs.npz"
+ROWS_SUFFIX = "#rows"  # a ragged output's per-sample row count is stored as the output `<name>#rows`
+
+
+def pad_ragged(outputs: dict[str, np.ndarray], ragged: tuple[str, ...], rows: int) -> dict[str, np.ndarray]:
+    """One image's outputs (a batch-1 model) with the ragged ones, whose first axis is data-dependent ([K, ...], no
+    batch axis), as [1, rows, ...] NaN-padded rows and their count `<name>#rows` [1]: the one result format keeps
+    fixed shapes, so shards, merges, stage hashes and goldens stay bit-identical whatever samples a run holds."""
+    padded = dict(outputs)
+    for name in ragged:
+        value = np.asarray(outputs[name])
+        if value.ndim == 0 or len(value) > rows:
+            raise HarnessError(
+                f"ragged output '{name}' has {value.shape[0] if value.ndim else 'no'} rows, more than [model] ragged_rows = {rows}",
+                "raise [model] ragged_rows to the most rows one image can give",
+            )
+        row = np.full((1, rows, *value.shape[1:]), np.nan, dtype=np.float32)
+        row[0, : len(value)] = value
+        padded[name] = row
+        padded[name + ROWS_SUFFIX] = np.array([len(value)], dtype=np.int64)
+    return padded
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from exporters.artifacts import ModelArtifacts
 from harness.data.feed import InputSet, batch_layout, padded_batch
-from harness.run.outputs import Inference
+from harness.run.outputs import Inference, pad_ragged
 from harness.tasks import Task
 from runtimes import RuntimeSpec, Session, get_runtime
 
@@ -30,11 +30,18 @@ OutputCheck = Callable[[dict[str, np.ndarray]], None]
 
 
 def feed_session(
-    session: Session, input_name: str, inputs: InputSet, batch_size: int, advance: Callable[[], None], check: OutputCheck | None = None
+    session: Session,
+    input_name: str,
+    inputs: InputSet,
+    batch_size: int,
+    advance: Callable[[], None],
+    check: OutputCheck | None = None,
+    ragged: tuple[tuple[str, ...], int] = ((), 0),
 ) -> tuple[dict[str, np.ndarray], float]:
     """Feed `inputs` in full batches of the split's fixed grid (`feed.batch_layout`); returns each sample's
     outputs (padding rows dropped) and the inference seconds.  `check` sees the first batch's outputs (the task's
-    output contract), before any more is run."""
+    output contract), before any more is run.  `ragged`: outputs without a batch axis (a batch-1 model's
+    data-dependent detections) and the rows each is padded to (`outputs.pad_ragged`)."""
     outputs: dict[str, np.ndarray] = {}
     seconds = 0.0
     for rows, slots in batch_layout(inputs.positions, batch_size):
@@ -42,6 +49,8 @@ def feed_session(
         start = time.perf_counter()
         out = session.run(feed)
         seconds += time.perf_counter() - start
+        if ragged[0]:
+            out = pad_ragged(out, *ragged)
         if check is not None and not outputs:
             check(out)
         for name, value in out.items():
@@ -75,7 +84,9 @@ def run_session(
     and what the session ran."""
     opened = open_session(spec, artifacts)
     try:
-        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, artifacts.fixed_batch or batch_size, advance)
+        outputs, seconds = feed_session(
+            opened.session, opened.input_name, inputs, artifacts.fixed_batch or batch_size, advance, ragged=artifacts.ragged
+        )
         return outputs, seconds, opened.describe
     finally:
         opened.session.close()
@@ -111,7 +122,7 @@ class Sessions:
             check = None
         opened = self._open[key]
         batch = artifacts.fixed_batch or batch_size
-        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch, advance, check)
+        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch, advance, check, artifacts.ragged)
         return Inference(runtime, outputs, task.predictions(outputs, inputs.geometry), seconds, opened.describe, opened.used)
 
     def close(self) -> None:
