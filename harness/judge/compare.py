@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness.judge.attribution import Attribution
+from harness.run.outputs import difference
 from harness.spec.tolerance import Tolerance
 from harness.tasks import ClassDelta, Observed, Task
 
@@ -205,12 +206,14 @@ class Comparison:
 
 
 def _rows(candidate: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both sides as float64 rows (one per sample) and their absolute difference."""
+    """Both sides as float64 rows (one per sample), NaN padding (ragged outputs) as 0, and their absolute difference
+    (`outputs.difference`: a row only one side has is an infinite one)."""
     if candidate.shape != baseline.shape:
         raise ValueError(f"shape {candidate.shape} differs from baseline {baseline.shape}")
     cand = candidate.reshape(len(candidate), -1).astype(np.float64)
     base = baseline.reshape(len(baseline), -1).astype(np.float64)
-    return cand, base, np.abs(cand - base)
+    diff = difference(cand, base)
+    return np.nan_to_num(cand, nan=0.0), np.nan_to_num(base, nan=0.0), diff
 
 
 def per_sample_max_abs(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:

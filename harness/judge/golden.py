@@ -41,11 +41,11 @@ MB = 1 << 20
 
 
 def magnitudes(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per output, per sample: [max |x|, L2 norm] (float64).  What a golden keeps of the samples outside its raw
-    subset: |max|a| - max|b|| <= max |a - b| and |‖a‖ - ‖b‖| <= ‖a - b‖ bound a change from below."""
+    """Per output, per sample: [max |x|, L2 norm] (float64; ragged outputs' NaN padding counts as 0).  What a golden
+    keeps of the samples outside its raw subset: |max|a| - max|b|| <= max |a - b| and |‖a‖ - ‖b‖| <= ‖a - b‖ bound a change from below."""
     found = {}
     for name, value in outputs.items():
-        rows = value.reshape(len(value), int(np.prod(value.shape[1:]))).astype(np.float64)
+        rows = np.nan_to_num(value.reshape(len(value), int(np.prod(value.shape[1:]))).astype(np.float64), nan=0.0)  # NaN: padding
         found[name] = np.stack([np.abs(rows).max(axis=1, initial=0.0), np.linalg.norm(rows, axis=1)], axis=1)
     return found
 

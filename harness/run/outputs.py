@@ -29,6 +29,16 @@ FILENAME = "outputs.npz"
 ROWS_SUFFIX = "#rows"  # a ragged output's per-sample row count is stored as the output `<name>#rows`
 
 
+def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| of two outputs where NaN is padding (ragged rows): padding against padding is no difference, padding
+    against a value an infinite one (a row that one side has and the other has not)."""
+    diff = np.abs(a - b)
+    gap_a, gap_b = np.isnan(a), np.isnan(b)
+    if gap_a.any() or gap_b.any():
+        diff = np.where(gap_a & gap_b, 0.0, np.where(gap_a | gap_b, np.inf, diff))
+    return diff
+
+
 def pad_ragged(outputs: dict[str, np.ndarray], ragged: tuple[str, ...], rows: int) -> dict[str, np.ndarray]:
     """One image's outputs (a batch-1 model) with the ragged ones, whose first axis is data-dependent ([K, ...], no
     batch axis), as [1, rows, ...] NaN-padded rows and their count `<name>#rows` [1]: the one result format keeps
@@ -81,9 +91,9 @@ class Determinism:
 def determinism(runs: list[Inference]) -> Determinism:
     first = runs[0]
     spread = max(
-        (float(np.max(np.abs(r.outputs[n] - first.outputs[n]), initial=0.0)) for r in runs[1:] for n in first.outputs), default=0.0
+        (float(np.max(difference(r.outputs[n], first.outputs[n]), initial=0.0)) for r in runs[1:] for n in first.outputs), default=0.0
     )
-    identical = all(np.array_equal(r.outputs[n], first.outputs[n]) for r in runs[1:] for n in first.outputs)
+    identical = all(np.array_equal(r.outputs[n], first.outputs[n], equal_nan=True) for r in runs[1:] for n in first.outputs)
     changed = np.zeros(len(first.predictions), dtype=bool)
     for r in runs[1:]:
         changed |= _changed_rows(r.predictions, first.predictions)

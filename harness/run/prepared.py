@@ -41,8 +41,11 @@ class SuiteRun:
         self._first: dict[int, InputSet] = {}
         self._variants: dict[str, ModelArtifacts] = {}
         self.artifacts = self.artifacts_for(None)
-        if suite.model.onnx:  # the declared outputs, before anything runs
-            self._check_shapes({o.name: o.dims for o in suite.model.onnx.outputs})
+        if suite.model.onnx:  # the declared outputs (ragged ones as the result format holds them), before anything runs
+            names, rows = suite.model.ragged
+            self._check_shapes(
+                {o.name: (None, rows, *o.dims[1:]) if o.name in names and o.dims else o.dims for o in suite.model.onnx.outputs}
+            )
 
     def _check_shapes(self, shapes: Shapes) -> None:
         contract = getattr(self.task, "check_outputs", None)  # optional for a plugin's task: without one, any outputs fit
@@ -67,6 +70,7 @@ class SuiteRun:
                 parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).tensors,
                 calibration_inputs=(lambda: self.calibration) if self.suite.data.calibration_split else None,
                 variant=get_variant(variant) if variant else None,
+                ragged=model.ragged,
             )
         return self._variants[key]
 

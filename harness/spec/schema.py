@@ -137,9 +137,15 @@ class ModelTable(Table):
     kwargs: dict[str, Any] = {}
     input_name: str | None = Field(None, description="default: 'input' for a builder, the file's only input for an ONNX file")
     output_names: Annotated[list[str], Field(min_length=1, description="default for an ONNX file: the file's outputs")] | None = None
+    ragged_outputs: list[str] = Field(
+        [], description="outputs without a batch axis whose rows depend on the image ([K, ...]: a batch-1 model's detections)"
+    )
+    ragged_rows: Annotated[int, Field(ge=1, description="the rows each ragged output is NaN-padded to, with its count")] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelTable:
+        if bool(self.ragged_outputs) != (self.ragged_rows is not None):
+            raise ValueError("'ragged_outputs' and 'ragged_rows' go together: the outputs and the rows they are padded to")
         if self.onnx is not None:
             given = [key for key in ("builder", "weights") if getattr(self, key) is not None] + (["kwargs"] if self.kwargs else [])
             if given:

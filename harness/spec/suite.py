@@ -62,6 +62,7 @@ class ModelSpec:
     output_names: tuple[str, ...]
     folder: Path  # the suite file's: a `module:function` builder is looked up here first
     onnx: OnnxSignature | None = None
+    ragged: tuple[tuple[str, ...], int] = ((), 0)  # outputs with data-dependent rows (no batch axis), padded to this many rows
 
     def build(self) -> torch.nn.Module:
         from harness.spec.models import build_model  # torch is imported by the commands that build a model
@@ -74,7 +75,9 @@ class ModelSpec:
 
     @property
     def fixed_batch(self) -> int | None:
-        """The batch size a ready ONNX file's image input is fixed to, if it is."""
+        """The batch size a ready ONNX file's image input is fixed to, if it is; 1 with ragged outputs."""
+        if self.ragged[0]:
+            return 1
         declared = next((i for i in self.onnx.inputs if i.name == self.input_name), None) if self.onnx else None
         return declared.dims[0] if declared and declared.dims else None
 
@@ -353,7 +356,7 @@ def _model(table: ModelTable, base: Path, stack: StackSpec) -> ModelSpec:
     if table.onnx is None:
         assert table.builder is not None and table.weights is not None and table.output_names is not None  # the schema's check
         names = (table.input_name or "input", tuple(table.output_names))
-        return ModelSpec(table.builder, base / table.weights, dict(table.kwargs), *names, folder=base)
+        return ModelSpec(table.builder, base / table.weights, dict(table.kwargs), *names, folder=base, ragged=_ragged(table, names[1]))
     signature = read_onnx(base / table.onnx)
     if table.input_name is None and len(signature.inputs) != 1:
         raise HarnessError(
@@ -375,7 +378,21 @@ def _model(table: ModelTable, base: Path, stack: StackSpec) -> ModelSpec:
             f"[model] output_names: {signature.path.name} has no output {', '.join(repr(m) for m in missing)}",
             f"its outputs: {', '.join(signature.output_names)}",
         )
-    return ModelSpec(None, signature.path, {}, input_name, outputs, folder=base, onnx=signature)
+    ragged = _ragged(table, outputs)
+    batch = declared.dims[0] if declared.dims else None
+    if ragged[0] and batch not in (None, 1):
+        raise HarnessError(
+            f"[model] ragged_outputs: {signature.path.name} input '{input_name}' takes batches of {batch}",
+            "ragged outputs are one image's rows: export the model at batch 1",
+        )
+    return ModelSpec(None, signature.path, {}, input_name, outputs, folder=base, onnx=signature, ragged=ragged)
+
+
+def _ragged(table: ModelTable, outputs: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+    unknown = [name for name in table.ragged_outputs if name not in outputs]
+    if unknown:
+        raise HarnessError(f"[model] ragged_outputs names '{unknown[0]}', not an output", f"the outputs: {', '.join(outputs)}")
+    return tuple(table.ragged_outputs), table.ragged_rows or 0
 
 
 def _check_input(declared: TensorInfo, path: Path, stack: StackSpec) -> None:

@@ -16,8 +16,9 @@ line on a mismatch) and the `[postprocess]` flags it reads:
   taken from an output (priors, prior_format, priors_normalised); coder_weights or SSD's variances; clamp,
   decode_plus_one, activation (sigmoid; softmax), background_class.
 - `final`: the model ran its own NMS: boxes [N, K, 4], scores [N, K], labels [N, K], after num_dets [N, 1]
-  when listed first (TensorRT's NMS plugins); label_offset.  Ragged per-image outputs must be padded to K
-  in the graph (the result format holds fixed shapes).
+  when listed first (TensorRT's NMS plugins; `[export] nms = "graph"` emits them); label_offset.  Ragged
+  per-image outputs (boxes [K, 4], scores [K], labels [K], K varying, batch 1: `[model] ragged_outputs`) arrive
+  NaN-padded to `ragged_rows` by the result format.
 
 The task's own flags (score_threshold, max_detections, round_boxes, clip_minus_one; for dense candidates
 nms, nms_iou, pre_nms_top_k, class_agnostic, multi_label, area_plus_one) apply to every decoder's output.
@@ -384,8 +385,8 @@ def _check_final(flags: DecodeFlags, names: Sequence[str], shapes: Shapes, class
         raise _refuse(
             names[offset],
             boxes,
-            "boxes [N, K, 4] (ragged per-image outputs are padded to K by the model)",
-            "pad the detections to a fixed K in the graph",
+            "boxes [N, K, 4]",
+            "pad the detections to a fixed K in the graph, or list ragged [K, 4] outputs in [model] ragged_outputs",
         )
     for index, role in ((offset + 1, "scores"), (offset + 2, "labels")):
         dims = _output(shapes, names, index, role)
@@ -400,8 +401,9 @@ def _check_final(flags: DecodeFlags, names: Sequence[str], shapes: Shapes, class
 def decode_final(flags: DecodeFlags, outputs: Mapping[str, np.ndarray], names: Sequence[str], input_hw: tuple[int, int]) -> Final:
     """Detections the model chose itself: rows past num_dets, with a non-finite score or a negative label are padding."""
     boxes, scores, labels = (outputs[name] for name in names[-3:])
-    labels = np.rint(labels).astype(np.int64) - flags.label_offset
-    valid = np.isfinite(scores) & (labels >= 0)
+    padding = ~np.isfinite(scores) | ~np.isfinite(labels)  # NaN rows: ragged outputs padded by the result format
+    labels = np.where(padding, -1, np.rint(np.nan_to_num(labels)).astype(np.int64) - flags.label_offset)
+    valid = ~padding & (labels >= 0)
     if len(names) == 4:
         valid &= np.arange(scores.shape[1])[None, :] < outputs[names[0]].reshape(len(scores), -1)[:, :1]
     return Final(boxes.astype(np.float64), scores.astype(np.float64), labels, valid)
