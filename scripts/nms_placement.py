@@ -46,9 +46,9 @@ def main() -> None:
     reference = next(iter(python.inferences))
     base = {side: task.metric(run.inferences[reference].predictions, targets) for side, run in (("python", python), ("graph", graph))}
     print(f"{len(python.ids)} images; reference {reference}; mAP in points\n")
-    print(
-        "| runtime | mAP, Python NMS | delta vs reference | mAP, NMS in graph | delta vs reference | graph - Python | confident detections unchanged | matched IoU | images with any detection changed |"
-    )
+    columns = ["mAP, Python NMS", "delta vs reference", "mAP, NMS in graph", "delta vs reference", "graph - Python"]
+    columns += ["confident detections unchanged", "matched IoU", "images with any detection changed"]
+    print(f"| runtime | {' | '.join(columns)} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for runtime in python.inferences:
         if runtime not in graph.inferences:
