@@ -141,16 +141,19 @@ def test_an_interrupted_run_resumes_from_its_finished_units_and_reports_the_same
     assert not (tmp_path / "whole" / "units").exists()  # a finished run keeps its results in outputs.npz only
     units = tmp_path / "cut" / "units"
     env = os.environ | {DEFAULT_CACHE_ENV: str(cache_dir)}
-    process = subprocess.Popen([str(HARNESS), *_run_args(suite, tmp_path / "cut")], env=env, stderr=subprocess.PIPE, text=True)
+    # the run yields the CPU to this loop (niced), so the interrupt lands mid-run however loaded the machine is
+    process = subprocess.Popen(
+        [str(HARNESS), *_run_args(suite, tmp_path / "cut")], env=env, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(15)
+    )
     deadline = time.monotonic() + 120
-    while len(list(units.glob("*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+    while len(list(units.glob("*.npz"))) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted" in err.splitlines()[-1]
     done = len(list(units.glob("*.npz")))
-    assert 2 <= done < 16 and (units / "plan.json").is_file() and not (tmp_path / "cut" / "report.json").exists()
+    assert 1 <= done < 16 and (units / "plan.json").is_file() and not (tmp_path / "cut" / "report.json").exists()
     resumed = harness_cli(*_run_args(suite, tmp_path / "cut", "--resume"))
     assert resumed.code == 0
     assert f"resumed: {done} of 16 units already done" in resumed.err
