@@ -15,6 +15,8 @@ import tomllib
 from exporters.cache import ArtifactCache
 from exporters.nms_graph import GRAPH_OUTPUTS, GraphNms, append_nms
 from harness.core.errors import HarnessError
+from harness.judge.compare import Baseline, compare, judge
+from harness.judge.verdict import Recorded
 from harness.run.prepared import SuiteRun
 from harness.spec.suite import BUNDLED_DIR, load_suite, suite_from_mapping
 from harness.tasks.detection import DetectionTask
@@ -114,3 +116,27 @@ def test_demo_detector_in_graph_nms_against_python_nms(both: dict[str, SuiteRun]
         # measured here, judged loosely: NMS placed elsewhere moves boundary cases, never most images
         assert agreement.agreement >= 0.75 and agreement.details["mean_matched_iou"] > 0.99, lines[-1]
     print("\n".join(lines))
+
+
+def test_detection_lists_are_reported_and_judge_nothing(both: dict[str, SuiteRun]) -> None:
+    """The `final` decoder's det_boxes/det_scores/det_labels swap rows when scores tie: two detections of one image
+    swapped change their element-wise errors, not the detections, so the comparison still passes; num_dets judges."""
+    run = both["detect-nms"]
+    inference = run.infer("torch-fp32", 16)
+    image = int(np.argmax(inference.outputs["num_dets"][:, 0] >= 2))
+    assert inference.outputs["num_dets"][image, 0] >= 2
+    swapped = {name: value.copy() for name, value in inference.outputs.items()}
+    for name in ("det_boxes", "det_scores", "det_labels"):
+        swapped[name][image, [0, 1]] = swapped[name][image, [1, 0]]
+    ids = tuple(s.id for s in run.samples)
+    targets = np.stack([s.target for s in run.samples])
+    predictions = inference.predictions.copy()
+    predictions[image, [0, 1]] = predictions[image, [1, 0]]
+    candidate = Recorded(swapped, predictions)
+    comparison = compare("rows-swapped", Baseline.reference("torch-fp32"), ids, targets, candidate, inference, run.task)
+    judge(comparison, run.suite.tolerances.for_precision("fp32"))
+    assert comparison.reported == ("det_boxes", "det_scores", "det_labels")
+    assert comparison.outputs["det_boxes"].max_abs > 0  # reported ...
+    assert {c.name for c in comparison.checks} >= {"max_abs[num_dets]", "min_cosine[num_dets]", "metric_delta"}
+    assert not any("det_" in c.name for c in comparison.checks) and comparison.passed, comparison.checks  # ... not judged
+    assert comparison.describe()["reported_outputs"] == ["det_boxes", "det_scores", "det_labels"]

@@ -120,6 +120,11 @@ class Comparison:
     sample_errors: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     by_profile: bool = False  # the task has no predictions: agreement = share of samples within the judging profile
     ids: tuple[str, ...] = ()
+    reported: tuple[str, ...] = ()  # outputs whose statistics are reported and judge nothing (the task's `reported_outputs`)
+
+    def judged_errors(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`sample_errors` of the outputs that judge."""
+        return {name: errors for name, errors in self.sample_errors.items() if name not in self.reported}
 
     def within(self, tolerance: Tolerance) -> np.ndarray:
         """Per sample: are its raw outputs within the profile's numeric limits (max abs, cosine; an output's own
@@ -127,7 +132,7 @@ class Comparison:
         if not self.sample_errors:
             return (self.sample_max_abs <= tolerance.max_abs) & (self.sample_min_cosine >= tolerance.min_cosine)
         inside = np.ones(self.samples, dtype=bool)
-        for name, (max_abs, _cosine, _scale) in self.sample_errors.items():
+        for name, (max_abs, _cosine, _scale) in self.judged_errors().items():
             limits = tolerance.for_output(name)
             inside &= (max_abs <= limits.max_abs) & (self.judged_cosine(name, limits) >= limits.min_cosine)
         return inside
@@ -141,7 +146,7 @@ class Comparison:
     def cosine_exempt(self, tolerance: Tolerance) -> int:
         """Samples whose cosine would fail but whose baseline is within max_abs of zero (judged by max abs alone)."""
         exempt = np.zeros(self.samples, dtype=bool)
-        for name, (_max_abs, cosine, scale) in self.sample_errors.items():
+        for name, (_max_abs, cosine, scale) in self.judged_errors().items():
             limits = tolerance.for_output(name)
             exempt |= (scale <= limits.max_abs) & (cosine < limits.min_cosine)
         return int(exempt.sum())
@@ -164,8 +169,8 @@ class Comparison:
 
     @property
     def worst(self) -> OutputStats:
-        """Worst value of each statistic over all outputs."""
-        stats = list(self.outputs.values())
+        """Worst value of each statistic over the outputs that judge (all of them when every one is reported)."""
+        stats = [s for name, s in self.outputs.items() if name not in self.reported] or list(self.outputs.values())
         return OutputStats(
             max_abs=max(s.max_abs for s in stats),
             mean_abs=max(s.mean_abs for s in stats),
@@ -186,6 +191,7 @@ class Comparison:
             "against": str(self.against),
             "samples": self.samples,
             "outputs": {k: asdict(v) for k, v in self.outputs.items()},
+            "reported_outputs": list(self.reported),  # their statistics judge nothing
             "top1_agreement": self.top1_agreement,
             **self.details,
             "flips": self.flips,
@@ -271,7 +277,9 @@ def compare(
         name: _stats_and_sample_errors(candidate.outputs[name], baseline.outputs[name], unmeasured.of(name) if unmeasured else None)
         for name in baseline.outputs
     }
-    errors = np.sum([sample_errors for _, sample_errors, _, _ in measured.values()], axis=0)
+    reported = tuple(getattr(task, "reported_outputs", ()))
+    judged = [sample for name, sample in measured.items() if name not in reported] or list(measured.values())
+    errors = np.sum([sample_errors for _, sample_errors, _, _ in judged], axis=0)
     worst = np.argsort(-errors)[:WORST_SAMPLES] if len(ids) else []
     agreement = task.agree(ids, targets, candidate, baseline)
     return Comparison(
@@ -288,11 +296,12 @@ def compare(
         metric=agreement.metric,
         metric_baseline=agreement.metric_baseline,
         details=agreement.details,
-        sample_max_abs=np.max([e for _, e, _, _ in measured.values()], axis=0),
-        sample_min_cosine=np.min([c for _, _, c, _ in measured.values()], axis=0),
+        sample_max_abs=np.max([e for _, e, _, _ in judged], axis=0),
+        sample_min_cosine=np.min([c for _, _, c, _ in judged], axis=0),
         sample_errors={name: (errors, cosine, scale) for name, (_, errors, cosine, scale) in measured.items()},
         by_profile=getattr(task, "agreement_by_profile", False),
         ids=ids,
+        reported=reported,
     )
 
 
@@ -303,8 +312,9 @@ DETECTION_CHECKS = ("mean_matched_iou",)  # and for detections
 def _numeric(comparison: Comparison, tolerance: Tolerance) -> dict[str, tuple[float, float, str]]:
     """max_abs and min_cosine over the outputs without limits of their own, then per output with them
     (`max_abs[boxes]`)."""
-    own = [name for name in comparison.outputs if name in tolerance.outputs]
-    plain = [name for name in comparison.outputs if name not in tolerance.outputs]
+    judged = [name for name in comparison.outputs if name not in comparison.reported]
+    own = [name for name in judged if name in tolerance.outputs]
+    plain = [name for name in judged if name not in tolerance.outputs]
 
     def cosine(name: str, limits: Tolerance) -> float:
         if name not in comparison.sample_errors:  # statistics without per-sample rows

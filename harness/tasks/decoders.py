@@ -100,21 +100,23 @@ class Decoder:
     check: Check | None = None  # the output contract; None: any outputs
     reads: tuple[str, ...] | None = None  # the DecodeFlags it reads; None: it may read any
     nms: bool = True  # its candidates go through the task's threshold, top-k and NMS (False for `Final`)
+    lists: bool = False  # its boxes, scores, labels are detection lists: rows move when scores tie or reorder
 
 
 DECODERS: dict[str, Decoder] = {}
 
 
 def register_detection_decoder(
-    name: str, *, check: Check | None = None, reads: Sequence[str] | None = None, nms: bool = True
+    name: str, *, check: Check | None = None, reads: Sequence[str] | None = None, nms: bool = True, lists: bool = False
 ) -> Callable[[Decode], Decode]:
-    """Register `decode` as the detection decoder `name` (`[postprocess] decoder = "name"`)."""
+    """Register `decode` as the detection decoder `name` (`[postprocess] decoder = "name"`); `lists`: it reads
+    detection lists (the last three outputs), whose element-wise errors are reported but judge nothing."""
 
     def add(decode_fn: Decode) -> Decode:
         unknown = sorted(set(reads or ()) - set(DECODE_KEYS))
         if unknown:
             raise ValueError(f"decoder '{name}' reads unknown flags {unknown}: the decoders' flags are {sorted(DECODE_KEYS)}")
-        DECODERS[name] = Decoder(name, decode_fn, check, tuple(reads) if reads is not None else None, nms)
+        DECODERS[name] = Decoder(name, decode_fn, check, tuple(reads) if reads is not None else None, nms, lists)
         return decode_fn
 
     return add
@@ -397,7 +399,7 @@ def _check_final(flags: DecodeFlags, names: Sequence[str], shapes: Shapes, class
     _same_length(names[offset:], shapes)
 
 
-@register_detection_decoder("final", check=_check_final, reads=("label_offset",), nms=False)
+@register_detection_decoder("final", check=_check_final, reads=("label_offset",), nms=False, lists=True)
 def decode_final(flags: DecodeFlags, outputs: Mapping[str, np.ndarray], names: Sequence[str], input_hw: tuple[int, int]) -> Final:
     """Detections the model chose itself: rows past num_dets, with a non-finite score or a negative label are padding."""
     boxes, scores, labels = (outputs[name] for name in names[-3:])

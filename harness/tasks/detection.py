@@ -200,6 +200,13 @@ class DetectionTask(DecodeFlags):
         """The matrix's post-processing variants whose flags this suite's decoder reads."""
         return {name: flags for name, flags in self.postprocess_variants.items() if not self._unread(flags)}
 
+    @property
+    def reported_outputs(self) -> tuple[str, ...]:
+        """Outputs whose element-wise errors are reported and judge nothing: a `final` decoder's detection lists
+        (two detections with tied scores, or reordered by a reduced precision, swap rows); their count (num_dets)
+        and the predictions judge."""
+        return tuple(self.output_names[-3:]) if get_decoder(self.decoder).lists else ()
+
     def check_outputs(self, shapes: Shapes, classes: int) -> None:
         """The decoder's output contract."""
         check = get_decoder(self.decoder).check
