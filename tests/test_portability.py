@@ -20,6 +20,7 @@ from torch import nn
 from exporters.artifacts import ModelArtifacts
 from exporters.cache import ArtifactCache
 from exporters.onnx_export import export_onnx
+from exporters.openvino_ir import convert_ir
 from harness.core.environment import NUMERIC_ISA, compute_threads, environment, isa_features
 from harness.core.errors import HarnessError
 from harness.data.feed import batch_layout, padded_batch
@@ -66,6 +67,18 @@ def test_outputs_do_not_depend_on_limit_shard_units_or_last_batch(demo_suite: Su
     assert np.array_equal(measured(limit=96, shard=(2, 3)), full[32:64])  # one whole batch of the grid
     assert np.array_equal(measured(limit=96, shard=(2, 5)), full[19:38])  # the tail of batch 0 and the head of batch 1
     assert np.array_equal(measured(limit=96, chunk=1), full)  # one unit per batch
+
+
+def test_openvino_ir_is_byte_identical_whatever_the_process_converted_before(
+    demo_suite: Suite, cache: ArtifactCache, tmp_path: Path
+) -> None:
+    """OpenVINO numbers the nodes it creates from a counter global to the process; the IR must not show it."""
+    source = SuiteRun(demo_suite, cache, limit=32).artifacts.onnx_path("fp32")
+    first, second = tmp_path / "first.xml", tmp_path / "second.xml"
+    convert_ir(source, first, compress_to_fp16=False)
+    convert_ir(source, second, compress_to_fp16=False)  # the counter has moved on by a whole model's nodes
+    assert first.read_bytes() == second.read_bytes()
+    assert first.with_suffix(".bin").read_bytes() == second.with_suffix(".bin").read_bytes()
 
 
 def test_environment_records_isa_threads_and_numeric_changes() -> None:
