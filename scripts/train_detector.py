@@ -1,11 +1,12 @@
-"""Train the detection demo's detector on CPU and write harness/suites/detect/weights.safetensors.
+"""Train a detection demo's detector on CPU: the FCOS-style head (harness/suites/detect/weights.safetensors) or the
+YOLOv8-style head (`--head yolo`: harness/suites/detect-yolo/weights.safetensors).
 
 Training scenes are generated with fresh seeds (never the committed eval/calib scenes), JPEG-encoded,
 and fed through the suite's reference stack; boxes follow each tensor's geometry.  FCOS-style
 assignment (a location is positive for the smallest box containing its centre whose size suits the
-level), sigmoid focal loss for classes, GIoU loss for boxes.  About 10 minutes on 2 cores.
+level) for both heads, sigmoid focal loss for classes, GIoU loss for boxes.  About 10 minutes on 2 cores.
 
-    python scripts/train_detector.py [--train 4000] [--epochs 24]
+    python scripts/train_detector.py [--head fcos|yolo] [--train 4000] [--epochs 24]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from training import epoch_line, save_weights
 
 from harness.data.stack import decode, prepare, stack_from
-from harness.demo.models import DemoDetector
+from harness.demo.models import DemoDetector, DemoYolo
 from harness.tasks.boxes import locations
 
 if sys.version_info >= (3, 11):
@@ -34,6 +35,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "harness" / "suites" / "detect.toml"
 TRAIN_SEED = 20261203
 LEVEL_RANGES = {8: (0.0, 32.0), 16: (32.0, 64.0), 32: (64.0, float("inf"))}
+HEADS = {"fcos": (DemoDetector, "detect"), "yolo": (DemoYolo, "detect-yolo")}  # model class, suite folder of its weights
+
+
+def dense(model: DemoDetector, x: torch.Tensor, centres: torch.Tensor, strides: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class logits (N, L, C) and x1, y1, x2, y2 boxes (N, L, 4) in tensor pixels, whichever the head."""
+    if isinstance(model, DemoYolo):
+        return model.dense(x)
+    scores, deltas = model(x)
+    distances = torch.exp(deltas.clamp(max=8.0)) * strides[:, None]
+    return scores, torch.cat([centres - distances[..., :2], centres + distances[..., 2:]], dim=-1)
 
 
 def assign(boxes: np.ndarray, labels: np.ndarray, centres: np.ndarray, strides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +69,7 @@ def assign(boxes: np.ndarray, labels: np.ndarray, centres: np.ndarray, strides: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head", choices=sorted(HEADS), default="fcos")
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--batch", type=int, default=32)
@@ -81,7 +93,8 @@ def main() -> None:
         targets.append(target_box)
     x_all, cls_all, box_all = torch.from_numpy(np.stack(tensors)), torch.from_numpy(np.stack(classes)), torch.from_numpy(np.stack(targets))
     print(f"{args.train} training scenes in {time.perf_counter() - start:.0f} s; {int((cls_all >= 0).sum())} positive locations")
-    model = DemoDetector(num_classes=len(CLASSES))
+    model_class, suite = HEADS[args.head]
+    model = model_class(num_classes=len(CLASSES))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = args.epochs * (args.train // args.batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
@@ -92,7 +105,7 @@ def main() -> None:
         total = 0.0
         for step in range(args.train // args.batch):
             rows = order[step * args.batch : (step + 1) * args.batch]
-            scores, deltas = model(x_all[rows])
+            scores, predicted = dense(model, x_all[rows], centres_t, strides_t)
             target_class, target_box = cls_all[rows], box_all[rows]
             positive = target_class >= 0
             one_hot = torch.zeros_like(scores)
@@ -100,17 +113,14 @@ def main() -> None:
             count = max(int(positive.sum()), 1)
             loss = sigmoid_focal_loss(scores, one_hot, reduction="sum") / count
             if positive.any():
-                distances = torch.exp(deltas[positive].clamp(max=8.0)) * strides_t.expand_as(positive)[positive][:, None]
-                centre = centres_t.expand(len(rows), -1, -1)[positive]
-                predicted = torch.cat([centre - distances[:, :2], centre + distances[:, 2:]], dim=1)
-                loss = loss + 2.0 * generalized_box_iou_loss(predicted, target_box[positive], reduction="mean")
+                loss = loss + 2.0 * generalized_box_iou_loss(predicted[positive], target_box[positive], reduction="mean")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             total += float(loss)
         epoch_line(epoch, args.epochs, total / (args.train // args.batch), start)
-    save_weights(model, "detect", start)
+    save_weights(model, suite, start)
 
 
 if __name__ == "__main__":

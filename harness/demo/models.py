@@ -1,7 +1,7 @@
-"""The bundled demos' models: a small ResNet classifier, an FCOS-style detector with a feature pyramid and a
-U-Net-style segmenter.
+"""The bundled demos' models: a small ResNet classifier, an FCOS-style detector with a feature pyramid, the same
+pyramid with a YOLOv8-style head, and a U-Net-style segmenter.
 
-They reach suites the way a user's model does, by builder name (`demo-resnet`, `demo-detector`, `demo-segmenter` are aliases
+They reach suites the way a user's model does, by builder name (`demo-resnet`, `demo-detector`, `demo-yolo`, `demo-segmenter` are aliases
 of import paths in `harness.spec.models`); nothing of the harness imports this room.
 """
 
@@ -89,23 +89,64 @@ class DemoDetector(nn.Module):
         self.reg = nn.Conv2d(width, 4, 3, 1, 1)
         nn.init.constant_(self.cls.bias, -4.0)  # prior of 2% foreground: focal-loss training starts stable
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The head tower's features of each pyramid level (strides 8, 16, 32)."""
         c3 = self.c3(self.stem(x))
         c4 = self.c4(c3)
         c5 = self.c5(c4)
         p5 = self.lateral[2](c5)
         p4 = self.lateral[1](c4) + nn.functional.interpolate(p5, scale_factor=2.0, mode="nearest")
         p3 = self.lateral[0](c3) + nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest")
-        scores, boxes = [], []
-        for level, feature in enumerate((p3, p4, p5)):
-            t = self.tower(self.smooth[level](feature))
-            scores.append(self.cls(t).flatten(2).transpose(1, 2))
-            boxes.append(self.reg(t).flatten(2).transpose(1, 2))
-        return torch.cat(scores, 1), torch.cat(boxes, 1)
+        return [self.tower(self.smooth[level](feature)) for level, feature in enumerate((p3, p4, p5))]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.levels(x)
+        scores = torch.cat([self.cls(t).flatten(2).transpose(1, 2) for t in features], 1)
+        return scores, torch.cat([self.reg(t).flatten(2).transpose(1, 2) for t in features], 1)
 
 
 def build_demo_detector(num_classes: int = 6) -> nn.Module:
     return DemoDetector(num_classes=num_classes)
+
+
+class DemoYolo(DemoDetector):
+    """The same backbone and pyramid with a YOLOv8-style head: per location a distribution over `REG_MAX` bins
+    for each distance to a box edge (distribution focal loss's integral: softmax, then the expected bin, in
+    strides), decoded inside the graph to centre and size in input pixels around the location's centre
+    (`(col + 0.5) * stride`), and sigmoid class scores.  Output: `output0` (N, 4 + classes, locations): cx, cy, w,
+    h, then the class probabilities, which is what an ultralytics YOLOv8 ONNX file emits.
+
+    `dense` gives the training view: class logits (N, locations, classes) and x1, y1, x2, y2 boxes (N, locations, 4).
+    """
+
+    REG_MAX = 8
+
+    def __init__(self, num_classes: int = 6, width: int = 48) -> None:
+        super().__init__(num_classes=num_classes, width=width)
+        self.reg = nn.Conv2d(width, 4 * self.REG_MAX, 3, 1, 1)
+        self.register_buffer("bins", torch.arange(self.REG_MAX, dtype=torch.float32), persistent=False)
+
+    def dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, boxes = [], []
+        for stride, t in zip(self.STRIDES, self.levels(x), strict=True):
+            rows, cols = t.shape[-2:]
+            ys = (torch.arange(rows, dtype=t.dtype, device=t.device) + 0.5) * stride
+            xs = (torch.arange(cols, dtype=t.dtype, device=t.device) + 0.5) * stride
+            centre = torch.stack([xs.repeat(rows), ys.repeat_interleave(cols)], dim=1)  # (L, 2) row-major
+            bins = self.reg(t).flatten(2).transpose(1, 2).unflatten(2, (4, self.REG_MAX))
+            distances = (bins.softmax(-1) * self.bins).sum(-1) * stride  # (N, L, 4): left, top, right, bottom
+            boxes.append(torch.cat([centre - distances[..., :2], centre + distances[..., 2:]], dim=-1))
+            logits.append(self.cls(t).flatten(2).transpose(1, 2))
+        return torch.cat(logits, 1), torch.cat(boxes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        logits, boxes = self.dense(x)
+        centre_size = torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], dim=-1)
+        return torch.cat([centre_size, logits.sigmoid()], dim=-1).transpose(1, 2)
+
+
+def build_demo_yolo(num_classes: int = 6) -> nn.Module:
+    return DemoYolo(num_classes=num_classes)
 
 
 class DemoSegmenter(nn.Module):

@@ -3,7 +3,7 @@ eval-mode `torch.nn.Module`.
 
 Builders are an import path (`package.module:function`) for a user's own model, or a
 registry name: one registered from Python (`register_model`), or an alias of an import
-path (the bundled demos' `demo-resnet`, `demo-detector`, `demo-segmenter`, in `harness.demo`).  Weights load without
+path (the bundled demos' `demo-resnet`, `demo-detector`, `demo-yolo`, `demo-segmenter`, in `harness.demo`).  Weights load without
 executing code: safetensors, or a state dict through `torch.load(weights_only=True)`.
 """
 
@@ -25,6 +25,7 @@ ModelBuilder = Callable[..., nn.Module]
 MODEL_BUILDERS: dict[str, ModelBuilder | str] = {  # a builder, or the import path of one (imported when a suite names it)
     "demo-resnet": "harness.demo.models:build_demo_resnet",
     "demo-detector": "harness.demo.models:build_demo_detector",
+    "demo-yolo": "harness.demo.models:build_demo_yolo",
     "demo-segmenter": "harness.demo.models:build_demo_segmenter",
 }
 
