@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/harness run --suite demo
 	$(BIN)/harness run --suite detect
 	$(BIN)/harness run --suite detect-nms
+	$(BIN)/harness run --suite detect-yolo
 	$(BIN)/harness run --suite segment
 
 test: $(STAMP)
