@@ -5,17 +5,23 @@ torchvision loop (threshold, top-k, `batched_nms` per image), images per second 
 Scenes are synthetic but shaped like a trained detector's output: 20 objects, each seen by about 40 anchors
 of jittered boxes scoring high in one class; every other score is low (sigmoid of N(-7, 1.5)).
 
-    OMP_NUM_THREADS=1 python scripts/bench_decode_nms.py [--images 64]
+Each side runs `--repeats` times, alternating; the best of each is printed, by wall clock and by the process's CPU
+time (a single-threaded process: on a loaded machine the CPU time is what one core of its own would take).
+
+    OMP_NUM_THREADS=1 python scripts/bench_decode_nms.py [--images 64] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 ANCHORS, CLASSES, SIDE = 8400, 80, 640
+TARGET = 200.0  # images/s on one core (the issue's target)
 
 
 def scenes(images: int, seed: int = 0) -> np.ndarray:
@@ -57,6 +63,7 @@ def torchvision_loop(head: np.ndarray, threshold: float, top_k: int, iou: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import torch
@@ -72,19 +79,31 @@ def main() -> None:
     task.predictions({"out": head[:2]}, geometry[:2])  # warm up both
     torchvision_loop(head[:2], *flags)
 
-    start = time.perf_counter()
-    mine = task.predictions({"out": head}, geometry)
-    ours = args.images / (time.perf_counter() - start)
-    start = time.perf_counter()
-    theirs = torchvision_loop(head, *flags)
-    baseline = args.images / (time.perf_counter() - start)
+    sides: dict[str, Callable[[], Any]] = {
+        "harness": lambda: task.predictions({"out": head}, geometry),
+        "torchvision": lambda: torchvision_loop(head, *flags),
+    }
+    wall = {name: 0.0 for name in sides}
+    cpu = {name: 0.0 for name in sides}
+    results: dict[str, Any] = {}
+    for _ in range(args.repeats):
+        for name, side in sides.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            results[name] = side()
+            wall[name] = max(wall[name], args.images / (time.perf_counter() - start))
+            cpu[name] = max(cpu[name], args.images / max(time.process_time() - start_cpu, 1e-9))
+    mine, theirs = results["harness"], results["torchvision"]
 
     same = all(np.allclose(mine[i][: len(t)], t, atol=1e-4) and np.isnan(mine[i][len(t) :, 0]).all() for i, t in enumerate(theirs))
     kept = np.mean([len(t) for t in theirs])
     print(f"{args.images} images, {ANCHORS} candidates x {CLASSES} classes, {kept:.0f} detections per image, one thread")
-    print(f"harness decode + NMS (numpy, torchvision rules): {ours:7.1f} images/s")
-    print(f"torchvision batched_nms loop:                    {baseline:7.1f} images/s")
-    print(f"ratio: {ours / baseline:.2f}x; same detections: {same}")
+    print(f"best of {args.repeats}, images/s:                      wall clock   CPU time")
+    print(f"harness decode + NMS (numpy, torchvision rules): {wall['harness']:10.1f} {cpu['harness']:10.1f}")
+    print(f"torchvision batched_nms loop:                    {wall['torchvision']:10.1f} {cpu['torchvision']:10.1f}")
+    ratios = f"{wall['harness'] / wall['torchvision']:.2f}x wall clock, {cpu['harness'] / cpu['torchvision']:.2f}x CPU time"
+    print(f"ratio: {ratios}; same detections: {same}")
+    verdict = "met" if cpu["harness"] >= TARGET else "NOT met"
+    print(f"target >= {TARGET:.0f} images/s on one core (CPU time): {verdict}")
 
 
 if __name__ == "__main__":

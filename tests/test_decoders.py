@@ -1,7 +1,7 @@
 """Detection decoders (`harness.tasks.decoders`): each one on constructed outputs with a known answer, the
 anchor decoder's priors and box coder against torchvision's own, the output contracts, the flag checks, a
 plugin's `module:function`, and real exported models (a YOLOv8-style head through the harness's ONNX export
-and ONNX Runtime; torchvision's Faster R-CNN with its NMS in the graph, TorchScript-exported)."""
+and ONNX Runtime, the bundled YOLOv8-style demo detector; torchvision's Faster R-CNN with its NMS in the graph, TorchScript-exported)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from exporters.cache import ArtifactCache
 from exporters.onnx_export import export_onnx
 from harness.core.errors import HarnessError
 from harness.data.stack import Geometry
+from harness.run.prepared import SuiteRun
+from harness.spec.models import MODEL_BUILDERS
+from harness.spec.suite import load_suite
 from harness.tasks import TaskSpec, make_task
 from harness.tasks.base import OutputContractError, shapes_of
-from harness.tasks.decoders import DECODERS, DecodeFlags, Dense, decode_anchors, generated_priors, register_detection_decoder
+from harness.tasks.decoders import DECODERS, DecodeFlags, Dense, decode_anchors, generated_priors, get_decoder, register_detection_decoder
 from harness.tasks.detection import DetectionTask
 
 CANVAS = (32, 32)
@@ -270,3 +274,28 @@ def test_final_decoder_on_torchvision_faster_rcnn_exported_by_torchscript(tmp_pa
     assert len(real) == int((found["scores"] > 0).sum()) > 0
     np.testing.assert_allclose(real[:, 4], np.sort(found["scores"].numpy())[::-1][: len(real)], atol=1e-4)
     assert set(real[:, 5].tolist()) <= {0.0, 1.0}  # labels 1, 2 of 3 classes (0: background), offset to 0, 1
+
+
+def test_demo_yolo_suite_decodes_its_exported_head_through_yolov8(cache: ArtifactCache) -> None:
+    """The bundled YOLOv8-style demo (`detect-yolo`): the registered builder, the head's output contract, the
+    training view (`dense`) equal to what the `yolov8` decoder reads back from the exported output, and ONNX
+    Runtime's detections equal to PyTorch's on 8 images."""
+    from harness.demo.models import DemoYolo
+
+    assert MODEL_BUILDERS["demo-yolo"] == "harness.demo.models:build_demo_yolo"
+    suite = load_suite("detect-yolo")
+    run = SuiteRun(suite, cache, limit=8)
+    assert isinstance(run.task, DetectionTask) and run.task.decoder == "yolov8"
+    model = suite.model.build()
+    assert isinstance(model, DemoYolo)
+    x = run.inputs.tensors
+    with torch.inference_mode():
+        logits, boxes = model.dense(torch.from_numpy(x))
+    eager, exported = run.infer("torch-fp32", 8), run.infer("ort-fp32", 8)
+    head = exported.outputs["output0"]
+    assert head.shape == (8, 4 + 6, boxes.shape[1])  # [N, 4 + C, L], as an ultralytics YOLOv8 file
+    dense = get_decoder("yolov8").decode(run.task, exported.outputs, ("output0",), suite.stack.input_hw)
+    np.testing.assert_allclose(dense.boxes, boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose(dense.scores, torch.sigmoid(logits).numpy(), atol=1e-5)
+    assert np.isfinite(eager.predictions[:, :, 0]).sum() >= 8  # a trained head: detections on these images
+    np.testing.assert_allclose(exported.predictions, eager.predictions, atol=1e-3)

@@ -62,10 +62,22 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class TopDown(nn.Module):
+    """A feature pyramid's top-down path, without weights: from the coarsest level down, each level is upsampled
+    (functional nearest `F.interpolate`, x2) and added to the next finer lateral.  A module of its own, so the
+    matrix's upsample variants find the call in a `forward` whichever head the pyramid feeds."""
+
+    def forward(self, laterals: list[torch.Tensor]) -> list[torch.Tensor]:
+        pyramid = [laterals[-1]]
+        for lateral in reversed(laterals[:-1]):
+            pyramid.insert(0, lateral + nn.functional.interpolate(pyramid[0], scale_factor=2.0, mode="nearest"))
+        return pyramid
+
+
 class DemoDetector(nn.Module):
     """Small anchor-free detector with a feature pyramid (strides 8, 16, 32).
 
-    The top-down path upsamples with the functional `F.interpolate(mode="nearest")`, as most real
+    The top-down path (`TopDown`) upsamples with the functional `F.interpolate(mode="nearest")`, as most real
     detectors do.  Per location of every level it predicts class logits and four log-distances to the
     box edges (left, top, right, bottom, in units of the level's stride); `harness.tasks.detection`
     decodes them (exp, times the stride, around the location's centre) and runs NMS.  Outputs:
@@ -81,6 +93,7 @@ class DemoDetector(nn.Module):
         self.c4 = nn.Sequential(conv_bn(48, 72, 2), conv_bn(72, 72))  # stride 16
         self.c5 = nn.Sequential(conv_bn(72, 96, 2), conv_bn(96, 96))  # stride 32
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in (48, 72, 96))
+        self.top_down = TopDown()
         self.smooth = nn.ModuleList(nn.Conv2d(width, width, 3, 1, 1) for _ in range(3))
         self.tower = nn.Sequential(
             nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True)
@@ -94,10 +107,8 @@ class DemoDetector(nn.Module):
         c3 = self.c3(self.stem(x))
         c4 = self.c4(c3)
         c5 = self.c5(c4)
-        p5 = self.lateral[2](c5)
-        p4 = self.lateral[1](c4) + nn.functional.interpolate(p5, scale_factor=2.0, mode="nearest")
-        p3 = self.lateral[0](c3) + nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest")
-        return [self.tower(self.smooth[level](feature)) for level, feature in enumerate((p3, p4, p5))]
+        pyramid = self.top_down([lateral(c) for lateral, c in zip(self.lateral, (c3, c4, c5), strict=True)])
+        return [self.tower(self.smooth[level](feature)) for level, feature in enumerate(pyramid)]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.levels(x)
