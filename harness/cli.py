@@ -721,7 +721,7 @@ def matrix(
         render_table(console, "not applicable", report.NOT_APPLICABLE_HEADERS, [n.cells() for n in report.not_applicable])
     for note in report.notes:
         console.print(f"note: {escape(note)}")
-    console.print(f"{report.decodes} image decodes, {report.seconds:.1f} s")
+    console.print(f"{report.decodes} image decodes, {report.seconds:.1f} s (inference {report.inference_seconds:.1f} s)")
     for path in report.write(report_folder(report_dir, suite.name, "matrix")):
         console.print(f"wrote {path}")
 

@@ -5,9 +5,12 @@ The matrix decodes each image once per decoder setting and infers once per
 per variant: decode every image through the variant's stack, infer the
 reference runtime and the variant's runtime.  Both use the same warm artifact
 cache (exports built beforehand), so the ratio is decode + pre-processing +
-inference work only.
+inference work only.  It also prints the matrix's wall time against its
+inference alone (the seconds its runtimes' sessions ran): what decoding,
+post-processing, evaluation and comparison add (target: within 2x).
 
-    python scripts/bench_matrix.py [--limit 200] [--axes decoder,resize,colour,order,model,precision]
+    python scripts/bench_matrix.py [--suite detect] [--limit 200] [--axes decoder,resize,colour,order,model,precision]
+        [--no-single-runs]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--axes", default="decoder,resize,colour,order,model,precision")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-single-runs", action="store_true", help="only the matrix against its inference alone")
     args = parser.parse_args()
     suite, cache = load_suite(args.suite), ArtifactCache(default_cache_dir())
     axes = args.axes.split(",")
@@ -46,6 +50,13 @@ def main() -> None:
     start = time.perf_counter()
     report = run_matrix(suite, axes, [suite.run.reference], SuiteRun(suite, cache, args.limit), args.batch_size)
     matrix_seconds = time.perf_counter() - start
+    print(f"suite {suite.name}, {len(report.rows)} matrix rows, {args.limit} samples, axes {','.join(axes)}")
+    print(
+        f"matrix {matrix_seconds:.1f} s, its inference alone {report.inference_seconds:.1f} s -> ratio "
+        f"{matrix_seconds / report.inference_seconds:.2f} (target <= 2)"
+    )
+    if args.no_single_runs:
+        return
 
     variants, _ = collect_variants(suite, axes, set())
     by_name = {(v.axis, v.name): v for v in variants}

@@ -214,6 +214,7 @@ class MatrixReport:
     notes: list[str]
     decodes: int
     seconds: float
+    inference_seconds: float = 0.0  # of `seconds`: the runtimes' sessions fed (each tensors, model, runtime once)
     decoder_pairs: dict[str, dict[str, int]] = field(default_factory=dict)  # images whose decoded pixels differ, per decoder pair
     context: dict[str, Any] = field(default_factory=dict)
     not_applicable: list[NotApplicable] = field(default_factory=list)
@@ -233,6 +234,7 @@ class MatrixReport:
             "axes": self.axes,
             "decodes": self.decodes,
             "seconds": round(self.seconds, 2),
+            "inference_seconds": round(self.inference_seconds, 2),
             **self.context,
             "summary": [s.__dict__ for s in self.summaries],
             "rows": [r.describe() for r in self.rows],
@@ -281,7 +283,8 @@ class MatrixReport:
             f"# SysNoise matrix: {self.suite}",
             "",
             f"{self.metric_name} on {self.samples} samples; deltas in points against the reference stack and model on the same runtime "
-            f"(precision: against the reference runtime). {self.decodes} image decodes, {self.seconds:.1f} s.",
+            f"(precision: against the reference runtime). {self.decodes} image decodes, {self.seconds:.1f} s "
+            f"(inference {self.inference_seconds:.1f} s).",
             "",
             "## Per axis",
             "",
@@ -418,6 +421,11 @@ class MatrixRunner:
         comp = compare(runtime, Baseline.reference(baseline.runtime), fed.ids, fed.labels, got, baseline, self.run.task)
         return MatrixRow(variant.axis, variant.name, comp)
 
+    @property
+    def inference_seconds(self) -> float:
+        """Seconds the runtimes' sessions spent on every chunk inferred so far."""
+        return sum(part.seconds for parts in self._parts.values() for part in parts.values())
+
     def close(self) -> None:
         self._sessions.close()
 
@@ -490,6 +498,7 @@ def run_matrix(
         rows=rows,
         notes=notes,
         decodes=runner.decodes,
+        inference_seconds=runner.inference_seconds,
         decoder_pairs={a: {b: sum(x != y for x, y in zip(ha, hb, strict=True)) for b, hb in decoded.items()} for a, ha in decoded.items()},
         seconds=time.perf_counter() - start,
         context={k: v for k, v in run.context().items() if k != "stack"} | {"reference_stack": suite.stack.describe()},
