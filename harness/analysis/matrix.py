@@ -248,9 +248,8 @@ class Panel:
             y = labels.index(self.label(row)) + (present.index(runtime) - (len(present) - 1) / 2) * width
             delta = 100 * row.comparison.metric_delta + 0.0
             geometric = changes_geometry(row.axis, row.variant)
-            colour = "0.55" if self.name == BUGS else colours[runtime]
-            ax.barh(y, delta, 0.9 * width, color=colour, hatch="///" if geometric else None, edgecolor="black" if geometric else colour,
-                    linewidth=0.5)  # fmt: skip
+            ax.barh(y, delta, 0.9 * width, color=colours[runtime], hatch="///" if geometric else None,
+                    edgecolor="black" if geometric else colours[runtime], linewidth=0.5)  # fmt: skip
             flips = len(row.comparison.flips)
             text = (f"{delta:+.1e}" if 0 < abs(delta) < 0.005 else f"{delta:+.2f}") + (f" ({flips})" if flips else "")
             ax.annotate(text, (delta, y), xytext=(3 if delta >= 0 else -3, 0), textcoords="offset points",
@@ -428,7 +427,11 @@ class MatrixReport:
             grid = subfig.add_gridspec(len(column) + 1, 1, height_ratios=[*used, max(tallest - sum(used), 1e-3)])
             for k, i in enumerate(column):
                 panels[i].draw(subfig.add_subplot(grid[k]), colours)
-        handles = [matplotlib.patches.Patch(color=c, label=f"on {r} (precision rows: against it)") for r, c in colours.items()]
+        against = {str(r.comparison.against.runtime) for r in self.rows if r.axis.endswith("precision")}
+        handles = [
+            matplotlib.patches.Patch(color=c, label=f"on {r}" + (" (precision rows: against it)" if r in against else ""))
+            for r, c in colours.items()
+        ]
         if any(changes_geometry(r.axis, r.variant) for r in self.rows):
             handles.append(matplotlib.patches.Patch(facecolor="white", edgecolor="black", hatch="///", label="geometric mode"))
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
