@@ -234,10 +234,10 @@ class Panel:
     def runtimes(self) -> list[str]:
         return list(dict.fromkeys(str(r.comparison.against.runtime) for r in self.rows))
 
-    def height(self, runtimes: int) -> float:
+    def height(self) -> float:
         """Inches: the title and axis, and per variant its bars or its wrapped label, whichever is taller."""
         lines = [_wrap(label).count("\n") + 1 for label in self.labels()]
-        return 0.75 + sum(max(0.2 * min(runtimes, len(self.runtimes())), 0.15 * n) for n in lines)
+        return 0.75 + sum(max(0.2 * len(self.runtimes()), 0.15 * n) for n in lines)
 
     def draw(self, ax: Axes, colours: dict[str, Any]) -> None:
         labels, present = self.labels(), self.runtimes()
@@ -408,6 +408,7 @@ class MatrixReport:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
 
         panels = self.panels()
         if not panels:
@@ -418,7 +419,7 @@ class MatrixReport:
             return fig
         runtimes = list(dict.fromkeys(str(r.comparison.against.runtime) for r in self.rows))
         colours = dict(zip(runtimes, plt.get_cmap("tab10").colors, strict=False))
-        heights = [panel.height(len(runtimes)) for panel in panels]
+        heights = [panel.height() for panel in panels]
         columns = _columns(heights, 2 if sum(heights) > 9 else 1)
         tallest = max(sum(heights[i] for i in column) for column in columns)
         fig = plt.figure(figsize=(6.8 * len(columns), tallest + 1.1), layout="constrained")
@@ -428,12 +429,9 @@ class MatrixReport:
             for k, i in enumerate(column):
                 panels[i].draw(subfig.add_subplot(grid[k]), colours)
         against = {str(r.comparison.against.runtime) for r in self.rows if r.axis.endswith("precision")}
-        handles = [
-            matplotlib.patches.Patch(color=c, label=f"on {r}" + (" (precision rows: against it)" if r in against else ""))
-            for r, c in colours.items()
-        ]
+        handles = [Patch(color=c, label=f"on {r}" + (" (precision rows: against it)" if r in against else "")) for r, c in colours.items()]
         if any(changes_geometry(r.axis, r.variant) for r in self.rows):
-            handles.append(matplotlib.patches.Patch(facecolor="white", edgecolor="black", hatch="///", label="geometric mode"))
+            handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="geometric mode"))
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
         fig.suptitle(
             f"{self.suite}: {self.metric_name} delta in points against the reference stack ({self.samples} samples); "
