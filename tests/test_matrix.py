@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 from exporters.cache import ArtifactCache
 from exporters.rewrites import MODEL_VARIANTS
-from harness.analysis.matrix import AXES, CATASTROPHIC, MatrixReport, run_matrix
+from harness.analysis.matrix import AXES, BUGS, CATASTROPHIC, MatrixReport, run_matrix
+from harness.analysis.mitigate import MitigationReport
 from harness.data.decoders import DECODERS, decoder_unavailable
 from harness.run.prepared import SuiteRun
 from harness.spec.suite import Suite, load_suite
@@ -42,6 +45,25 @@ def test_combined_is_at_least_as_bad_as_each_single_axis(report: MatrixReport) -
         singles = [r for r in rows if r.axis in ("decoder", "colour", "order", "model") and (r.axis, r.variant) not in CATASTROPHIC]
         assert combined.comparison.metric_delta <= min(r.comparison.metric_delta for r in singles)
         assert len(combined.comparison.flips) >= max(len(r.comparison.flips) for r in singles)
+
+
+def test_the_picture_has_one_panel_per_axis_and_the_bugs_apart(report: MatrixReport) -> None:
+    panels = report.panels()
+    assert [p.name for p in panels] == ["decoder", "colour", "order", "model", "suite", "combined", BUGS]
+    assert [(r.axis, r.variant) for r in panels[-1].rows] == [("colour", "bgr")] * 2  # on both runtimes, nowhere else
+    assert all((r.axis, r.variant) not in CATASTROPHIC for p in panels[:-1] for r in p.rows)
+    figure = report.figure()
+    assert len(figure.axes) == len(panels)
+    titles = [ax.get_title(loc="left") for ax in figure.axes]
+    assert titles[0] == f"decoder ({len({r.variant for r in report.rows if r.axis == 'decoder'})} variants)"
+    assert "combined worst case" in titles[-2] and titles[-1].startswith("configuration bugs")
+    bars = {ax.get_title(loc="left").split(" (")[0]: len(ax.patches) for ax in figure.axes}
+    assert bars["order"] == len([r for r in report.rows if r.axis == "order"])  # a bar per variant and runtime
+    plt.close(figure)
+    spread = MitigationReport(report.suite, report.metric_name, report.samples, {"reference": report, "mix": report})
+    figure = spread.figure()
+    assert [ax.get_title() for ax in figure.axes] == spread.axes == ["decoder", "colour", "order", "model", "suite", "combined"]
+    plt.close(figure)
 
 
 def test_each_image_is_decoded_once_per_decoder_setting(report: MatrixReport) -> None:
@@ -132,7 +154,10 @@ def test_matrix_cli_writes_json_markdown_and_plot(harness_cli: Callable[..., Cli
     assert axes == {"resize", "precision", "combined", "combined+precision"}
     assert "ov-int8" not in {r["variant"] for r in data["rows"]}
     assert "## Per axis" in (tmp_path / "matrix.md").read_text()
-    assert (tmp_path / "matrix.png").read_bytes()[:4] == b"\x89PNG"
+    png = (tmp_path / "matrix.png").read_bytes()
+    assert png[:4] == b"\x89PNG"
+    page = (tmp_path / "matrix.html").read_text()
+    assert base64.b64encode(png).decode() in page and "<h2>Per axis</h2>" in page  # the same picture, then the tables
 
 
 def test_matrix_rejects_an_unknown_axis(harness_cli: Callable[..., CliResult]) -> None:

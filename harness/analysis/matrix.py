@@ -17,15 +17,17 @@ Memory: one chunk's pixels and tensors, and every row's outputs.
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from exporters.rewrites import MODEL_VARIANTS, VariantNotApplicable
+from harness.core.files import atomic_write
 from harness.data.colour import COLOUR_PATHS
 from harness.data.dataset import Sample
 from harness.data.decoders import DECODERS, decoder_unavailable
@@ -34,6 +36,7 @@ from harness.data.resizers import RESIZERS
 from harness.data.stack import PADDED_MODES, StackSpec
 from harness.judge.compare import Baseline, Comparison, compare
 from harness.judge.verdict import SCHEMA_VERSION
+from harness.report.html import figure_page, png_bytes
 from harness.report.tables import markdown_table, write_report_files
 from harness.run.outputs import Inference
 from harness.run.plan import DEFAULT_CHUNK
@@ -42,6 +45,10 @@ from harness.run.sessions import Sessions
 from harness.spec.suite import Suite
 from harness.tasks import make_task
 from runtimes import get_runtime
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,81 @@ def summarise(rows: list[MatrixRow]) -> list[AxisSummary]:
     return summaries
 
 
+BUGS = "configuration bugs"  # the picture's panel of CATASTROPHIC rows
+
+
+def changes_geometry(axis: str, variant: str) -> bool:
+    """An order variant that fills the input another way (direct, letterbox, keep-ratio): a geometric mode."""
+    return axis == "order" and variant.startswith("resize_mode=")
+
+
+@dataclass
+class Panel:
+    """One panel of the matrix picture: an axis's rows, the combined rows, or the configuration bugs."""
+
+    name: str
+    rows: list[MatrixRow]
+
+    def label(self, row: MatrixRow) -> str:
+        return f"{row.axis}: {row.variant}" if self.name == BUGS else row.variant
+
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(self.label(r) for r in self.rows))
+
+    def runtimes(self) -> list[str]:
+        return list(dict.fromkeys(str(r.comparison.against.runtime) for r in self.rows))
+
+    def height(self) -> float:
+        """Inches: the title and axis, and per variant its bars or its wrapped label, whichever is taller."""
+        lines = [_wrap(label).count("\n") + 1 for label in self.labels()]
+        return 0.75 + sum(max(0.2 * len(self.runtimes()), 0.15 * n) for n in lines)
+
+    def draw(self, ax: Axes, colours: dict[str, Any]) -> None:
+        labels, present = self.labels(), self.runtimes()
+        width = 0.8 / len(present)
+        values = []
+        for row in self.rows:
+            runtime = str(row.comparison.against.runtime)
+            y = labels.index(self.label(row)) + (present.index(runtime) - (len(present) - 1) / 2) * width
+            delta = 100 * row.comparison.metric_delta + 0.0
+            geometric = changes_geometry(row.axis, row.variant)
+            ax.barh(y, delta, 0.9 * width, color=colours[runtime], hatch="///" if geometric else None,
+                    edgecolor="black" if geometric else colours[runtime], linewidth=0.5)  # fmt: skip
+            flips = len(row.comparison.flips)
+            text = (f"{delta:+.1e}" if 0 < abs(delta) < 0.005 else f"{delta:+.2f}") + (f" ({flips})" if flips else "")
+            ax.annotate(text, (delta, y), xytext=(3 if delta >= 0 else -3, 0), textcoords="offset points",
+                        ha="left" if delta >= 0 else "right", va="center", fontsize=7)  # fmt: skip
+            values.append(delta)
+        lo, hi = min(0.0, *values), max(0.0, *values)
+        span = (hi - lo) or 1.0
+        ax.set_xlim(lo - 0.3 * span, hi + 0.3 * span)  # room for the labels
+        ax.set_yticks(range(len(labels)), [_wrap(label) for label in labels], fontsize=8)
+        ax.set_ylim(len(labels) - 0.5, -0.5)  # the first variant on top
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.tick_params(axis="x", labelsize=7)
+        if self.name == "combined":
+            title, face = "combined worst case: the worst variant of each axis together", "#fdecea"
+        elif self.name == BUGS:
+            title, face = "configuration bugs (left out of the combined rows)", "0.93"
+        else:
+            title, face = f"{self.name} ({len(labels)} variant{'s' if len(labels) > 1 else ''})", "white"
+        ax.set_title(title, fontsize=9, loc="left", color="#b00000" if self.name == "combined" else "black")
+        ax.set_facecolor(face)
+
+
+def _wrap(label: str) -> str:
+    """A variant label on lines of at most 34 characters, broken at spaces (combined rows: at the ' + ')."""
+    return textwrap.fill(label, 34, break_on_hyphens=False)
+
+
+def _columns(heights: list[float], count: int) -> list[list[int]]:
+    """Panels in reading order split into `count` (1 or 2) columns, the taller column as short as it can be."""
+    if count == 1 or len(heights) < 2:
+        return [list(range(len(heights)))]
+    split = min(range(1, len(heights)), key=lambda k: max(sum(heights[:k]), sum(heights[k:])))
+    return [list(range(split)), list(range(split, len(heights)))]
+
+
 @dataclass
 class MatrixReport:
     suite: str
@@ -278,70 +360,96 @@ class MatrixReport:
             for r in self.rows
         ]
 
-    def to_markdown(self) -> str:
-        lines = [
-            f"# SysNoise matrix: {self.suite}",
-            "",
+    @property
+    def intro(self) -> str:
+        return (
             f"{self.metric_name} on {self.samples} samples; deltas in points against the reference stack and model on the same runtime "
             f"(precision: against the reference runtime). {self.decodes} image decodes, {self.seconds:.1f} s "
-            f"(inference {self.inference_seconds:.1f} s).",
-            "",
-            "## Per axis",
-            "",
-            *markdown_table(self.SUMMARY_HEADERS, self.summary_rows()),
-            "",
-            "## Every variant",
-            "",
-            *markdown_table(self.ROW_HEADERS, self.variant_rows()),
+            f"(inference {self.inference_seconds:.1f} s)."
+        )
+
+    def tables(self) -> list[tuple[str, tuple[str, ...], list[list[str]]]]:
+        """(heading, headers, rows) of matrix.md and matrix.html; an empty table is left out."""
+        names = list(self.decoder_pairs)
+        tables = [
+            ("Per axis", self.SUMMARY_HEADERS, self.summary_rows()),
+            ("Every variant", self.ROW_HEADERS, self.variant_rows()),
+            ("Not applicable", self.NOT_APPLICABLE_HEADERS, [n.cells() for n in self.not_applicable]),
+            (
+                f"Decoded pixels: images that differ between decoders (of {self.samples})",
+                ("decoder", *names),
+                [[a, *(str(self.decoder_pairs[a][b]) for b in names)] for a in names],
+            ),
         ]
-        if self.not_applicable:
-            lines += ["", "## Not applicable", "", *markdown_table(self.NOT_APPLICABLE_HEADERS, [n.cells() for n in self.not_applicable])]
-        if self.decoder_pairs:
-            names = list(self.decoder_pairs)
-            lines += ["", f"## Decoded pixels: images that differ between decoders (of {self.samples})", ""]
-            lines += markdown_table(("decoder", *names), [[a, *(str(self.decoder_pairs[a][b]) for b in names)] for a in names])
+        return [(heading, headers, rows) for heading, headers, rows in tables if rows or heading in ("Per axis", "Every variant")]
+
+    def to_markdown(self) -> str:
+        lines = [f"# SysNoise matrix: {self.suite}", "", self.intro]
+        for heading, headers, rows in self.tables():
+            lines += ["", f"## {heading}", "", *markdown_table(headers, rows)]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: Path) -> Path:
-        """Per-axis bars (mean delta and largest drop, in points) per runtime, combined worst case in red."""
+    def to_html(self, png: bytes) -> str:
+        """matrix.html: the picture (matrix.png's bytes) inline, then the tables of matrix.md."""
+        return figure_page(f"SysNoise matrix: {self.suite}", self.intro, png, self.tables(), self.notes)
+
+    def panels(self) -> list[Panel]:
+        """The picture's panels: one per axis (combined rows together), configuration bugs in a panel of their own."""
+        groups: dict[str, list[MatrixRow]] = {}
+        for row in self.rows:
+            bug = (row.axis, row.variant) in CATASTROPHIC
+            groups.setdefault(BUGS if bug else "combined" if row.axis.startswith("combined") else row.axis, []).append(row)
+        bugs = groups.pop(BUGS, [])
+        return [Panel(name, rows) for name, rows in groups.items()] + ([Panel(BUGS, bugs)] if bugs else [])
+
+    def figure(self) -> Figure:
+        """One panel per axis with its own scale: a bar per variant and runtime, labelled with its delta in points and
+        flips; geometric modes hatched, the combined rows in a red panel, configuration bugs in a grey one apart."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
 
-        by_runtime: dict[str, list[AxisSummary]] = {}
-        for summary in self.summaries:
-            by_runtime.setdefault(summary.runtime, []).append(summary)
-        if not by_runtime:
+        panels = self.panels()
+        if not panels:
             fig, ax = plt.subplots(figsize=(9, 2.8))
             ax.axis("off")
             why = f"{len(self.not_applicable)} rows not applicable (see matrix.md)" if self.not_applicable else "no variant ran"
             ax.text(0.5, 0.5, f"{self.suite}: no variant to plot: {why}", ha="center", va="center", transform=ax.transAxes)
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            return path
-        fig, axes = plt.subplots(len(by_runtime), 1, figsize=(9, 2.8 * len(by_runtime)), squeeze=False)
-        for ax, (runtime, summaries) in zip(axes[:, 0], by_runtime.items(), strict=True):
-            x = np.arange(len(summaries))
-            colours = ["tab:red" if s.axis.startswith("combined") else "tab:blue" for s in summaries]
-            ax.bar(x - 0.2, [100 * s.mean_delta for s in summaries], 0.4, color=colours, alpha=0.45, label="mean delta")
-            ax.bar(x + 0.2, [100 * s.max_drop for s in summaries], 0.4, color=colours, label="largest drop")
-            ax.set_xticks(x, [s.axis.replace("+", "+\n") for s in summaries])
-            ax.axhline(0, color="black", linewidth=0.6)
-            ax.set_ylabel(f"{self.metric_name} delta (points)")
-            ax.set_title(f"{self.suite} on {runtime}", fontsize=10)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+            return fig
+        runtimes = list(dict.fromkeys(str(r.comparison.against.runtime) for r in self.rows))
+        colours = dict(zip(runtimes, plt.get_cmap("tab10").colors, strict=False))
+        heights = [panel.height() for panel in panels]
+        columns = _columns(heights, 2 if sum(heights) > 9 else 1)
+        tallest = max(sum(heights[i] for i in column) for column in columns)
+        fig = plt.figure(figsize=(6.8 * len(columns), tallest + 1.1), layout="constrained")
+        for subfig, column in zip(np.atleast_1d(fig.subfigures(1, len(columns))), columns, strict=True):
+            used = [heights[i] for i in column]
+            grid = subfig.add_gridspec(len(column) + 1, 1, height_ratios=[*used, max(tallest - sum(used), 1e-3)])
+            for k, i in enumerate(column):
+                panels[i].draw(subfig.add_subplot(grid[k]), colours)
+        against = {str(r.comparison.against.runtime) for r in self.rows if r.axis.endswith("precision")}
+        handles = [Patch(color=c, label=f"on {r}" + (" (precision rows: against it)" if r in against else "")) for r, c in colours.items()]
+        if any(changes_geometry(r.axis, r.variant) for r in self.rows):
+            handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="geometric mode"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+        fig.suptitle(
+            f"{self.suite}: {self.metric_name} delta in points against the reference stack ({self.samples} samples); "
+            "each panel its own scale, bars labelled delta (flips)",
+            fontsize=10,
+        )
+        return fig
 
     def write(self, report_dir: Path) -> list[Path]:
-        """matrix.json, matrix.md and matrix.png under `report_dir`."""
+        """matrix.json, matrix.md, matrix.png and matrix.html under `report_dir`."""
         paths = write_report_files(report_dir, self.describe(), self.to_markdown(), stem="matrix")
-        return [*paths, self.plot(report_dir / "matrix.png")]
+        png = png_bytes(self.figure(), dpi=110)
+        atomic_write(report_dir / "matrix.png", png)
+        atomic_write(report_dir / "matrix.html", self.to_html(png).encode())
+        return [*paths, report_dir / "matrix.png", report_dir / "matrix.html"]
 
 
 def _stack_key(stack: StackSpec) -> str:

@@ -52,11 +52,17 @@ class AxisSpread:
     mean: float
     max_drop: float
     std: float
+    mean_flips: float  # samples whose prediction changed, per variant: what moves when the deltas are a few samples
 
     @classmethod
     def of(cls, axis: str, rows: list[MatrixRow]) -> AxisSpread:
         deltas = np.array([r.comparison.metric_delta for r in rows])
-        return cls(axis, len(rows), float(deltas.mean()), float(deltas.min()), float(deltas.std()))
+        flips = float(np.mean([len(r.comparison.flips) for r in rows]))
+        return cls(axis, len(rows), float(deltas.mean()), float(deltas.min()), float(deltas.std()), flips)
+
+    def cells(self) -> list[str]:
+        """Mean, largest drop and std in points, mean flips."""
+        return [f"{100 * self.mean:+.2f}", f"{100 * self.max_drop:+.2f}", f"{100 * self.std:.3f}", f"{self.mean_flips:.1f}"]
 
 
 def spreads(matrix: MatrixReport) -> dict[str, AxisSpread]:
@@ -95,19 +101,19 @@ class MitigationReport:
 
     @property
     def headers(self) -> tuple[str, ...]:
-        return ("axis", "variants", *(f"{m}: {what}" for m in self.models for what in ("mean", "max drop", "std")))
+        return ("axis", "variants", *(f"{m}: {what}" for m in self.models for what in ("mean", "max drop", "std", "flips")))
 
     def rows(self) -> list[list[str]]:
         """Points; the first row is the clean metric (percent)."""
         spread = self.spreads
-        clean = ["clean " + self.metric_name, "-", *(c for m in self.models for c in (f"{100 * self.clean(m):.2f} %", "", ""))]
+        clean = ["clean " + self.metric_name, "-", *(c for m in self.models for c in (f"{100 * self.clean(m):.2f} %", "", "", ""))]
         out = [clean]
         for axis in self.axes:
             got = [spread[m].get(axis) for m in self.models]
             variants = next(s.variants for s in got if s)
             cells = []
             for s in got:
-                cells += [f"{100 * s.mean:+.2f}", f"{100 * s.max_drop:+.2f}", f"{100 * s.std:.3f}"] if s else ["-"] * 3
+                cells += s.cells() if s else ["-"] * 4
             out.append([axis, str(variants), *cells])
         return out
 
@@ -129,7 +135,8 @@ class MitigationReport:
             f"# Mix training on {self.suite}",
             "",
             f"{self.metric_name} deltas in points against each model's own reference stack, on {self.samples} samples, "
-            "per axis over its variants (configuration bugs left out): mean, largest drop, standard deviation.",
+            "per axis over its variants (configuration bugs left out): mean, largest drop, standard deviation, and the mean "
+            "number of samples whose prediction changed (flips).",
             "",
             *markdown_table(self.headers, self.rows()),
         ]

@@ -28,13 +28,46 @@ tr.fail{background:#fdd}.pass{color:#070}.fail-v{color:#b00}figure{display:inlin
 img.plot{max-width:100%}"""
 
 
-def _png(fig: object) -> str:
+def png_bytes(fig: object, dpi: int = 90) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)  # type: ignore[attr-defined]
+    fig.savefig(buf, format="png", dpi=dpi)  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
-    return f'<img class="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return buf.getvalue()
+
+
+def _inline(png: bytes) -> str:
+    return f'<img class="plot" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _png(fig: object) -> str:
+    return _inline(png_bytes(fig))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def figure_page(
+    title: str, intro: str, png: bytes, tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]], notes: Sequence[str] = ()
+) -> str:
+    """A self-contained page of an analysis (the SysNoise matrix): its picture (PNG bytes) inline, then its tables
+    (heading, headers, rows) and notes."""
+    sections = "".join(f"<h2>{html.escape(heading)}</h2>{_table(headers, rows)}" for heading, headers, rows in tables if rows)
+    listed = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(intro)}</p>
+{_inline(png)}
+{sections}
+<h2>Notes</h2><ul>{listed or "<li>none</li>"}</ul>
+</body></html>
+"""
 
 
 def _error_histograms(report: RunReport, measured: RunOutputs) -> str:
