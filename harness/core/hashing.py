@@ -18,6 +18,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_hashed(path: Path, sha256: bool = True, chunk: int = 1 << 18) -> tuple[bytes, str | None, str]:
+    """A file's bytes with, in the same pass over each chunk while it is in cache, its sha256 (None unless asked)
+    and its `digest`: the same hex strings as `sha256_file(path)` and `digest(bytes)` computed separately."""
+    strong = hashlib.sha256() if sha256 else None
+    short = xxhash.xxh3_64()
+    parts = []
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            short.update(block)
+            if strong is not None:
+                strong.update(block)
+            parts.append(block)
+    return b"".join(parts) if len(parts) != 1 else parts[0], strong.hexdigest() if strong else None, short.hexdigest()
+
+
 def digest(value: bytes | np.ndarray) -> str:
     """Short content hash (XXH3, 64 bits: every sample's decoded pixels are hashed, so it must cost next to
     nothing); arrays include dtype and shape, so a reshaped or recast array differs."""

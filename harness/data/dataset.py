@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.core.hashing import sha256_file
+from harness.core.hashing import read_hashed, sha256_file
 
 TargetParser = Callable[[dict[str, Any], int], np.ndarray]
 
@@ -183,13 +183,19 @@ def confined(root: Path, rel: str, manifest: Path) -> Path:
 
 def read_sample(sample: Sample) -> bytes:
     """The file's bytes, checked against the manifest's sha256 when it has one."""
+    return read_sample_hashed(sample)[0]
+
+
+def read_sample_hashed(sample: Sample) -> tuple[bytes, str]:
+    """The file's bytes and their `digest` (the encoded stage's hash), both hashes taken in the one read;
+    checked against the manifest's sha256 when it has one."""
     try:
-        data = sample.path.read_bytes()
+        data, sha256, short = read_hashed(sample.path, sha256=bool(sample.sha256))
     except OSError as exc:
         raise HarnessError(f"cannot read {sample.path}: {exc.strerror}", "restore the file or remove it from the manifest") from exc
-    if sample.sha256 and hashlib.sha256(data).hexdigest() != sample.sha256:
+    if sample.sha256 and sha256 != sample.sha256:
         raise HarnessError(
             f"{sample.path}: sha256 differs from the manifest (file corrupt or replaced)",
             "restore the original file, or update its sha256 in the manifest if the change is intended",
         )
-    return data
+    return data, short

@@ -106,18 +106,29 @@ def _load_pillow(image: Image.Image, exif: bool) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
+def _pillow_opened(image: Image.Image, exif: bool, min_side: int = 0) -> np.ndarray:
+    return _load_pillow(image, exif)
+
+
+def _pillow_draft_opened(image: Image.Image, exif: bool, min_side: int = 0) -> np.ndarray:
+    if min_side:
+        image.draft("RGB", (min_side, min_side))
+    return _load_pillow(image, exif)
+
+
+# Decoders that can start from the Pillow image the intake already opened on the bytes (header read once).
+FROM_OPENED: dict[str, Callable[[Image.Image, bool, int], np.ndarray]] = {"pillow": _pillow_opened, "pillow-draft": _pillow_draft_opened}
+
+
 @register_decoder("pillow")
 def decode_pillow(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
-    return _load_pillow(_open_pillow(data), exif)
+    return _pillow_opened(_open_pillow(data), exif, min_side)
 
 
 @register_decoder("pillow-draft")
 def decode_pillow_draft(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
     """JPEG DCT-domain downscaling by 1/2, 1/4 or 1/8 while both sides stay >= min_side (a fast-thumbnail path)."""
-    image = _open_pillow(data)
-    if min_side:
-        image.draft("RGB", (min_side, min_side))
-    return _load_pillow(image, exif)
+    return _pillow_draft_opened(_open_pillow(data), exif, min_side)
 
 
 @register_decoder("opencv")

@@ -21,9 +21,9 @@ import numpy as np
 
 from harness.core.errors import HarnessError
 from harness.core.hashing import digest
-from harness.data.dataset import Sample, read_sample
-from harness.data.decoders import DECODER_FORMATS, DecodeError, decoder_unavailable
-from harness.data.intake import IntakePolicy, check, conversion, convert, read_header
+from harness.data.dataset import Sample, read_sample_hashed
+from harness.data.decoders import DECODER_FORMATS, FROM_OPENED, DecodeError, decoder_unavailable
+from harness.data.intake import IntakePolicy, check, conversion, convert, open_header
 from harness.data.stack import Geometry, StackSpec, decode, prepare
 
 
@@ -64,7 +64,7 @@ class InputSet:
 def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakePolicy) -> tuple[np.ndarray, str | None]:
     """RGB uint8 pixels of one sample through the intake policy (`harness.data.intake`), and the rule applied if any."""
     try:
-        header = read_header(data)
+        header, opened = open_header(data)
         refused = check(header, policy)
         if refused:
             raise HarnessError(f"{sample.path}: image refused: {refused}", "shrink or remove the file, or raise [data] max_pixels")
@@ -78,6 +78,8 @@ def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakeP
                 "choose a decoder that reads every format of the dataset",
                 header.format,
             )
+        if opened is not None and stack.decoder in FROM_OPENED:  # the header's image goes on to its pixels
+            return FROM_OPENED[stack.decoder](opened, stack.exif, stack.resize_size), None
         return decode(data, stack), None
     except DecodeError as exc:
         raise HarnessError(
@@ -105,8 +107,8 @@ def decode_part(
     pixels, encoded, intake = [], [], Counter[str]()
     unreadable: list[DecoderNotApplicable] = []
     for sample in samples:
-        data = read_sample(sample)
-        encoded.append(digest(data))
+        data, encoded_hash = read_sample_hashed(sample)
+        encoded.append(encoded_hash)
         try:
             image, kind = decode_sample(sample, stack, data, policy)
         except DecoderNotApplicable as exc:
@@ -141,15 +143,31 @@ def decode_all(
     return decoded
 
 
-def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec) -> InputSet:
-    """Pre-process decoded pixels through the rest of the stack; all tensors must share one shape."""
-    prepared = [prepare(p, stack) for p in decoded.pixels]
-    tensors = [p.tensor for p in prepared]
-    _one_shape(stack, {t.shape for t in tensors})
+Allocate = Callable[[tuple[int, ...]], np.ndarray]  # the batch buffer of a shape, float32 (`np.empty`, shared memory)
+
+
+def _empty(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32)
+
+
+def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec, allocate: Allocate = _empty) -> InputSet:
+    """Pre-process decoded pixels through the rest of the stack, each tensor normalised straight into its row of
+    one batch buffer (`allocate`d once the first tensor's shape is known); all tensors must share one shape."""
+    first = prepare(decoded.pixels[0], stack) if decoded.pixels else None
+    tensors = allocate((len(decoded.pixels), *(first.tensor.shape if first else (0,))))
+    prepared = [first] if first else []
+    if first:
+        tensors[0] = first.tensor
+    for row, pixels in enumerate(decoded.pixels[1:], 1):
+        try:
+            prepared.append(prepare(pixels, stack, tensors[row]))
+        except ValueError:  # a tensor of another shape: name every shape the samples give
+            _one_shape(stack, {prepare(p, stack).tensor.shape for p in decoded.pixels})
+            raise
     return InputSet(
         ids=tuple(s.id for s in samples),
         labels=np.stack([s.target for s in samples]) if samples else np.zeros(0, dtype=np.int64),
-        tensors=np.stack(tensors),
+        tensors=tensors,
         stack=stack,
         stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},
         positions=np.array([s.index for s in samples], dtype=np.int64),

@@ -61,12 +61,21 @@ class Header:
 
 def read_header(data: bytes) -> Header:
     """Format, mode, size and frame count from the file header (no pixels decoded)."""
+    return open_header(data)[0]
+
+
+REOPENABLE = frozenset({"JPEG", "PNG"})  # formats whose header read leaves the opened image as fresh (no frame seeks)
+
+
+def open_header(data: bytes) -> tuple[Header, Image.Image | None]:
+    """The header of the bytes in memory, and the opened Pillow image when a decoder may go on from it
+    (`decoders.FROM_OPENED`; None for formats whose frame count moved it)."""
     try:
         image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(first_line(exc)) from exc
     rawmode = image.tile[0][3] if image.tile and isinstance(image.tile[0][3], str) else ""
-    return Header(
+    header = Header(
         format=image.format or "unknown",
         mode=image.mode,
         width=image.width,
@@ -75,6 +84,7 @@ def read_header(data: bytes) -> Header:
         sixteen_bit=image.mode in SIXTEEN_BIT_MODES or ";16" in rawmode,
         transparency="transparency" in image.info,
     )
+    return header, image if header.format in REOPENABLE else None
 
 
 def conversion(header: Header) -> str | None:

@@ -193,8 +193,28 @@ class Prepared:
     geometry: Geometry
 
 
-def prepare(pixels: np.ndarray, spec: StackSpec) -> Prepared:
-    """Decoded RGB uint8 pixels -> float32 tensor in the stack's layout (no batch axis), with its geometry."""
+def normalise_into(img: np.ndarray, spec: StackSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """(pixel - mean * 255) * (1 / (std * 255)) in float32, written straight in the stack's layout into `out`
+    (a row of a batch buffer; allocated when None): one pass per channel, the same float32 operations (so the
+    same bits) as converting, subtracting, scaling and transposing in turn."""
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    scale = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    height, width, channels = img.shape
+    shape = (channels, height, width) if spec.layout == "nchw" else (height, width, channels)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"tensor buffer {out.shape} {out.dtype} does not fit {shape} float32")
+    for c in range(channels):
+        plane = out[c] if spec.layout == "nchw" else out[..., c]
+        np.subtract(img[..., c], mean[c], out=plane, dtype=np.float32)
+        np.multiply(plane, scale[c], out=plane)
+    return out
+
+
+def prepare(pixels: np.ndarray, spec: StackSpec, out: np.ndarray | None = None) -> Prepared:
+    """Decoded RGB uint8 pixels -> float32 tensor in the stack's layout (no batch axis), with its geometry;
+    written into `out` when given (a row of a preallocated batch, `normalise_into`)."""
     img = COLOUR_PATHS[spec.colour](pixels)
     if spec.rounding == "float":
         img = img.astype(np.float32)
@@ -217,12 +237,7 @@ def prepare(pixels: np.ndarray, spec: StackSpec) -> Prepared:
             top, left = _crop_origin(*target, (spec.crop, spec.crop))
             geometry = geometry.shifted(-top, -left, (spec.crop, spec.crop))
             img = center_crop(img, (spec.crop, spec.crop))
-    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
-    scale = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
-    tensor = (img.astype(np.float32) - mean) * scale
-    if spec.layout == "nchw":
-        tensor = tensor.transpose(2, 0, 1)
-    return Prepared(np.ascontiguousarray(tensor), geometry)
+    return Prepared(normalise_into(img, spec, out), geometry)
 
 
 def preprocess(pixels: np.ndarray, spec: StackSpec) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""The faster pre-processing paths give the very bytes of the plain ones: hashes taken while reading, the fused
+normalisation, tensors handed back from a worker through a shared file."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.core.hashing import digest, read_hashed, sha256_file
+from harness.data.dataset import read_sample_hashed
+from harness.data.intake import IntakePolicy
+from harness.data.parallel import Pending, attach, prepare_part
+from harness.data.stack import StackSpec, normalise_into
+from harness.spec.suite import Suite
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 * 4096 + 17])
+def test_hashes_taken_while_reading_equal_separate_hashes(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes())
+    data, sha256, short = read_hashed(path, chunk=4096)
+    assert data == path.read_bytes() and sha256 == sha256_file(path) and short == digest(path.read_bytes())
+    assert read_hashed(path, sha256=False)[1:] == (None, short)
+
+
+def test_encoded_hash_of_a_sample_read_equals_the_file_digest(demo_suite: Suite) -> None:
+    sample = demo_suite.data.load("eval").samples[0]
+    data, short = read_sample_hashed(sample)
+    assert sample.sha256 == hashlib.sha256(data).hexdigest() and short == digest(sample.path.read_bytes())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_fused_normalisation_equals_convert_subtract_scale_transpose(layout: str, dtype: type) -> None:
+    spec = StackSpec(layout=layout, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    img = (np.random.default_rng(1).random((19, 23, 3)) * 255).astype(dtype)
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    scale = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    plain = (img.astype(np.float32) - mean) * scale
+    plain = np.ascontiguousarray(plain.transpose(2, 0, 1) if layout == "nchw" else plain)
+    batch = np.full((2, *plain.shape), np.nan, dtype=np.float32)
+    normalise_into(img, spec, batch[1])
+    for fused in (normalise_into(img, spec), batch[1]):
+        assert fused.dtype == np.float32 and fused.tobytes() == plain.tobytes()
+    with pytest.raises(ValueError, match="does not fit"):
+        normalise_into(img, spec, batch[0].reshape(-1))
+
+
+def test_tensors_through_a_shared_file_equal_pickled_ones(demo_suite: Suite, tmp_path: Path) -> None:
+    samples = demo_suite.data.load("eval").samples[:6]
+    pickled, _ = pickle.loads(pickle.dumps(prepare_part(samples, demo_suite.stack, IntakePolicy())))
+    path = tmp_path / "part.npy"
+    part, failed = prepare_part(samples, demo_suite.stack, IntakePolicy(), path)
+    assert not failed and part is not None and len(part.tensors) == 0  # only the small fields travel back pickled
+    shared = attach(pickle.loads(pickle.dumps(part)), path)
+    assert shared.tensors.tobytes() == pickled.tensors.tobytes() and shared.stages == pickled.stages
+    assert shared.geometry == pickled.geometry and shared.ids == pickled.ids
+
+
+def test_pending_result_copies_the_shared_file_out_and_deletes_it(demo_suite: Suite, tmp_path: Path) -> None:
+    samples = demo_suite.data.load("eval").samples[:4]
+    paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    futures: list[Future] = []
+    for part, path in zip((samples[:3], samples[3:]), paths, strict=True):
+        futures.append(Future())
+        futures[-1].set_result(prepare_part(part, demo_suite.stack, IntakePolicy(), path))
+    whole = Pending(futures, demo_suite.stack, len(samples), paths).result()
+    plain = prepare_part(samples, demo_suite.stack, IntakePolicy())[0]
+    assert plain is not None and type(whole.tensors) is np.ndarray and whole.tensors.tobytes() == plain.tensors.tobytes()
+    assert not any(p.exists() for p in paths)
