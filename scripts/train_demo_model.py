@@ -6,7 +6,7 @@ through the suite's reference stack, so training and evaluation see exactly
 the same pre-processing.  Trained by `training.fit_classifier` (the recipe
 `scripts/mitigate.py` uses too).
 
-    python scripts/train_demo_model.py [--train 9600] [--epochs 6] [--threads 2] [--workers 2]
+    python scripts/train_demo_model.py [--train 9600] [--epochs 6] [--threads 1] [--workers 2]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=9600)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: how the bundled weights were trained)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating the training split (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
