@@ -55,7 +55,7 @@ def _hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
 
 def _object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
     hue = rng.uniform(-25.0, 48.0) / 360.0 if colour == "warm" else rng.uniform(178.0, 255.0) / 360.0
-    return _hsv_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.55, 1.0))
+    return _hsv_rgb(hue, rng.uniform(0.3, 0.9), rng.uniform(0.5, 0.95))
 
 
 def _shape_mask(size: tuple[int, int], shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -74,43 +74,68 @@ def _shape_mask(size: tuple[int, int], shape: str, cx: float, cy: float, r: floa
     return np.asarray(mask, dtype=np.float32) / 255.0
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Low-saturation gradient with a few grey distractor strokes."""
+def _noise(rng: np.random.Generator, width: int, height: int, cell: float, octaves: int = 4) -> np.ndarray:
+    """Multi-scale value noise (1/f amplitudes), zero mean, about unit std; the finest octave has `cell` px cells."""
+    out = np.zeros((height, width), dtype=np.float32)
+    weight = 1.0
+    for octave in range(octaves):
+        size = cell * 2.0**octave
+        grid = rng.normal(0.0, 1.0, (max(2, int(height / size) + 2), max(2, int(width / size) + 2))).astype(np.float32)
+        layer = Image.fromarray(grid, mode="F").resize((width, height), Image.Resampling.BICUBIC)
+        out += weight * np.asarray(layer, dtype=np.float32)
+        weight *= 1.6
+    return (out - out.mean()) / (out.std() + 1e-6)
+
+
+def _grain(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, period: float, wobble: float) -> np.ndarray:
+    """Wood/corduroy-like grain: fine oriented stripes of `period` px whose phase wanders (values in -1..1)."""
+    phi = rng.uniform(0, math.pi)
+    u = xs * math.cos(phi) + ys * math.sin(phi)
+    v = -xs * math.sin(phi) + ys * math.cos(phi)
+    warp = wobble * np.sin(2 * math.pi * v / (period * rng.uniform(8, 20)) + rng.uniform(0, 2 * math.pi))
+    return np.sin(2 * math.pi * (u + warp) / period + rng.uniform(0, 2 * math.pi)).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, width: int, height: int, scale: float) -> np.ndarray:
+    """Low-saturation gradient with multi-scale noise, sometimes a grain distractor, and sharp grey strokes."""
     top = _hsv_rgb(rng.uniform(0, 1), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.9))
     bottom = _hsv_rgb(rng.uniform(0, 1), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.9))
     t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     img = np.broadcast_to(top * (1 - t) + bottom * t, (height, width, 3)).copy()
-    canvas = Image.fromarray(img.astype(np.uint8))
+    img *= 1.0 + rng.uniform(0.03, 0.1) * _noise(rng, width, height, scale * rng.uniform(0.7, 1.5))[..., None]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    if rng.random() < 0.5:  # a grain distractor (a wooden table, a curtain) behind the object
+        grain = _grain(rng, xs, ys, scale * rng.uniform(2.6, 5.0), scale * rng.uniform(0, 2))
+        img *= 1.0 + rng.uniform(0.04, 0.1) * grain[..., None]
+    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(1, 5))):
         grey = int(rng.integers(40, 220))
         x0, x1 = sorted(rng.uniform(0, width, 2))
         y0, y1 = sorted(rng.uniform(0, height, 2))
-        draw.line([x0, y0, x1, y1], fill=(grey, grey, grey), width=int(rng.integers(1, 4)))
+        draw.line([x0, y0, x1, y1], fill=(grey, grey, grey), width=max(1, int(scale * rng.uniform(0.6, 2.0))))
     return np.asarray(canvas, dtype=np.float32)
 
 
 def render(rng: np.random.Generator, label: int, width: int, height: int) -> Image.Image:
     """Draw an upright RGB image of class `label`."""
     shape, colour, surface = CLASSES[label].split("-")
-    img = _background(rng, width, height)
     side = min(width, height)
-    r = side * rng.uniform(0.2, 0.36)
+    scale = side / 72.0  # source px per px once the shorter side is resized to the 72 px model stack
+    img = _background(rng, width, height, scale)
+    r = side * rng.uniform(0.2, 0.34)
     cx = width / 2 + rng.uniform(-0.1, 0.1) * side
     cy = height / 2 + rng.uniform(-0.1, 0.1) * side
     mask = _shape_mask((width, height), shape, cx, cy, r, rng.uniform(0, 2 * math.pi))[..., None]
 
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     theta = rng.uniform(0, math.pi)
-    shading = 1.0 + rng.uniform(-0.15, 0.15) * ((xs - cx) * math.cos(theta) + (ys - cy) * math.sin(theta)) / side
-    surface_gain = shading
+    shading = 1.0 + rng.uniform(-0.2, 0.2) * ((xs - cx) * math.cos(theta) + (ys - cy) * math.sin(theta)) / side
+    # Every surface has a fine isotropic grain (stone, felt); striped ones add oriented grain near the resolution limit.
+    gain = shading * (1.0 + rng.uniform(0.04, 0.12) * _noise(rng, width, height, scale * rng.uniform(0.8, 1.6), 2))
     if surface == "striped":
-        # Period 2.6-4.5 px once the shorter side is resized to the 72 px model stack.
-        period = side / 72.0 * rng.uniform(2.6, 4.5)
-        phi = rng.uniform(0, math.pi)
-        wave = np.sin(2 * math.pi * (xs * math.cos(phi) + ys * math.sin(phi)) / period)
-        surface_gain = shading * (1.0 - rng.uniform(0.18, 0.45) * (0.5 + 0.5 * wave))
-    obj = _object_colour(rng, colour)[None, None, :] * surface_gain[..., None]
+        gain = gain * (1.0 + rng.uniform(0.12, 0.3) * _grain(rng, xs, ys, scale * rng.uniform(2.6, 4.5), scale * rng.uniform(0, 1.5)))
+    obj = _object_colour(rng, colour)[None, None, :] * gain[..., None]
     img = img * (1 - mask) + obj * mask
     img += rng.normal(0.0, 2.0, img.shape).astype(np.float32)
     return Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8))
@@ -128,8 +153,8 @@ def encode(rng: np.random.Generator, label: int, *, allow_exif: bool = True) -> 
     if allow_exif and rng.random() < 0.1:
         orientation = int(rng.choice(list(_STORE_TRANSPOSE)))
         image = image.transpose(_STORE_TRANSPOSE[orientation])
-    quality = int(rng.integers(60, 96))
-    subsampling = str(rng.choice(list(SUBSAMPLING)))
+    quality = int(rng.integers(75, 96))
+    subsampling = str(rng.choice(list(SUBSAMPLING), p=[0.15, 0.15, 0.7]))
     progressive = bool(rng.random() < 0.25)
     kwargs: dict[str, object] = {"quality": quality, "progressive": progressive}
     if not grayscale:

@@ -45,7 +45,7 @@ def test_demo_jpegs_cover_the_encoder_variety(demo_suite: Suite) -> None:
         orientations[image.getexif().get(0x0112, 1)] += 1
         if image.mode != "L":
             layouts[get_sampling(image)] += 1
-            qualities.add(image.quantization[0][0])
+            qualities.add(tuple(image.quantization[0]))  # the luma table: one per quality
     assert min(widths) >= 120 and max(widths) <= 400
     assert progressive >= 50 and grayscale >= 10
     assert {3, 6, 8} <= set(orientations)
