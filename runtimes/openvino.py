@@ -9,8 +9,13 @@ the CPU has AVX512-BF16 or AMX.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +26,41 @@ from runtimes.precision import executed, format_counts, normalize
 
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 COMPUTE_OPS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution")
+
+
+class SignalStack(ctypes.Structure):
+    """`stack_t` of sigaltstack(2)."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def signal_stack() -> SignalStack | None:
+    """This thread's alternate signal stack (None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    current = SignalStack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current))
+    return current
+
+
+@contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Put this thread's alternate signal stack back as it was.  OpenVINO's CPU plugin gives the thread that
+    compiles a model an alternate signal stack of its own, and a compiled model puts back, when destroyed, the
+    stack it found: models destroyed out of order leave the thread on a freed stack, and the next Python signal
+    handler (they run on it, SA_ONSTACK: a SIGCHLD handler, Ctrl-C) kills the process with SIGSEGV."""
+    before = signal_stack()
+    try:
+        yield
+    finally:
+        if before is not None:
+            ctypes.CDLL(None).sigaltstack(ctypes.byref(before), None)
+
+
+def compile_model(core: Any, model: Any, device: str, config: dict[str, str] | None = None) -> Any:
+    """`core.compile_model`, leaving the calling thread's signal stack as it was (`signal_stack_kept`)."""
+    with signal_stack_kept():
+        return core.compile_model(model, device, config or {})
 
 
 class OpenVinoSession:
@@ -34,7 +74,7 @@ class OpenVinoSession:
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = str(self._threads)
         try:
-            self._compiled = core.compile_model(core.read_model(str(path)), device, config)
+            self._compiled = compile_model(core, core.read_model(str(path)), device, config)
         except Exception as exc:
             raise HarnessError(f"OpenVINO cannot load {path}: {str(exc).splitlines()[0]}", "check the IR and the device") from exc
         self._request = self._compiled.create_infer_request()

@@ -51,8 +51,10 @@ def _onnx_nms(backend: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         return lambda feeds: session.run(None, feeds)[0]
     import openvino as ov
 
+    from runtimes.openvino import compile_model
+
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(io.BytesIO(model.SerializeToString())), "CPU")
+    compiled = compile_model(core, core.read_model(io.BytesIO(model.SerializeToString())), "CPU")
     return lambda feeds: np.asarray(compiled(feeds)[compiled.outputs[0]])
 
 

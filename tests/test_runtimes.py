@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -11,8 +13,10 @@ from harness.core.errors import RuntimeUnavailable
 from harness.judge.compare import Baseline
 from harness.judge.verdict import RunReport, run_suite
 from harness.run.plan import RunRequest
+from harness.run.prepared import SuiteRun
 from harness.spec.suite import Suite
-from runtimes import RUNTIMES, RuntimeSpec
+from runtimes import RUNTIMES, RuntimeSpec, get_runtime
+from runtimes.openvino import signal_stack
 from runtimes.ort import OrtSession
 
 
@@ -83,3 +87,18 @@ def test_a_gpu_runtime_without_a_gpu_says_so_instead_of_suggesting_an_install() 
     for name in ("ort-cuda-fp32", "ort-trt-int8"):
         reason = RUNTIMES[name].unavailable_reason() or ""
         assert reason.startswith("no CUDA device on this machine") and "pip" not in reason, reason
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack(2) is read on Linux")
+def test_openvino_models_destroyed_out_of_order_leave_the_signal_stack_as_it_was(demo_suite: Suite, cache: ArtifactCache) -> None:
+    """Left to itself, OpenVINO leaves the thread on the first model's freed signal stack here, and the next SIGCHLD
+    (a Python handler: torch's DataLoader installs one) killed the test process with SIGSEGV."""
+    artifacts = SuiteRun(demo_suite, cache, limit=8).artifacts
+    before = signal_stack()
+    sessions = [get_runtime(name).opener(artifacts, get_runtime(name)) for name in ("ov-fp32", "ov-fp16", "ov-int8")]
+    while sessions:
+        del sessions[0]  # the first compiled first destroyed: not the reverse order OpenVINO restores stacks in
+        gc.collect()
+    after = signal_stack()
+    assert before is not None and after is not None
+    assert (after.ss_sp, after.ss_size, after.ss_flags) == (before.ss_sp, before.ss_size, before.ss_flags)
