@@ -108,7 +108,9 @@ class ModelArtifacts:
         if precision == "fp16":
             steps.append("fp16")
         elif precision == "int8":
-            steps.append(f"int8({self.export.int8_calibration}{', per-channel' if self.export.int8_per_channel else ''})")
+            export = self.export
+            flags = [export.int8_calibration] + ["per-channel"] * export.int8_per_channel + ["7-bit weights"] * export.int8_reduce_range
+            steps.append(f"int8({', '.join(flags)})")
         if self.keep_fp32.get(precision):
             steps.append(f"keep-fp32({', '.join(self.keep_fp32[precision])})")
         if self.export.graph_nms:
@@ -310,6 +312,7 @@ class ModelArtifacts:
             "qdq_opset": QDQ_OPSET,
             "method": self.export.int8_calibration,
             "per_channel": self.export.int8_per_channel,
+            "reduce_range": self.export.int8_reduce_range,
             "calibration": calibration_hash(calibration),
         }
         reader = CalibrationReader(calibration, self.input_names[0])
@@ -317,7 +320,7 @@ class ModelArtifacts:
             "onnx:int8",
             fields,
             ONNX_FILENAMES["int8"],
-            lambda out: quantize_int8(source, out, reader, self.export.int8_calibration, self.export.int8_per_channel),
+            lambda out: quantize_int8(source, out, reader, self.export),
         )
         if not self.keep_fp32["int8"]:
             return quantized

@@ -42,6 +42,7 @@ class ExportSpec:
     int8_keep_fp32: tuple[str, ...] = ()  # layers kept in float in the Q/DQ model (`harness export --keep-fp32 auto` finds them)
     int8_calibration: str = "minmax"
     int8_per_channel: bool = True
+    int8_reduce_range: bool = True  # 7-bit weights: no 16-bit saturation on x86 CPUs without VNNI
     trt_workspace_mb: int = 1024
     trt_batch: tuple[int, int, int] = (1, 32, 64)
     nms: str = "python"  # one of NMS_PLACES: the task's NMS on raw outputs, or NMS appended to the graph (`exporters.nms_graph`)

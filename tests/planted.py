@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 SPARSE_CHANNEL = 5
-# An untrained model's features differ little from image to image, so even a sound INT8 model flips a few
-# percent of its near-tied predictions: the planted suites allow that much, and no more.
+# An untrained model's features differ little from image to image, so even a sound INT8 model (7-bit weights,
+# the default) flips about one in ten of its near-tied predictions: the planted suites allow that much, and no more.
 PLANTED_TOLERANCE = """[tolerance.int8]
-min_top1_agreement = 0.9
+min_top1_agreement = 0.85
 max_flips = 50
 max_negative_flip_rate = 0.05
 max_metric_delta = 0.05

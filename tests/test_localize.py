@@ -68,8 +68,10 @@ def test_localize_finds_the_fp16_overflow_where_fp16_really_executes(
 
 
 def test_marked_outputs_leave_the_models_own_outputs_unchanged(demo_run: SuiteRun) -> None:
-    """Exposing tensors adds outputs and nothing else: bit-identical final outputs on ONNX Runtime (fp32, int8) and
-    OpenVINO fp32; where OpenVINO int8 fuses around an exposed tensor the localizer reports the change it measured."""
+    """Exposing tensors adds outputs and nothing else: final outputs bit-identical on ONNX Runtime int8 and OpenVINO
+    fp32, and within fp32 rounding on ONNX Runtime fp32 (an exposed tensor can stop a fusion: on an AVX2 CPU one
+    logit moved by an ulp); where OpenVINO int8 fuses around an exposed tensor the localizer reports the change
+    it measured."""
     inputs = first_samples(demo_run.inputs, 16)
     tensors = ("relu_2", "getitem_6", "add_167")
     marked = demo_run.artifacts.derive(mark=tensors)
@@ -78,7 +80,9 @@ def test_marked_outputs_leave_the_models_own_outputs_unchanged(demo_run: SuiteRu
         plain = run_session(spec, demo_run.artifacts, inputs, 32, lambda: None)[0]
         exposed = run_session(spec, marked, inputs, 32, lambda: None)[0]
         assert set(exposed) == {"logits", *marked.marked_outputs(spec.precision).values()}
-        if name != "ov-int8":
+        if name == "ort-fp32":
+            np.testing.assert_allclose(exposed["logits"], plain["logits"], rtol=1e-6, atol=1e-6, err_msg=name)
+        elif name != "ov-int8":
             np.testing.assert_array_equal(exposed["logits"], plain["logits"], err_msg=name)
     bisection = localizer(demo_run, "ov-int8", "ort-fp32", samples=16, per_round=3, batch_size=32)
     result = bisection.localize()

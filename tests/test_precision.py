@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from exporters.cache import ArtifactCache
 from exporters.int8 import CalibrationReader, quantize_int8
+from exporters.spec import ExportSpec
 from harness.data.dataset import load_dataset
 from harness.judge.verdict import RunReport, run_suite
 from harness.run.plan import RunRequest
@@ -98,10 +100,31 @@ def test_int8_is_calibrated_on_the_calibration_split(demo_suite: Suite, cache: A
 def test_calibration_reader_feeds_every_calibration_sample_once(demo_suite: Suite, cache: ArtifactCache, tmp_path: Path) -> None:
     run = SuiteRun(demo_suite, cache, limit=8)
     reader = CalibrationReader(run.calibration, "images")
-    info = quantize_int8(run.artifacts.onnx_path("fp32"), tmp_path / "q.onnx", reader, "percentile", per_channel=False)
+    export = ExportSpec(int8_calibration="percentile", int8_per_channel=False)
+    info = quantize_int8(run.artifacts.onnx_path("fp32"), tmp_path / "q.onnx", reader, export)
     assert reader.fed_ids == list(run.calibration.ids)
     assert not set(reader.fed_ids) & {s.id for s in load_dataset(demo_suite.data.manifest, "eval").samples}
     assert info["calibration_method"] == "percentile"
+
+
+def _weight_extremes(path: Path) -> tuple[int, int]:
+    """The smallest and largest quantized value over the int8 weight initializers of a Q/DQ file."""
+    model = onnx.load(str(path))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert weights, "no int8 convolution weights in the Q/DQ file"
+    return min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+
+
+def test_int8_weights_use_7_bits_unless_the_suite_asks_for_8(demo_suite: Suite, cache: ArtifactCache, tmp_path: Path) -> None:
+    """7-bit weights keep VPMADDUBSW's 16-bit pair sums (255 * 64 * 2 < 2^15) from saturating on CPUs without VNNI."""
+    run = SuiteRun(demo_suite, cache, limit=8)
+    low, high = _weight_extremes(run.artifacts.onnx_path("int8"))
+    assert run.artifacts.provenance["onnx:int8"]["reduce_range"] is True
+    assert low >= -64 and high <= 64 and high - low > 64
+    reader = CalibrationReader(run.calibration, "images")
+    info = quantize_int8(run.artifacts.onnx_path("fp32"), tmp_path / "q8.onnx", reader, ExportSpec(int8_reduce_range=False))
+    low, high = _weight_extremes(tmp_path / "q8.onnx")
+    assert info["reduce_range"] is False and max(-low, high) == 127
 
 
 def test_calibration_method_changes_the_artifact(make_suite: Callable[..., Path], demo_suite: Suite, cache: ArtifactCache) -> None:
@@ -114,3 +137,15 @@ def test_calibration_method_changes_the_artifact(make_suite: Callable[..., Path]
         for p in (minmax, percentile)
     ]
     assert any(not np.allclose(scales[0][k], scales[1][k]) for k in scales[0] if k in scales[1])
+
+
+@pytest.mark.parametrize(("isa", "noted"), [(["FMA", "AVX2"], True), (["FMA", "AVX2", "AVX-512", "AVX512-VNNI"], False)])
+def test_8_bit_weights_on_a_cpu_without_vnni_are_noted(
+    make_suite: Callable[..., Path], cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch, isa: list[str], noted: bool
+) -> None:
+    suite = load_suite(str(make_suite({"int8_per_channel = true": "int8_per_channel = true\nint8_reduce_range = false"})))
+    monkeypatch.setattr("harness.judge.verdict.isa_features", lambda: isa)
+    report = run_suite(suite, RunRequest(("ort-int8",), 16), cache)[0]
+    saturating = [n for n in report.notes if "saturating 16-bit lanes" in n]
+    assert len(saturating) == noted
+    assert all(n.startswith("ort-int8: 8-bit weights on a CPU without VNNI") and "int8_reduce_range = true" in n for n in saturating)

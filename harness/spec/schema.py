@@ -234,6 +234,13 @@ class ExportTable(Table):
     int8_keep_fp32: Annotated[list[str], Field(description="layers kept in float in the Q/DQ INT8 model")] = []
     int8_calibration: Calibration = "minmax"
     int8_per_channel: bool = True
+    int8_reduce_range: Annotated[
+        bool,
+        Field(
+            description="7-bit weights: x86 CPUs without VNNI sum 8-bit products in saturating 16-bit pairs, which "
+            "full-range weights overflow (ONNX Runtime's and OpenVINO's documented workaround)"
+        ),
+    ] = True
     trt_workspace_mb: Annotated[int, Field(ge=1)] = 1024
     nms: Annotated[
         NmsPlace,
