@@ -144,7 +144,7 @@ def test_8_bit_weights_on_a_cpu_without_vnni_are_noted(
     make_suite: Callable[..., Path], cache: ArtifactCache, monkeypatch: pytest.MonkeyPatch, isa: list[str], noted: bool
 ) -> None:
     suite = load_suite(str(make_suite({"int8_per_channel = true": "int8_per_channel = true\nint8_reduce_range = false"})))
-    monkeypatch.setattr("harness.judge.verdict.isa_features", lambda: isa)
+    monkeypatch.setattr("harness.core.environment.isa_features", lambda: isa)
     report = run_suite(suite, RunRequest(("ort-int8",), 16), cache)[0]
     saturating = [n for n in report.notes if "saturating 16-bit lanes" in n]
     assert len(saturating) == noted

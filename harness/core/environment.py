@@ -84,6 +84,16 @@ def compute_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+INT8_DOT_ISA = ("AVX512-VNNI", "AVX-VNNI", "AMX-INT8")  # int8 dot products accumulated in 32 bits
+
+
+def int8_saturates() -> bool:
+    """An x86 CPU whose int8 kernels add pairs of u8 x s8 products in saturating 16-bit lanes (VPMADDUBSW):
+    AVX2 without VNNI or AMX-INT8."""
+    isa = set(isa_features())
+    return "AVX2" in isa and not isa & set(INT8_DOT_ISA)
+
+
 def gpu() -> dict[str, str] | None:
     """Name and compute capability of GPU 0 when this process loaded a CUDA library (torch, pycuda) and sees a
     device; None otherwise (a CPU-only run never imports one just to look)."""

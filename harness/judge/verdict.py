@@ -15,7 +15,7 @@ import numpy as np
 
 from exporters.cache import ArtifactCache
 from exporters.fp16_audit import audit_lines
-from harness.core.environment import isa_features
+from harness.core.environment import int8_saturates
 from harness.judge.attribution import Tolerated, attribute
 from harness.judge.compare import GOLDEN, Baseline, Comparison, Unmeasured, compare, judge
 from harness.judge.golden import Golden, GoldenStore, magnitudes
@@ -231,17 +231,13 @@ def fp16_audit_notes(measured: RunOutputs) -> dict[str, list[str]]:
     return found
 
 
-SATURATION_FREE_ISA = {"AVX512-VNNI", "AVX-VNNI", "AMX-INT8"}  # int8 dot products accumulated in 32 bits
-
-
 def saturation_note(name: str, inference: Inference) -> str | None:
     """One line when full-range 8-bit weights ran on an x86 CPU without VNNI, whose int8 kernels (VPMADDUBSW) add
     pairs of products in saturating 16-bit lanes: the same Q/DQ file scores lower there than on a VNNI CPU."""
     spec = get_runtime(name)
     if spec.precision != "int8" or spec.device != "cpu" or inference.artifacts.get("onnx:int8", {}).get("reduce_range", True):
         return None
-    isa = set(isa_features())
-    if "AVX2" not in isa or isa & SATURATION_FREE_ISA:
+    if not int8_saturates():
         return None
     return (
         f"{name}: 8-bit weights on a CPU without VNNI, whose int8 kernels add pairs of products in saturating 16-bit "
