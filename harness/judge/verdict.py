@@ -235,9 +235,8 @@ def saturation_note(name: str, inference: Inference) -> str | None:
     """One line when full-range 8-bit weights ran on an x86 CPU without VNNI, whose int8 kernels (VPMADDUBSW) add
     pairs of products in saturating 16-bit lanes: the same Q/DQ file scores lower there than on a VNNI CPU."""
     spec = get_runtime(name)
-    if spec.precision != "int8" or spec.device != "cpu" or inference.artifacts.get("onnx:int8", {}).get("reduce_range", True):
-        return None
-    if not int8_saturates():
+    full_range = not inference.artifacts.get("onnx:int8", {}).get("reduce_range", True)
+    if spec.precision != "int8" or spec.device != "cpu" or not full_range or not int8_saturates():
         return None
     return (
         f"{name}: 8-bit weights on a CPU without VNNI, whose int8 kernels add pairs of products in saturating 16-bit "
