@@ -69,6 +69,7 @@ class ModelArtifacts:
         calibration_inputs: Callable[[], CalibrationSet] | None = None,
         variant: ModelVariant | None = None,
         ragged: tuple[tuple[str, ...], int] = ((), 0),
+        image_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
     ) -> None:
         if (model is None) == (onnx_file is None):
             raise ValueError("give either a model or an onnx_file")
@@ -81,6 +82,7 @@ class ModelArtifacts:
         self.ragged = ragged  # outputs without a batch axis (data-dependent rows) and the rows they are padded to
         self.export = export or ExportSpec()
         self.input_hw = input_hw
+        self.image_sizes = image_sizes  # per-image sizes: the (smallest, largest) H x W; the export leaves H and W dynamic
         # recipe steps after the precision conversion (`derive` changes them)
         self.keep_fp32: dict[str, tuple[str, ...]] = {p: self.export.keep_for(p) for p in ("fp16", "int8")}
         self.mark: tuple[str, ...] = ()
@@ -427,7 +429,10 @@ class ModelArtifacts:
 
         source = self.onnx_path(precision)
         batch = (self.fixed_batch,) * 3 if self.fixed_batch else self.export.trt_batch  # a file fixed to batch 1: a profile of 1
-        options = EngineOptions(self.input_names[0], batch, self.export.trt_workspace_mb, self.input_hw if self._onnx_file else None)
+        if self.image_sizes:
+            options = EngineOptions(self.input_names[0], batch, self.export.trt_workspace_mb, self.image_sizes[1], self.image_sizes[0])
+        else:
+            options = EngineOptions(self.input_names[0], batch, self.export.trt_workspace_mb, self.input_hw if self._onnx_file else None)
         fields = engine_fields(self._sha256(source), options) | {"artifact": f"tensorrt-{precision}"}
         timing_cache = self.cache.root / "tensorrt" / "timing.cache"
         return self._cached(f"tensorrt:{precision}", fields, "model.engine", lambda out: build_engine(source, out, options, timing_cache))
@@ -462,6 +467,7 @@ class ModelArtifacts:
             "output_names": list(model.output_names),
             "opset": self.export.opset,
             "input_hw": self.input_hw,
+            **({"image_sizes": self.image_sizes} if self.image_sizes else {}),
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         }
@@ -472,7 +478,17 @@ class ModelArtifacts:
         def export(exporter: str, fields: dict[str, Any], **noted: str) -> Path:
             def build(out: Path) -> dict[str, Any]:
                 metadata = {f"harness.{k}": str(v) for k, v in identity.items()} | {"harness.version": __version__}
-                export_onnx(self._torch, inputs[:2], out, model.input_name, model.output_names, self.export.opset, metadata, exporter)
+                export_onnx(
+                    self._torch,
+                    inputs[:2],
+                    out,
+                    model.input_name,
+                    model.output_names,
+                    self.export.opset,
+                    metadata,
+                    exporter,
+                    dynamic_hw=self.image_sizes is not None,
+                )
                 return fields | noted
 
             return self._cached(label, fields, filename, build)

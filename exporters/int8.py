@@ -34,7 +34,8 @@ CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": Calibratio
 def calibration_hash(inputs: CalibrationSet) -> str:
     """Identity of the calibration data: sample ids and tensor bytes."""
     digest = hashlib.sha256("\n".join(inputs.ids).encode())
-    digest.update(np.ascontiguousarray(inputs.tensors).tobytes())
+    for row in range(len(inputs.ids)):  # row after row: the bytes of the whole batch when the rows share a shape
+        digest.update(np.ascontiguousarray(inputs.sample(row)).tobytes())
     return digest.hexdigest()
 
 
@@ -56,7 +57,7 @@ class CalibrationReader(CalibrationDataReader):
         if rows is None:
             return None
         self.fed_ids.extend(self.inputs.ids[rows])
-        return {self._input_name: self.inputs.tensors[rows]}
+        return {self._input_name: np.stack([self.inputs.sample(row) for row in range(rows.start, rows.stop)])}
 
 
 def quantize_int8(source: Path, out: Path, reader: CalibrationReader, export: ExportSpec) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -69,6 +70,14 @@ def strip_volatile(graph: onnx.GraphProto) -> None:
 # choice existed, so those artifacts keep their provenance).
 EXPORT_CALLS = {"dynamo": "torch.onnx.export(dynamo=True)", "torchscript": "torch.onnx.export(dynamo=False)"}
 BATCH_AXIS = "batch"  # the dynamic first axis of the input, named alike by both exporters
+SPATIAL_AXES = ("height", "width")  # an image input's dynamic sides, when each image has its own size
+
+
+def spatial_axes(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The height and width axes of a batch of images: NCHW unless the last axis is the short one (NHWC)."""
+    return (1, 2) if len(shape) == 4 and shape[3] <= 4 < shape[1] else (2, 3)
+
+
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -79,16 +88,18 @@ class ExportFailed(HarnessError):
 
 
 def _by_torch_export(
-    model: torch.nn.Module, args: tuple[torch.Tensor], input_name: str, output_names: tuple[str, ...], opset: int
+    model: torch.nn.Module, args: tuple[torch.Tensor], input_name: str, output_names: tuple[str, ...], opset: int, dynamic_hw: bool
 ) -> onnx.ModelProto:
-    batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
+    dims: dict[int, Any] = {0: torch.export.Dim(BATCH_AXIS, min=1, max=4096)}
+    if dynamic_hw:  # torch.export works out the sizes the model takes (a stride's multiple, say)
+        dims |= dict.fromkeys(spatial_axes(tuple(args[0].shape)), torch.export.Dim.AUTO)
     program = torch.onnx.export(
         model,
         args,
         input_names=[input_name],
         output_names=list(output_names),
         opset_version=opset,
-        dynamic_shapes=({0: batch},),
+        dynamic_shapes=(dims,),
         dynamo=True,
         verbose=False,
     )
@@ -96,10 +107,11 @@ def _by_torch_export(
 
 
 def _by_tracing(
-    model: torch.nn.Module, args: tuple[torch.Tensor], input_name: str, output_names: tuple[str, ...], opset: int
+    model: torch.nn.Module, args: tuple[torch.Tensor], input_name: str, output_names: tuple[str, ...], opset: int, dynamic_hw: bool
 ) -> onnx.ModelProto:
     """TorchScript tracing: Python control flow is frozen as the example input takes it (parity on the suite's samples
     checks the result)."""
+    axes = {0: BATCH_AXIS} | (dict(zip(spatial_axes(tuple(args[0].shape)), SPATIAL_AXES, strict=True)) if dynamic_hw else {})
     buffer = io.BytesIO()
     torch.onnx.export(
         model,
@@ -108,7 +120,7 @@ def _by_tracing(
         input_names=[input_name],
         output_names=list(output_names),
         opset_version=opset,
-        dynamic_axes={input_name: {0: BATCH_AXIS}},
+        dynamic_axes={input_name: axes},
         dynamo=False,
     )
     return onnx.load_model_from_string(buffer.getvalue())
@@ -140,15 +152,17 @@ def export_onnx(
     opset: int,
     metadata: dict[str, str],
     exporter: str = "dynamo",
+    dynamic_hw: bool = False,
 ) -> None:
-    """ONNX export by torch.export (`dynamo`) or TorchScript tracing (`torchscript`), with a dynamic batch axis,
-    checked by `onnx.checker`; the bytes depend on the model alone (`strip_volatile`)."""
+    """ONNX export by torch.export (`dynamo`) or TorchScript tracing (`torchscript`), with a dynamic batch axis (and
+    dynamic sides with `dynamic_hw`: each image fed at its own size), checked by `onnx.checker`; the bytes depend on
+    the model alone (`strip_volatile`)."""
     args = (torch.from_numpy(example),)
     chatter = io.StringIO()
     try:
         with warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter):
             warnings.simplefilter("ignore")
-            proto = EXPORTS[exporter](model, args, input_name, output_names, opset)
+            proto = EXPORTS[exporter](model, args, input_name, output_names, opset, dynamic_hw)
     except Exception as exc:
         cause = root_cause(exc)
         if isinstance(cause, KeyboardInterrupt):  # torch.onnx wraps a Ctrl-C: it stays one, not a fallback

@@ -82,10 +82,10 @@ class TorchSource(Protocol):
 
 
 class CalibrationSet(Protocol):
-    """INT8 calibration data: sample ids and their input tensors, row for row."""
+    """INT8 calibration data: sample ids and their input tensors, row for row (`sample(row)`: one sample's own
+    tensor, which may differ in size from row to row)."""
 
     @property
     def ids(self) -> Sequence[str]: ...
 
-    @property
-    def tensors(self) -> np.ndarray: ...
+    def sample(self, row: int) -> np.ndarray: ...

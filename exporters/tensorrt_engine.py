@@ -25,6 +25,7 @@ class EngineOptions:
     batch: tuple[int, int, int]  # min, opt, max of the optimization profile
     workspace_mb: int
     input_hw: tuple[int, int] | None = None  # the stack's tensor size, for an NCHW input whose H and W the ONNX leaves dynamic
+    min_hw: tuple[int, int] | None = None  # per-image sizes: the profile spans min_hw (its minimum) to input_hw (opt and max)
 
 
 def engine_fields(source_sha256: str, options: EngineOptions) -> dict[str, Any]:
@@ -65,7 +66,8 @@ def build_engine(source: Path, out: Path, options: EngineOptions, timing_cache: 
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
         shape = tuple(tensor.shape)
-        low, opt, high = (_profile_shape(shape, b, options.input_hw) for b in options.batch)
+        sides = (options.min_hw or options.input_hw, options.input_hw, options.input_hw)
+        low, opt, high = (_profile_shape(shape, b, hw) for b, hw in zip(options.batch, sides, strict=True))
         profile.set_shape(tensor.name, low, opt, high)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")

@@ -6,7 +6,8 @@
   reading `prob` (`[postprocess] scores`), on face / background crops: faces where the whole MTCNN detector
   finds them in scikit-image's and matplotlib's photos, background from photos without faces.
 - `dbnet`: rapidocr's PP-OCRv4 text detector as shipped (a ready ONNX file, DBNet-style: one probability
-  map), task `raw`.
+  map), task `raw`; `dbnet-sizes`: the same fed as rapidocr feeds it, each photo at its own size (shorter side
+  256, longer at most 512, each side resized to a multiple of 32: `[stack] size_divisor`).
 
 Nothing is downloaded: the weights are the wheels' files, the photos scikit-image's and matplotlib's.
 `write_suites(folder)` writes JPEGs, manifests and suite files (absolute paths to the installed models) and
@@ -32,6 +33,7 @@ MODELS = {
     "mtcnn-pnet-faces": "facenet_pytorch",
     "mtcnn-rnet": "facenet_pytorch",
     "dbnet": "rapidocr_onnxruntime",
+    "dbnet-sizes": "rapidocr_onnxruntime",
 }
 MTCNN_STACK = {"mean": [0.5, 0.5, 0.5], "std": [128 / 255] * 3}  # facenet-pytorch's (x - 127.5) / 128
 
@@ -186,20 +188,27 @@ def _rnet(folder: Path, pictures: dict[str, np.ndarray]) -> str:
     )
 
 
-def _dbnet(folder: Path, pictures: dict[str, np.ndarray]) -> str:
+def _dbnet(folder: Path, pictures: dict[str, np.ndarray], sizes: dict[str, object] | None = None) -> str:
     whole = {name: (pixels, None) for name, pixels in pictures.items()}
     _manifest(folder, [], {"eval": whole, "calib": dict(list(whole.items())[-4:])})
     model = package_dir("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_det_infer.onnx"  # type: ignore[operator]
+    colour = {"colour": "bgr", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # PP-OCR's
     return _suite_text(
-        "dbnet",
+        "dbnet-sizes" if sizes else "dbnet",
         "raw",
         {
             "model": {"onnx": str(model)},
             "data": {"manifest": "manifest.json", "split": "eval", "calibration_split": "calib"},
-            "stack": _stack(320, {"colour": "bgr", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),  # PP-OCR's
-            "run": {"runtimes": ["ort-fp32", "ort-fp16", "ort-int8"], "batch_size": 4},
+            "stack": _stack(320, colour | (sizes or {})),
+            "run": {"runtimes": ["ort-fp32", "ov-fp32"] if sizes else ["ort-fp32", "ort-fp16", "ort-int8"], "batch_size": 4},
         },
     )
+
+
+def _dbnet_sizes(folder: Path, pictures: dict[str, np.ndarray]) -> str:
+    """rapidocr's own resize: each photo at its own size, sides resized to a multiple of 32."""
+    sizes = {"resize_mode": "keep-ratio", "resize_size": 256, "max_size": 512, "size_divisor": 32, "size_fit": "resize"}
+    return _dbnet(folder, pictures, sizes)
 
 
 WRITERS: dict[str, Callable[[Path, dict[str, np.ndarray]], str]] = {
@@ -207,6 +216,7 @@ WRITERS: dict[str, Callable[[Path, dict[str, np.ndarray]], str]] = {
     "mtcnn-pnet-faces": _pnet_faces,
     "mtcnn-rnet": _rnet,
     "dbnet": _dbnet,
+    "dbnet-sizes": _dbnet_sizes,
 }
 
 

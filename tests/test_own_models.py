@@ -26,6 +26,7 @@ from harness.judge.verdict import run_suite
 from harness.run.executors import Execution
 from harness.run.outputs import RunOutputs
 from harness.run.plan import RunRequest
+from harness.run.prepared import SuiteRun
 from harness.spec.suite import load_suite
 from tests.conftest import DEMO_DIR, CliResult
 
@@ -59,6 +60,27 @@ def _report(folder: Path) -> dict:
 
 
 # -- a ready ONNX file as the suite's model ---------------------------------------------------------------
+
+
+def test_a_text_detector_sees_each_photo_at_its_own_size(
+    suites: dict[str, Path], harness_cli: Cli, tmp_path: Path, cache: ArtifactCache
+) -> None:
+    """rapidocr's DBNet fed as rapidocr feeds it: each photo's sides resized to a multiple of 32 (`size_divisor`), its
+    probability map NaN-padded to the largest size with its own shape; ORT and OpenVINO agree on every photo."""
+    _needs("dbnet-sizes")
+    inputs = SuiteRun(load_suite(suites["dbnet-sizes"]), cache).inputs
+    sizes = {g.tensor_hw for g in inputs.geometry}
+    assert len(sizes) > 2 and all(side % 32 == 0 and side <= 512 for hw in sizes for side in hw)
+    result = harness_cli("run", "--suite", suites["dbnet-sizes"], "--no-golden", "--report-dir", tmp_path)
+    assert result.code == 0, result.out + result.err
+    ort = RunOutputs.load(tmp_path).inferences["ort-fp32"]
+    (name,) = (n for n in ort.outputs if not n.endswith("#shape"))
+    for row, geometry in enumerate(inputs.geometry):  # the map is the input's size; past it, padding
+        assert tuple(ort.outputs[name + "#shape"][row]) == (1, *geometry.tensor_hw)
+        height, width = geometry.tensor_hw
+        assert np.isfinite(ort.outputs[name][row, :, :height, :width]).all() and np.isnan(ort.outputs[name][row, :, height:]).all()
+    page = inputs.ids.index("eval/page.jpg")  # scikit-image's scanned page: the real model finds its text lines
+    assert np.nanmax(ort.outputs[name][page]) > 0.9 and np.nanmax(ort.outputs[name][inputs.ids.index("eval/camera.jpg")]) < 0.1
 
 
 def test_a_ready_onnx_text_detector_runs_fp32_fp16_int8_golden_matrix_and_localize(

@@ -356,7 +356,7 @@ class TorchLocalizer(Bisection):
 
         model = self.run.artifacts.torch_model()
         found: list[tuple[str, int, int, str]] = []  # module, call, position, class
-        first = torch.from_numpy(self.inputs.tensors[:1])
+        first = torch.from_numpy(self.inputs.first_batch(1))
         seen: dict[int, Any] = {id(first): first}  # id -> tensor already returned (kept alive, so ids stay unique)
         calls: Counter[str] = Counter()
 

@@ -41,7 +41,7 @@ from harness.report.tables import markdown_table, write_report_files
 from harness.run.outputs import Inference
 from harness.run.plan import DEFAULT_CHUNK
 from harness.run.prepared import SuiteRun
-from harness.run.sessions import Sessions
+from harness.run.sessions import Sessions, predict
 from harness.spec.suite import Suite
 from harness.tasks import make_task
 from runtimes import get_runtime
@@ -525,7 +525,7 @@ class MatrixRunner:
         if variant.postprocess:
             suite = self.run.suite
             task = make_task(suite.task.with_postprocess(dict(variant.postprocess)))
-            got = replace(got, predictions=task.predictions(got.outputs, fed.geometry))
+            got = replace(got, predictions=predict(task, got.outputs, fed.geometry))
         comp = compare(runtime, Baseline.reference(baseline.runtime), fed.ids, fed.labels, got, baseline, self.run.task)
         return MatrixRow(variant.axis, variant.name, comp)
 
@@ -548,6 +548,8 @@ def collect_variants(suite: Suite, axes: list[str], skip: set[str]) -> tuple[lis
                 continue
             stack = variant.stack_for(suite.stack)
             reason = decoder_unavailable(stack.decoder) or (get_runtime(variant.runtime).unavailable_reason() if variant.runtime else None)
+            if stack.per_image and not suite.stack.per_image:
+                reason = "per-image sizes need the model exported with dynamic sides (make the reference [stack] per-image too)"
             if reason:
                 notes.append(f"{axis}:{variant.name} not run: {reason}")
                 continue

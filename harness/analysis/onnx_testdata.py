@@ -181,6 +181,9 @@ class CalibrationData:
     ids: tuple[str, ...]
     tensors: np.ndarray
 
+    def sample(self, row: int) -> np.ndarray:
+        return self.tensors[row]
+
 
 def load_calibration(directory: Path, inputs: dict[str, ModelInput], output_names: tuple[str, ...]) -> CalibrationData:
     """Every set of `directory` (test-data layout) stacked along the batch axis; the model must have one input."""

@@ -60,6 +60,18 @@ class InputSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def sample(self, row: int) -> np.ndarray:
+        """One sample's tensor (no batch axis): its own size, cut from the bound-sized row, with a per-image stack."""
+        tensor = self.tensors[row]
+        if not self.stack.per_image:
+            return tensor
+        height, width = self.geometry[row].tensor_hw
+        return tensor[:, :height, :width] if self.stack.layout == "nchw" else tensor[:height, :width]
+
+    def first_batch(self, count: int) -> np.ndarray:
+        """The first `count` samples as one batch; a per-image stack's first sample alone, at its own size."""
+        return self.sample(0)[None] if self.stack.per_image else self.tensors[:count]
+
 
 def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakePolicy) -> tuple[np.ndarray, str | None]:
     """RGB uint8 pixels of one sample through the intake policy (`harness.data.intake`), and the rule applied if any."""
@@ -152,7 +164,10 @@ def _empty(shape: tuple[int, ...]) -> np.ndarray:
 
 def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec, allocate: Allocate = _empty) -> InputSet:
     """Pre-process decoded pixels through the rest of the stack, each tensor normalised straight into its row of
-    one batch buffer (`allocate`d once the first tensor's shape is known); all tensors must share one shape."""
+    one batch buffer (`allocate`d once the first tensor's shape is known); all tensors must share one shape, except
+    a per-image stack's (`StackSpec.per_image`), each written top-left into a zeroed row of the stack's bound."""
+    if stack.per_image:
+        return _per_image(samples, decoded, stack, allocate)
     first = prepare(decoded.pixels[0], stack) if decoded.pixels else None
     tensors = allocate((len(decoded.pixels), *(first.tensor.shape if first else (0,))))
     prepared = [first] if first else []
@@ -164,16 +179,36 @@ def tensors_from(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec, 
         except ValueError:  # a tensor of another shape: name every shape the samples give
             _one_shape(stack, {prepare(p, stack).tensor.shape for p in decoded.pixels})
             raise
-    return InputSet(
+    return _input_set(samples, decoded, stack, tensors, tuple(p.geometry for p in prepared))
+
+
+def _per_image(samples: Sequence[Sample], decoded: Decoded, stack: StackSpec, allocate: Allocate) -> InputSet:
+    assert stack.bound_hw is not None
+    prepared = [prepare(pixels, stack) for pixels in decoded.pixels]
+    channels = prepared[0].tensor.shape[0 if stack.layout == "nchw" else 2] if prepared else 3
+    bound = (channels, *stack.bound_hw) if stack.layout == "nchw" else (*stack.bound_hw, channels)
+    tensors = allocate((len(prepared), *bound))
+    for row, one in enumerate(prepared):
+        tensors[row] = 0.0
+        tensors[row][tuple(slice(0, side) for side in one.tensor.shape)] = one.tensor
+    return _input_set(samples, decoded, stack, tensors, tuple(p.geometry for p in prepared))
+
+
+def _input_set(
+    samples: Sequence[Sample], decoded: Decoded, stack: StackSpec, tensors: np.ndarray, geometry: tuple[Geometry, ...]
+) -> InputSet:
+    inputs = InputSet(
         ids=tuple(s.id for s in samples),
         labels=np.stack([s.target for s in samples]) if samples else np.zeros(0, dtype=np.int64),
         tensors=tensors,
         stack=stack,
-        stages={**decoded.stages, "tensor": tuple(digest(t) for t in tensors)},
+        stages=decoded.stages,
         positions=np.array([s.index for s in samples], dtype=np.int64),
-        geometry=tuple(p.geometry for p in prepared),
+        geometry=geometry,
         intake=decoded.intake,
     )
+    hashes = tuple(digest(inputs.sample(row)) for row in range(len(tensors)))
+    return dataclasses.replace(inputs, stages={**decoded.stages, "tensor": hashes})
 
 
 class RaggedStack(HarnessError):

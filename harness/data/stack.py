@@ -14,6 +14,12 @@ distorted), `letterbox` (keep the ratio, fit in `resize_size` square, pad the
 rest with `pad_value`: YOLO-style services) and `keep-ratio` (shorter side to
 `resize_size` unless the longer would pass `max_size`, padded bottom-right
 to a `max_size` square canvas: the FPN detectors' setting).
+
+Per-image sizes (`size_divisor`): a padded mode pads each image only up to the next multiple of the divisor
+(keep-ratio: bottom-right, as Faster R-CNN-style services batch one image; letterbox: centred, Ultralytics'
+minimal rectangle; a divisor of 1 is keep-ratio without padding), or, with `size_fit = "resize"`, each side
+is resized to the nearest multiple (DBNet-style services); the tensors then differ from image to image and
+every sample is fed alone (`bound_hw`: the largest a stack can give).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ RESIZE_MODES = ("shorter", "direct", "letterbox", "keep-ratio")
 PADDED_MODES = ("letterbox", "keep-ratio")
 ORDERS = ("resize-crop", "crop-resize")
 ROUNDINGS = ("uint8", "float")
+SIZE_FITS = ("pad", "resize")
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class StackSpec:
     layout: str = "nchw"
     max_size: int = 1333  # keep-ratio: the longer side's limit and the canvas
     pad_value: int = 114  # letterbox / keep-ratio: the padding's pixel value, before normalisation
+    size_divisor: int = 0  # letterbox / keep-ratio: 0, one canvas for all; N, each image's own size, a multiple of N
+    size_fit: str = "pad"  # how a side reaches the multiple: padded up, or resized to the nearest (keep-ratio)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form recorded in reports and goldens."""
@@ -62,8 +71,31 @@ class StackSpec:
         return data
 
     @property
+    def per_image(self) -> bool:
+        """Does each image get a tensor of its own size (fed alone, batch 1)?"""
+        return self.size_divisor > 0
+
+    @property
+    def bound_hw(self) -> tuple[int, int] | None:
+        """The largest (height, width) of a per-image stack's tensors (its batch buffer's rows), else `input_hw`."""
+        if not self.per_image:
+            return self.input_hw
+        side = self.max_size if self.resize_mode == "keep-ratio" else self.resize_size
+        side = -(-side // self.size_divisor) * self.size_divisor
+        return side, side
+
+    @property
+    def image_sizes(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """A per-image stack's smallest and largest tensor (H, W): a divisor's square up to the bound."""
+        if not self.per_image or self.bound_hw is None:
+            return None
+        return (self.size_divisor, self.size_divisor), self.bound_hw
+
+    @property
     def input_hw(self) -> tuple[int, int] | None:
         """Fixed (height, width) of the tensor, or None when it depends on the image."""
+        if self.per_image:
+            return None
         if self.resize_mode == "keep-ratio":
             return (self.max_size, self.max_size)
         if self.resize_mode == "letterbox":
@@ -143,6 +175,16 @@ def stack_from(name: str, keys: dict[str, Any], origin: str, base: StackSpec | N
         )
     if spec.resize_mode == "keep-ratio" and spec.max_size < spec.resize_size:
         raise HarnessError(f"{origin}: stack '{name}' has max_size {spec.max_size} < resize_size {spec.resize_size}", "raise max_size")
+    if spec.size_divisor and spec.resize_mode not in PADDED_MODES:
+        raise HarnessError(
+            f"{origin}: stack '{name}' sets size_divisor with resize_mode = '{spec.resize_mode}'",
+            "per-image sizes come from resize_mode = 'keep-ratio' or 'letterbox' (size_divisor = 0: one size)",
+        )
+    if spec.size_fit == "resize" and not (spec.size_divisor and spec.resize_mode == "keep-ratio"):
+        raise HarnessError(
+            f"{origin}: stack '{name}' sets size_fit = 'resize' without a keep-ratio size_divisor",
+            "set resize_mode = 'keep-ratio' and size_divisor (e.g. 32), or size_fit = 'pad'",
+        )
     return spec
 
 
@@ -154,10 +196,18 @@ def _resize_target(height: int, width: int, spec: StackSpec) -> tuple[int, int]:
             scale = spec.resize_size / max(height, width)
         else:
             scale = min(spec.resize_size / min(height, width), spec.max_size / max(height, width))
+        if spec.size_fit == "resize":  # each side to the nearest multiple of the divisor (at least one)
+            step = spec.size_divisor
+            return max(step, round(height * scale / step) * step), max(step, round(width * scale / step) * step)
         return max(1, round(height * scale)), max(1, round(width * scale))
     if height <= width:
         return spec.resize_size, int(spec.resize_size * width / height)
     return int(spec.resize_size * height / width), spec.resize_size
+
+
+def _multiple(hw: tuple[int, int], divisor: int) -> tuple[int, int]:
+    """Each side rounded up to a multiple of `divisor`."""
+    return -(-hw[0] // divisor) * divisor, -(-hw[1] // divisor) * divisor
 
 
 def _source_crop(height: int, width: int, spec: StackSpec) -> tuple[int, int]:
@@ -231,8 +281,9 @@ def prepare(pixels: np.ndarray, spec: StackSpec, out: np.ndarray | None = None) 
         img = resize(img, target)
         geometry = geometry.resized(target, source_hw)
         if spec.resize_mode in PADDED_MODES:
-            img, (top, left) = _pad(img, spec.input_hw or target, spec.resize_mode == "letterbox", spec.pad_value)
-            geometry = geometry.shifted(top, left, spec.input_hw or target)
+            canvas = spec.input_hw or _multiple(target, spec.size_divisor)
+            img, (top, left) = _pad(img, canvas, spec.resize_mode == "letterbox", spec.pad_value)
+            geometry = geometry.shifted(top, left, canvas)
         elif spec.crop:
             top, left = _crop_origin(*target, (spec.crop, spec.crop))
             geometry = geometry.shifted(-top, -left, (spec.crop, spec.crop))

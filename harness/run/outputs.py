@@ -27,6 +27,7 @@ from harness.core.hashing import digest, sample_digests
 
 FILENAME = "outputs.npz"
 ROWS_SUFFIX = "#rows"  # a ragged output's per-sample row count is stored as the output `<name>#rows`
+SHAPE_SUFFIX = "#shape"  # a per-image output's own shape (no batch axis) is stored as the output `<name>#shape`
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,6 +57,47 @@ def pad_ragged(outputs: dict[str, np.ndarray], ragged: tuple[str, ...], rows: in
         padded[name] = row
         padded[name + ROWS_SUFFIX] = np.array([len(value)], dtype=np.int64)
     return padded
+
+
+def pad_sized(outputs: dict[str, np.ndarray], bounds: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """One image's outputs (fed alone at its own size: a per-image stack) with those whose shape follows the input
+    size NaN-padded to their shape at the stack's largest input (`bounds`), and their own shape `<name>#shape`
+    [1, ndim - 1]: fixed shapes for the one result format, as `pad_ragged`."""
+    padded = dict(outputs)
+    for name, bound in bounds.items():
+        value = np.asarray(outputs[name])
+        if value.ndim != len(bound) or any(have > most for have, most in zip(value.shape, bound, strict=True)):
+            raise HarnessError(
+                f"output '{name}' is {list(value.shape)} for a {'x'.join(map(str, value.shape))} input, beyond its "
+                f"{list(bound)} at the stack's largest input",
+                "the output must grow with the input size (a fully convolutional head), or fix the input size",
+            )
+        dtype = value.dtype if np.issubdtype(value.dtype, np.floating) else np.dtype(np.float32)
+        row = np.full(bound, np.nan, dtype=dtype)
+        row[tuple(slice(0, side) for side in value.shape)] = value
+        padded[name] = row
+        padded[name + SHAPE_SUFFIX] = np.array([value.shape[1:]], dtype=np.int64)
+    return padded
+
+
+def unpadded_groups(outputs: dict[str, np.ndarray]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The samples' rows grouped by the shapes of their per-image outputs (`pad_sized`), each group's outputs cut
+    back to those shapes (the `#shape` entries dropped); one group of every row when no output is per-image."""
+    sized = [name[: -len(SHAPE_SUFFIX)] for name in outputs if name.endswith(SHAPE_SUFFIX)]
+    count = len(next(iter(outputs.values()))) if outputs else 0
+    if not sized:
+        return [(np.arange(count), outputs)]
+    keys = np.concatenate([outputs[name + SHAPE_SUFFIX] for name in sized], axis=1)
+    _, group_of = np.unique(keys, axis=0, return_inverse=True)
+    groups = []
+    for group in range(group_of.max() + 1):
+        rows = np.flatnonzero(group_of.reshape(-1) == group)
+        cut = {name: value[rows] for name, value in outputs.items() if not name.endswith(SHAPE_SUFFIX)}
+        for name in sized:
+            shape = outputs[name + SHAPE_SUFFIX][rows[0]]
+            cut[name] = cut[name][(slice(None), *(slice(0, int(side)) for side in shape))]
+        groups.append((rows, cut))
+    return groups
 
 
 @dataclass(frozen=True)

@@ -61,16 +61,18 @@ class SuiteRun:
         key = variant or ""
         if key not in self._variants:
             model = self.suite.model
+            sizing = self.stack if self.stack.per_image else self.suite.stack  # a per-image stack: H and W left dynamic
             self._variants[key] = ModelArtifacts(
                 self.cache,
                 model=None if model.onnx else model,
                 onnx_file=model.weights if model.onnx else None,
                 export=self.suite.export,
-                input_hw=self.suite.stack.input_hw,
-                parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).tensors,
+                input_hw=sizing.input_hw,
+                parity_inputs=lambda: self.first_inputs(self.suite.export.parity_samples).first_batch(self.suite.export.parity_samples),
                 calibration_inputs=(lambda: self.calibration) if self.suite.data.calibration_split else None,
                 variant=get_variant(variant) if variant else None,
                 ragged=model.ragged,
+                image_sizes=sizing.image_sizes,
             )
         return self._variants[key]
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from exporters.artifacts import ModelArtifacts
 from harness.data.feed import InputSet, batch_layout, padded_batch
-from harness.run.outputs import Inference, pad_ragged
+from harness.data.stack import Geometry
+from harness.run.outputs import Inference, pad_ragged, pad_sized, unpadded_groups
 from harness.tasks import Task
 from runtimes import RuntimeSpec, Session, get_runtime
 
@@ -27,6 +28,25 @@ def no_tracking(_description: str, _total: int) -> Callable[[], None]:
 
 
 OutputCheck = Callable[[dict[str, np.ndarray]], None]
+Ragged = tuple[tuple[str, ...], int]
+
+
+def output_bounds(session: Session, input_name: str, inputs: InputSet, ragged: Ragged) -> dict[str, tuple[int, ...]]:
+    """A per-image stack's outputs whose shape follows the input size, and their shape at its largest input: two
+    probes of zeros, at the bound and at about half of it (the same for every part of a run: shards, units)."""
+    sizes = inputs.stack.image_sizes
+    assert sizes is not None
+    (step, _), bound = sizes
+    axes = (1, 2) if inputs.stack.layout == "nchw" else (0, 1)
+    shape = list(inputs.tensors.shape[1:])
+    probes = []
+    for hw in (bound, tuple(max(step, side // 2 // step * step) for side in bound)):
+        for axis, side in zip(axes, hw, strict=True):
+            shape[axis] = side
+        out = session.run({input_name: np.zeros((1, *shape), dtype=np.float32)})
+        probes.append(pad_ragged(out, *ragged) if ragged[0] else out)
+    largest, smaller = probes
+    return {name: value.shape for name, value in largest.items() if value.shape != smaller[name].shape}
 
 
 def feed_session(
@@ -36,21 +56,32 @@ def feed_session(
     batch_size: int,
     advance: Callable[[], None],
     check: OutputCheck | None = None,
-    ragged: tuple[tuple[str, ...], int] = ((), 0),
+    ragged: Ragged = ((), 0),
+    bounds: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Feed `inputs` in full batches of the split's fixed grid (`feed.batch_layout`); returns each sample's
     outputs (padding rows dropped) and the inference seconds.  `check` sees the first batch's outputs (the task's
     output contract), before any more is run.  `ragged`: outputs without a batch axis (a batch-1 model's
-    data-dependent detections) and the rows each is padded to (`outputs.pad_ragged`)."""
+    data-dependent detections) and the rows each is padded to (`outputs.pad_ragged`).  A per-image stack's
+    samples are fed alone at their own sizes, the outputs that follow the size padded to `bounds`
+    (`output_bounds` when None; `outputs.pad_sized`)."""
+    per_image = inputs.stack.per_image
+    if per_image and bounds is None and len(inputs):
+        bounds = output_bounds(session, input_name, inputs, ragged)
     outputs: dict[str, np.ndarray] = {}
     seconds = 0.0
-    for rows, slots in batch_layout(inputs.positions, batch_size):
-        feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
+    for rows, slots in batch_layout(inputs.positions, 1 if per_image else batch_size):
+        if per_image:  # batches of one: rows holds one sample, in slot 0
+            feed = {input_name: inputs.sample(int(rows[0]))[None]}
+        else:
+            feed = {input_name: padded_batch(inputs.tensors, rows, slots, batch_size)}
         start = time.perf_counter()
         out = session.run(feed)
         seconds += time.perf_counter() - start
         if ragged[0]:
             out = pad_ragged(out, *ragged)
+        if bounds:
+            out = pad_sized(out, bounds)
         if check is not None and not outputs:
             check(out)
         for name, value in out.items():
@@ -61,12 +92,30 @@ def feed_session(
     return outputs, seconds
 
 
+def predict(task: Task, outputs: dict[str, np.ndarray], geometry: tuple[Geometry, ...]) -> np.ndarray:
+    """The task's predictions on every sample's outputs, per group of samples whose per-image outputs share one
+    shape (`outputs.unpadded_groups`: each decoded at its own size)."""
+    groups = unpadded_groups(outputs)
+    if len(groups) == 1:
+        rows, cut = groups[0]
+        return task.predictions(cut, tuple(geometry[r] for r in rows)) if len(rows) else task.predictions(outputs, geometry)
+    predicted: np.ndarray | None = None
+    for rows, cut in groups:
+        got = task.predictions(cut, tuple(geometry[r] for r in rows))
+        if predicted is None:
+            predicted = np.empty((sum(len(r) for r, _ in groups), *got.shape[1:]), dtype=got.dtype)
+        predicted[rows] = got
+    assert predicted is not None
+    return predicted
+
+
 @dataclass
 class OpenSession:
     session: Session
     input_name: str
     describe: dict[str, str]
     used: dict[str, Any]  # provenance of the artifacts the session consumed
+    bounds: dict[str, tuple[int, ...]] | None = None  # a per-image stack's size-following outputs (`output_bounds`)
 
 
 def open_session(spec: RuntimeSpec, artifacts: ModelArtifacts) -> OpenSession:
@@ -93,8 +142,8 @@ def run_session(
 
 
 def batches(inputs: InputSet, batch_size: int) -> int:
-    """Batches of the fixed grid that `inputs` touch."""
-    return len(np.unique(inputs.positions // batch_size))
+    """Batches of the fixed grid that `inputs` touch (a per-image stack's samples: one each)."""
+    return len(inputs) if inputs.stack.per_image else len(np.unique(inputs.positions // batch_size))
 
 
 class Sessions:
@@ -121,9 +170,11 @@ class Sessions:
         else:
             check = None
         opened = self._open[key]
+        if inputs.stack.per_image and opened.bounds is None and len(inputs):
+            opened.bounds = output_bounds(opened.session, opened.input_name, inputs, artifacts.ragged)
         batch = artifacts.fixed_batch or batch_size
-        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch, advance, check, artifacts.ragged)
-        return Inference(runtime, outputs, task.predictions(outputs, inputs.geometry), seconds, opened.describe, opened.used)
+        outputs, seconds = feed_session(opened.session, opened.input_name, inputs, batch, advance, check, artifacts.ragged, opened.bounds)
+        return Inference(runtime, outputs, predict(task, outputs, inputs.geometry), seconds, opened.describe, opened.used)
 
     def close(self) -> None:
         for opened in self._open.values():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, model_validator
 
@@ -216,6 +216,13 @@ class StackTable(Table):
     layout: Layout | None = None
     max_size: Annotated[int, Field(ge=1, description="keep-ratio: longer-side limit and canvas size")] | None = None
     pad_value: Annotated[int, Field(ge=0, le=255, description="letterbox / keep-ratio padding, before normalisation")] | None = None
+    size_divisor: (
+        Annotated[int, Field(ge=0, description="letterbox / keep-ratio: 0, one canvas; N, each image's own size, a multiple of N")] | None
+    ) = None
+    size_fit: (
+        Annotated[Literal["pad", "resize"], Field(description="keep-ratio size_divisor: pad up to the multiple, or resize to the nearest")]
+        | None
+    ) = None
 
 
 class ExportTable(Table):

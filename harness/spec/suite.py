@@ -385,6 +385,12 @@ def _model(table: ModelTable, base: Path, stack: StackSpec) -> ModelSpec:
             f"[model] ragged_outputs: {signature.path.name} input '{input_name}' takes batches of {batch}",
             "ragged outputs are one image's rows: export the model at batch 1",
         )
+    if stack.per_image and batch not in (None, 1):
+        raise HarnessError(
+            f"[stack] size_divisor: {signature.path.name} input '{input_name}' takes batches of {batch}, "
+            "and per-image sizes feed one image at a time",
+            "export the model with batch 1 or a dynamic batch, or set size_divisor = 0",
+        )
     return ModelSpec(None, signature.path, {}, input_name, outputs, folder=base, onnx=signature, ragged=ragged)
 
 
