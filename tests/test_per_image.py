@@ -18,9 +18,10 @@ import torch
 
 from exporters.cache import ArtifactCache
 from harness.core.errors import HarnessError
-from harness.data.stack import StackSpec, prepare, stack_from
-from harness.run.outputs import SHAPE_SUFFIX, RunOutputs
+from harness.data.stack import Geometry, StackSpec, prepare, stack_from
+from harness.run.outputs import SHAPE_SUFFIX, RunOutputs, pad_sized
 from harness.run.prepared import SuiteRun
+from harness.run.sessions import predict
 from harness.spec.suite import BUNDLED_DIR, load_suite
 from tests.conftest import CliResult
 
@@ -157,3 +158,31 @@ def test_a_fixed_size_onnx_file_refuses_a_per_image_stack(harness_cli: Cli, per_
     result = harness_cli("run", "--suite", tmp_path / "suite.toml", "--runtime", "ort-fp32", "--no-golden")
     assert result.code == 2 and "Traceback" not in result.err
     assert "takes a fixed 160x160, [stack] makes sizes that follow each image" in result.err
+
+
+class _Recording:
+    """A task that records what each predictions call was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[tuple[int, int], ...], tuple[int, ...]]] = []
+
+    def predictions(self, outputs: dict[str, np.ndarray], geometry: tuple[Geometry, ...]) -> np.ndarray:
+        self.calls.append((tuple(g.tensor_hw for g in geometry), outputs["head"].shape))
+        return np.full((len(geometry), 1), float(geometry[0].tensor_hw[0]))
+
+
+def test_a_tall_and_a_wide_image_are_decoded_apart_though_their_heads_match() -> None:
+    """128 x 160 and 160 x 128 inputs give a stride-8 head as many locations (320): each is decoded on its own grid."""
+    sizes = [(128, 160), (160, 128), (128, 160), (96, 128)]
+    bound = {"head": (1, 320, 6)}
+    rows = [pad_sized({"head": np.zeros((1, h * w // 64, 6), dtype=np.float32)}, bound) for h, w in sizes]
+    outputs = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+    geometry = tuple(Geometry((h, w), (h, w)) for h, w in sizes)
+    task = _Recording()
+    predicted = predict(task, outputs, geometry)  # type: ignore[arg-type]
+    assert sorted(task.calls) == [
+        (((96, 128),), (1, 192, 6)),
+        (((128, 160), (128, 160)), (2, 320, 6)),
+        (((160, 128),), (1, 320, 6)),
+    ]
+    assert predicted[:, 0].tolist() == [128, 160, 128, 96]

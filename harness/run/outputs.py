@@ -80,14 +80,15 @@ def pad_sized(outputs: dict[str, np.ndarray], bounds: dict[str, tuple[int, ...]]
     return padded
 
 
-def unpadded_groups(outputs: dict[str, np.ndarray]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """The samples' rows grouped by the shapes of their per-image outputs (`pad_sized`), each group's outputs cut
+def unpadded_groups(outputs: dict[str, np.ndarray], sizes: np.ndarray) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The samples' rows grouped by their input sizes (`sizes`, a row each) and the shapes of their per-image
+    outputs (`pad_sized`; 128 x 160 and 160 x 128 inputs give a head as many locations), each group's outputs cut
     back to those shapes (the `#shape` entries dropped); one group of every row when no output is per-image."""
     sized = [name[: -len(SHAPE_SUFFIX)] for name in outputs if name.endswith(SHAPE_SUFFIX)]
     count = len(next(iter(outputs.values()))) if outputs else 0
     if not sized:
         return [(np.arange(count), outputs)]
-    keys = np.concatenate([outputs[name + SHAPE_SUFFIX] for name in sized], axis=1)
+    keys = np.concatenate([sizes[:count], *(outputs[name + SHAPE_SUFFIX] for name in sized)], axis=1)
     _, group_of = np.unique(keys, axis=0, return_inverse=True)
     groups = []
     for group in range(group_of.max() + 1):

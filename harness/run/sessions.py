@@ -93,9 +93,9 @@ def feed_session(
 
 
 def predict(task: Task, outputs: dict[str, np.ndarray], geometry: tuple[Geometry, ...]) -> np.ndarray:
-    """The task's predictions on every sample's outputs, per group of samples whose per-image outputs share one
-    shape (`outputs.unpadded_groups`: each decoded at its own size)."""
-    groups = unpadded_groups(outputs)
+    """The task's predictions on every sample's outputs, per group of samples whose inputs and per-image outputs
+    share one size (`outputs.unpadded_groups`: each decoded at its own size)."""
+    groups = unpadded_groups(outputs, np.array([g.tensor_hw for g in geometry], dtype=np.int64).reshape(-1, 2))
     if len(groups) == 1:
         rows, cut = groups[0]
         return task.predictions(cut, tuple(geometry[r] for r in rows)) if len(rows) else task.predictions(outputs, geometry)
