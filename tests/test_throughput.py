@@ -4,6 +4,7 @@ normalisation, tensors handed back from a worker through a shared file."""
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 from concurrent.futures import Future
 from pathlib import Path
@@ -73,3 +74,39 @@ def test_pending_result_copies_the_shared_file_out_and_deletes_it(demo_suite: Su
     plain = prepare_part(samples, demo_suite.stack, IntakePolicy())[0]
     assert plain is not None and type(whole.tensors) is np.ndarray and whole.tensors.tobytes() == plain.tensors.tobytes()
     assert not any(p.exists() for p in paths)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {},  # shorter side + centre crop
+        {"resize": "pillow-bicubic", "resize_mode": "direct", "crop": 0},
+        {"resize_mode": "letterbox", "crop": 0, "resize_size": 96},
+        {"resize_mode": "keep-ratio", "crop": 0, "resize_size": 64, "max_size": 96, "size_divisor": 32},
+        {"resize": "opencv-linear"},  # not a Pillow resize: through numpy
+        {"colour": "bgr"},
+        {"rounding": "float"},
+        {"order": "crop-resize"},
+    ],
+)
+def test_pixels_kept_in_pillow_give_the_bytes_of_pixels_through_numpy(keys: dict[str, object]) -> None:
+    """A Pillow-decoded image goes straight to a Pillow resize: the same tensor, geometry and decoded hash as its
+    numpy copy (what every other path takes)."""
+    from PIL import Image
+
+    from harness.data.feed import pixels_digest
+    from harness.data.stack import prepare, stack_from
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (173, 201, 3), dtype=np.uint8))
+    image = Image.open(io.BytesIO(_jpeg(image)))
+    image.load()
+    stack = stack_from("s", keys, "test")
+    held, copied = prepare(image, stack), prepare(np.asarray(image), stack)
+    assert held.tensor.tobytes() == copied.tensor.tobytes() and held.geometry == copied.geometry
+    assert pixels_digest(image) == digest(np.asarray(image))
+
+
+def _jpeg(image: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)  # type: ignore[attr-defined]
+    return buffer.getvalue()

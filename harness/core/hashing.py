@@ -36,12 +36,16 @@ def read_hashed(path: Path, sha256: bool = True, chunk: int = 1 << 18) -> tuple[
 def digest(value: bytes | np.ndarray) -> str:
     """Short content hash (XXH3, 64 bits: every sample's decoded pixels are hashed, so it must cost next to
     nothing); arrays include dtype and shape, so a reshaped or recast array differs."""
+    if isinstance(value, np.ndarray):  # the bytes, not a copy of them
+        return array_digest(value.dtype.str, value.shape, np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+    return xxhash.xxh3_64_hexdigest(value)
+
+
+def array_digest(dtype: str, shape: tuple[int, ...], data: bytes | np.ndarray) -> str:
+    """`digest` of an array given as its dtype string, shape and C-order bytes (pixels still in an image object)."""
     h = xxhash.xxh3_64()
-    if isinstance(value, np.ndarray):
-        h.update(f"{value.dtype.str}{value.shape}".encode())
-        h.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))  # the bytes, not a copy of them
-    else:
-        h.update(value)
+    h.update(f"{dtype}{shape}".encode())
+    h.update(data)
     return h.hexdigest()
 
 

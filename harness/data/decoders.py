@@ -96,39 +96,40 @@ def upright(pixels: np.ndarray, data: bytes, exif: bool) -> np.ndarray:
     return np.ascontiguousarray(transform(pixels)) if transform else pixels
 
 
-def _load_pillow(image: Image.Image, exif: bool) -> np.ndarray:
+def _load_pillow(image: Image.Image, exif: bool) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(str(exc) or type(exc).__name__) from exc
     if exif:
         ImageOps.exif_transpose(image, in_place=True)
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _pillow_opened(image: Image.Image, exif: bool, min_side: int = 0) -> np.ndarray:
+def _pillow_opened(image: Image.Image, exif: bool, min_side: int = 0) -> Image.Image:
     return _load_pillow(image, exif)
 
 
-def _pillow_draft_opened(image: Image.Image, exif: bool, min_side: int = 0) -> np.ndarray:
+def _pillow_draft_opened(image: Image.Image, exif: bool, min_side: int = 0) -> Image.Image:
     if min_side:
         image.draft("RGB", (min_side, min_side))
     return _load_pillow(image, exif)
 
 
-# Decoders that can start from the Pillow image the intake already opened on the bytes (header read once).
-FROM_OPENED: dict[str, Callable[[Image.Image, bool, int], np.ndarray]] = {"pillow": _pillow_opened, "pillow-draft": _pillow_draft_opened}
+# Decoders that can start from the Pillow image the intake already opened on the bytes (header read once); they
+# return the decoded RGB image as Pillow holds it, so a Pillow resize takes it without a copy to numpy and back.
+FROM_OPENED: dict[str, Callable[[Image.Image, bool, int], Image.Image]] = {"pillow": _pillow_opened, "pillow-draft": _pillow_draft_opened}
 
 
 @register_decoder("pillow")
 def decode_pillow(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
-    return _pillow_opened(_open_pillow(data), exif, min_side)
+    return np.asarray(_pillow_opened(_open_pillow(data), exif, min_side))
 
 
 @register_decoder("pillow-draft")
 def decode_pillow_draft(data: bytes, exif: bool, min_side: int = 0) -> np.ndarray:
     """JPEG DCT-domain downscaling by 1/2, 1/4 or 1/8 while both sides stay >= min_side (a fast-thumbnail path)."""
-    return _pillow_draft_opened(_open_pillow(data), exif, min_side)
+    return np.asarray(_pillow_draft_opened(_open_pillow(data), exif, min_side))
 
 
 @register_decoder("opencv")

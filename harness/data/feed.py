@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.core.hashing import digest
+from harness.core.hashing import array_digest, digest
 from harness.data.dataset import Sample, read_sample_hashed
 from harness.data.decoders import DECODER_FORMATS, FROM_OPENED, DecodeError, decoder_unavailable
 from harness.data.intake import IntakePolicy, check, conversion, convert, open_header
-from harness.data.stack import Geometry, StackSpec, decode, prepare
+from harness.data.stack import Geometry, Pixels, StackSpec, decode, prepare
 
 
 @dataclass(frozen=True)
 class Decoded:
     """Decoded pixels of some samples, with the per-sample hashes of the first two stages."""
 
-    pixels: list[np.ndarray]
+    pixels: list[Pixels]
     stages: dict[str, tuple[str, ...]]  # "encoded", "decoded"
     intake: dict[str, int] = field(default_factory=dict)  # samples converted by an intake rule, per rule
 
@@ -73,7 +73,7 @@ class InputSet:
         return self.sample(0)[None] if self.stack.per_image else self.tensors[:count]
 
 
-def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakePolicy) -> tuple[np.ndarray, str | None]:
+def decode_sample(sample: Sample, stack: StackSpec, data: bytes, policy: IntakePolicy) -> tuple[Pixels, str | None]:
     """RGB uint8 pixels of one sample through the intake policy (`harness.data.intake`), and the rule applied if any."""
     try:
         header, opened = open_header(data)
@@ -131,7 +131,14 @@ def decode_part(
             intake[kind] += 1
         if advance:
             advance()
-    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(digest(p) for p in pixels)}, dict(intake)), unreadable
+    return Decoded(pixels, {"encoded": tuple(encoded), "decoded": tuple(pixels_digest(p) for p in pixels)}, dict(intake)), unreadable
+
+
+def pixels_digest(pixels: Pixels) -> str:
+    """`digest` of decoded pixels, a Pillow image's as of the array it would give (one copy of its bytes)."""
+    if isinstance(pixels, np.ndarray):
+        return digest(pixels)
+    return array_digest("|u1", (pixels.height, pixels.width, 3), pixels.tobytes())
 
 
 def refuse_unreadable(unreadable: Sequence[DecoderNotApplicable], total: int, decoder: str) -> None:

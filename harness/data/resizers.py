@@ -24,8 +24,10 @@ Resizer = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 RESIZERS: dict[str, Resizer] = {}
 
 
-def _pillow(img: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+def _pillow(img: np.ndarray | Image.Image, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     height, width = size
+    if isinstance(img, Image.Image):  # decoded by Pillow: resized where it is, no copy to numpy and back
+        return np.asarray(img.resize((width, height), resample=resample))
     if img.dtype == np.uint8:
         return np.asarray(Image.fromarray(img).resize((width, height), resample=resample))
     # Pillow keeps float precision only in single-channel 'F' images.
@@ -57,6 +59,7 @@ for _name, _resample in {
     "hamming": Image.Resampling.HAMMING,
 }.items():
     RESIZERS[f"pillow-{_name}"] = partial(_pillow, resample=_resample)
+TAKE_PILLOW_IMAGES = frozenset(name for name in RESIZERS if name.startswith("pillow-"))  # resize a Pillow image as it is
 
 for _name, _flag in {
     "nearest": "INTER_NEAREST",

@@ -28,11 +28,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from harness.core.errors import HarnessError
 from harness.data.colour import COLOUR_PATHS
 from harness.data.decoders import DECODERS
-from harness.data.resizers import RESIZERS
+from harness.data.resizers import RESIZERS, TAKE_PILLOW_IMAGES
+
+Pixels = np.ndarray | Image.Image  # decoded RGB uint8 pixels: an H x W x 3 array, or the Pillow image a Pillow decoder made
 
 LAYOUTS = ("nchw", "nhwc")
 RESIZE_MODES = ("shorter", "direct", "letterbox", "keep-ratio")
@@ -262,14 +265,32 @@ def normalise_into(img: np.ndarray, spec: StackSpec, out: np.ndarray | None = No
     return out
 
 
-def prepare(pixels: np.ndarray, spec: StackSpec, out: np.ndarray | None = None) -> Prepared:
+def _in_pillow(spec: StackSpec) -> bool:
+    """Does the stack's first step take a Pillow image as it is (a Pillow resize of the RGB pixels, unrounded)?"""
+    return (
+        spec.colour == "rgb"
+        and spec.rounding == "uint8"
+        and spec.resize in TAKE_PILLOW_IMAGES
+        and not (spec.crop and spec.order == "crop-resize")
+    )
+
+
+def prepare(pixels: Pixels, spec: StackSpec, out: np.ndarray | None = None) -> Prepared:
     """Decoded RGB uint8 pixels -> float32 tensor in the stack's layout (no batch axis), with its geometry;
-    written into `out` when given (a row of a preallocated batch, `normalise_into`)."""
+    written into `out` when given (a row of a preallocated batch, `normalise_into`).  A Pillow image goes
+    straight to a Pillow resize when that comes first (the same pixels: the same bits as through numpy)."""
+    if isinstance(pixels, Image.Image):
+        if _in_pillow(spec):
+            return _prepared(pixels, (pixels.height, pixels.width), spec, out)
+        pixels = np.asarray(pixels)
     img = COLOUR_PATHS[spec.colour](pixels)
     if spec.rounding == "float":
         img = img.astype(np.float32)
+    return _prepared(img, (img.shape[0], img.shape[1]), spec, out)
+
+
+def _prepared(img: Pixels, source_hw: tuple[int, int], spec: StackSpec, out: np.ndarray | None) -> Prepared:
     resize = RESIZERS[spec.resize]
-    source_hw = (img.shape[0], img.shape[1])
     geometry = Geometry(source_hw, source_hw)
     if spec.crop and spec.order == "crop-resize":
         region = _source_crop(*source_hw, spec)
