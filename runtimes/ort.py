@@ -32,12 +32,22 @@ class OrtSession:
         options.log_severity_level = 4  # fatal only: an error reaches the caller as the exception, not also as a log line
         options.intra_op_num_threads = self._threads = compute_threads()
         options.inter_op_num_threads = 1
+        # The graph ONNX Runtime really runs (casts inserted around ops without kernels of the model's type) is written
+        # by this session as it optimizes (`_executed_ops` reads it); a provider that compiles its nodes (TensorRT)
+        # writes none, and the model's own types are what runs there.
+        self._scratch = None if providers[0] == "TensorrtExecutionProvider" else tempfile.TemporaryDirectory(prefix="harness-ort-")
+        if self._scratch is not None:
+            options.optimized_model_filepath = str(Path(self._scratch.name) / "optimized.onnx")
+            # weights beside it, not in it: only the graph is read back (a large model's weights would double RSS)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.weights")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
             self._session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:
+            self._drop_scratch()
             first = str(exc).splitlines()[0]
             raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
-        self._path, self._options, self._providers = path, options, providers
+        self._path, self._providers = path, providers
         self._compute_ops: dict[str, int] | None = None
         if self._session.get_providers()[0] != providers[0]:
             raise HarnessError(
@@ -59,26 +69,25 @@ class OrtSession:
 
     def close(self) -> None:
         del self._session
+        self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def _executed_ops(self) -> dict[str, int]:
-        """Compute ops per precision in the graph ONNX Runtime really runs (casts inserted around ops without
-        kernels of the model's type), read from the optimized graph a second session writes: only runs that
-        describe their sessions pay for it.  A provider that compiles its nodes (TensorRT) writes none (and would
-        build its engines again), and the model's own types are what runs there."""
+        """Compute ops per precision in the graph ONNX Runtime really runs, read from the optimized graph this session
+        wrote (once; its scratch folder then goes), or from the model itself under TensorRT."""
         import onnx
-        import onnxruntime as ort
 
-        if self._compute_ops is None and self._providers[0] == "TensorrtExecutionProvider":
-            self._compute_ops = onnx_compute_precisions(onnx.load(str(self._path), load_external_data=False))
         if self._compute_ops is None:
-            with tempfile.TemporaryDirectory(prefix="harness-ort-") as scratch:
-                optimized = Path(scratch) / "optimized.onnx"
-                self._options.optimized_model_filepath = str(optimized)
-                # weights beside it, not in it: only the graph is read back (a large model's weights would double RSS)
-                self._options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.weights")
-                self._options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-                ort.InferenceSession(str(self._path), self._options, providers=list(self._providers))
+            if self._scratch is None:
+                self._compute_ops = onnx_compute_precisions(onnx.load(str(self._path), load_external_data=False))
+            else:
+                optimized = Path(self._scratch.name) / "optimized.onnx"
                 self._compute_ops = onnx_compute_precisions(onnx.load(str(optimized), load_external_data=False))
+                self._drop_scratch()
         return self._compute_ops
 
     def describe(self) -> dict[str, str]:

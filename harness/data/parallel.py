@@ -31,7 +31,9 @@ from harness.data.feed import DecoderNotApplicable, InputSet, concat_inputs, dec
 from harness.data.intake import IntakePolicy
 from harness.data.stack import StackSpec
 
-PART_SIZE = 32  # samples per task sent to a worker: large enough to hide the pickling, small enough to balance
+PART_SIZE = 32  # the fewest samples per task sent to a worker: enough to hide the pickling
+PARTS_PER_WORKER = 4  # larger lists go in about this many parts per worker: each part costs a task, a file and a copy
+MAX_PART_SIZE = 256  # (2,000 ImageNet-sized files on 2 workers: 32 a part gave 663 images/s, 256 a part 708)
 
 
 def default_workers() -> int:
@@ -122,7 +124,7 @@ class _Inline(Future[tuple[InputSet | None, list[DecoderNotApplicable]]]):
 class Preparer:
     """Prepares sample lists on `workers` processes (0: in this process, when the result is asked for)."""
 
-    def __init__(self, workers: int | None = None, part_size: int = PART_SIZE, shared: bool = True) -> None:
+    def __init__(self, workers: int | None = None, part_size: int | None = None, shared: bool = True) -> None:
         self.workers = default_workers() if workers is None else workers
         self.part_size = part_size
         self._pool: ProcessPoolExecutor | None = None
@@ -136,7 +138,9 @@ class Preparer:
                 self._folder = Path(tempfile.mkdtemp(prefix="harness-tensors-", dir=base))
 
     def submit(self, samples: Sequence[Sample], stack: StackSpec, policy: IntakePolicy) -> Pending:
-        parts = [samples[i : i + self.part_size] for i in range(0, len(samples), self.part_size)]
+        # by default, parts as large as still balance the workers
+        size = self.part_size or min(max(PART_SIZE, -(-len(samples) // (max(self.workers, 1) * PARTS_PER_WORKER))), MAX_PART_SIZE)
+        parts = [samples[i : i + size] for i in range(0, len(samples), size)]
         if self._pool is None:
             return Pending([_Inline(part, stack, policy) for part in parts], stack, len(samples))
         shared = [self._next_file() for _ in parts]
