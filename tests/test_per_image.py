@@ -186,3 +186,17 @@ def test_a_tall_and_a_wide_image_are_decoded_apart_though_their_heads_match() ->
         (((160, 128),), (1, 320, 6)),
     ]
     assert predicted[:, 0].tolist() == [128, 160, 128, 96]
+
+
+def test_localize_compares_per_image_tensors_without_their_padding(harness_cli: Cli, per_image_suite: Path, tmp_path: Path) -> None:
+    """Graph tensors of images of different sizes, NaN-padded to the largest: the padding is left out of the errors,
+    so an fp32 runtime's tensors are finite and within float noise of the reference's."""
+    result = harness_cli(
+        "localize", "--suite", per_image_suite, "--runtime", "ov-fp32", "--samples", "6", "--per-round", "4",
+        "--report-dir", tmp_path,
+    )  # fmt: skip
+    assert result.code in (0, 1), result.err
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    (found,) = report["runtimes"]
+    errors = [tensor["rel_l2"] for tensor in found["tensors"]]
+    assert len(errors) > 4 and all(np.isfinite(e) and e < 1e-4 for e in errors) and found["first_divergent"] is None
