@@ -183,3 +183,23 @@ def test_combined_row_decodes_again_when_draft_meets_another_size(demo_suite: Su
     combined = next(r for r in report.rows if r.axis == "combined")
     assert combined.variant == "pillow-draft + resize_mode=letterbox"
     assert report.decodes == 8 * 3  # reference, draft at the reference size, draft at the letterbox size
+
+
+def test_each_progress_bar_ends_at_its_total(demo_suite: Suite, cache: ArtifactCache) -> None:
+    """A bar spans every pass its stage makes over the samples (an inference per stack and model, a decode per
+    decoder setting; the combined rows their own bars): none runs past its total or stops short of it."""
+    bars: dict[str, list[int]] = {}
+
+    def track(description: str, total: int) -> Callable[[], None]:
+        bars[description] = [0, total]
+
+        def advance() -> None:
+            bars[description][0] += 1
+
+        return advance
+
+    run = SuiteRun(demo_suite, cache, limit=16, track=track)
+    run_matrix(demo_suite, ["decoder", "resize", "precision"], ["torch-fp32", "ort-fp32"], run, 16)
+    matrix_bars = {name: counts for name, counts in bars.items() if name.startswith(("decode with", "infer", "decode (", "infer ("))}
+    assert "infer (combined rows)" in matrix_bars and len(matrix_bars) > 3
+    assert all(done == total for done, total in matrix_bars.values()), matrix_bars

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -452,6 +453,17 @@ class MatrixReport:
         return [*paths, report_dir / "matrix.png", report_dir / "matrix.html"]
 
 
+COMBINED_DECODE, COMBINED_INFER = "decode (combined rows)", "infer (combined rows)"  # the combined rows' own bars
+
+
+def _decode_bar(stack: StackSpec) -> str:
+    return f"decode with {stack.decoder}"
+
+
+def _infer_bar(runtime: str, model: str | None) -> str:
+    return f"infer {runtime}{f' ({model})' if model else ''}"
+
+
 def _stack_key(stack: StackSpec) -> str:
     data = stack.describe()
     data.pop("name")
@@ -470,17 +482,22 @@ class MatrixRunner:
         self._parts: dict[tuple[str, str, str], dict[int, Inference]] = {}  # (stack, model, runtime) -> chunk start -> part
         self._fed: dict[str, dict[int, InputSet]] = {}  # stack -> chunk start -> the chunk's inputs, tensors dropped
         self._track: dict[str, Callable[[], None]] = {}
+        self._passes: Counter[str] = Counter()  # how many times each bar's stage goes over the samples
+
+    def plan(self, passes: Counter[str]) -> None:
+        """How many times each progress bar's stage will go over the samples (before the bar is first shown)."""
+        self._passes.update(passes)
 
     def _advance(self, label: str) -> Callable[[], None]:
         if label not in self._track:
-            self._track[label] = self.run.track(label, len(self.run.samples))
+            self._track[label] = self.run.track(label, len(self.run.samples) * max(self._passes[label], 1))
         return self._track[label]
 
-    def decode(self, samples: list[Sample], stack: StackSpec) -> Decoded:
+    def decode(self, samples: list[Sample], stack: StackSpec, bar: str | None = None) -> Decoded:
         self.decodes += len(samples)
-        return decode_all(samples, stack, self._advance(f"decode with {stack.decoder}"), self.run.suite.data.intake)
+        return decode_all(samples, stack, self._advance(bar or _decode_bar(stack)), self.run.suite.data.intake)
 
-    def infer(self, inputs: InputSet, runtime: str, model: str | None) -> None:
+    def infer(self, inputs: InputSet, runtime: str, model: str | None, bar: str | None = None) -> None:
         """One chunk's inputs on `runtime` (once per chunk, stack, model and runtime)."""
         stack, start = _stack_key(inputs.stack), int(inputs.positions[0]) if len(inputs) else 0
         parts = self._parts.setdefault((stack, model or "", runtime), {})
@@ -488,7 +505,7 @@ class MatrixRunner:
             return
         artifacts, task = self.run.artifacts_for(model), self.run.task
         parts[start] = self._sessions.infer((model or "", runtime), runtime, artifacts, inputs, self.batch_size, task, lambda: None)
-        advance = self._advance(f"infer {runtime}{f' ({model})' if model else ''}")  # per sample: bars span the matrix
+        advance = self._advance(bar or _infer_bar(runtime, model))  # per sample: bars span the matrix
         for _ in range(len(inputs)):
             advance()
         self._fed.setdefault(stack, {}).setdefault(start, replace(inputs, tensors=inputs.tensors[:0]))
@@ -641,6 +658,12 @@ def _single_axis_rows(
     unreadable: dict[tuple[str, bool, int], str] = {}  # decoder settings that cannot read the dataset: why
     inapplicable: dict[Variant, str] = {}  # model variants that change nothing in this model or break its PyTorch twin: why
     hashes: dict[str, list[str]] = {}  # decoder setting -> per-image hash of its pixels
+    inferred = {(_stack_key(reference), None, runtime) for runtime in baselines}  # each (stack, model, runtime) once
+    for variant in variants:
+        stack = _stack_key(variant.stack_for(reference))
+        inferred |= {(stack, variant.model, runtime) for runtime, _ in _targets(variant, runtimes, suite.run.reference)}
+    decoders = [reference if key == ref_key else members[0].stack_for(reference) for key, members in groups.items()]
+    runner.plan(Counter(map(_decode_bar, decoders)) + Counter(_infer_bar(runtime, model) for _, model, runtime in inferred))
     for samples in _chunks(run, runner.batch_size, chunk):
         for key, members in groups.items():
             if key in unreadable:
@@ -716,13 +739,14 @@ def _combined(
         with_precision = replace(combined, axis="combined+precision", name=f"{combined.name} + {worst_runtime}")
         targets.append((with_precision, worst_runtime, suite.run.reference))
     failed: set[str] = set()
+    runner.plan(Counter({COMBINED_DECODE: 1, COMBINED_INFER: len(targets)}))
     for samples in _chunks(run, runner.batch_size, chunk):
-        inputs = tensors_from(samples, runner.decode(samples, stack), stack)
+        inputs = tensors_from(samples, runner.decode(samples, stack, COMBINED_DECODE), stack)
         for variant, runtime, _baseline in targets:
             if runtime in failed:
                 continue
             try:
-                runner.infer(inputs, runtime, variant.model)
+                runner.infer(inputs, runtime, variant.model, COMBINED_INFER)
             except VariantNotApplicable as exc:
                 not_applicable.append(NotApplicable(variant.axis, variant.name, runtime, exc.what))
                 failed.add(runtime)
