@@ -7,8 +7,10 @@ import dataclasses
 import importlib.util
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from exporters.cache import ArtifactCache
@@ -17,7 +19,7 @@ from harness.core.errors import HarnessError, RuntimeUnavailable
 from harness.judge.verdict import run_suite
 from harness.run.plan import RunRequest
 from harness.run.prepared import SuiteRun
-from harness.spec.suite import Suite
+from harness.spec.suite import Suite, load_suite
 from runtimes import RUNTIMES
 from runtimes.tensorrt import TensorRTSession
 from tests.fake_tensorrt import FakeDeviceMemory, make_fake_tensorrt
@@ -136,5 +138,27 @@ def test_a_ready_onnx_with_dynamic_size_takes_the_stacks_size_in_the_profile(fak
     build_engine(tmp_path / "dynamic.onnx", tmp_path / "a.engine", EngineOptions("x", (1, 2, 4), 64, (32, 48)), tmp_path / "t")
     config = next(c[1] for c in trt.calls if c[0] == "build")
     assert config.profiles[0].shapes["x"] == ((1, 3, 32, 48), (2, 3, 32, 48), (4, 3, 32, 48))
+    # per-image sizes ([stack] size_divisor = 32, the largest 160 x 160): from a divisor's square up to the largest
+    build_engine(tmp_path / "dynamic.onnx", tmp_path / "c.engine", EngineOptions("x", (1, 1, 1), 64, (160, 160), (32, 32)), tmp_path / "t")
+    config = [c[1] for c in trt.calls if c[0] == "build"][-1]
+    assert config.profiles[0].shapes["x"] == ((1, 3, 32, 32), (1, 3, 160, 160), (1, 3, 160, 160))
     with pytest.raises(HarnessError, match="dynamic non-batch dimensions"):
         build_engine(tmp_path / "dynamic.onnx", tmp_path / "b.engine", EngineOptions("x", (1, 2, 4), 64), tmp_path / "t")
+
+
+def test_per_image_sizes_build_a_profile_up_to_the_largest_and_feed_each_image_alone(
+    fake_trt: tuple, make_suite: Callable[..., Path], cache: ArtifactCache
+) -> None:
+    """A per-image stack ([stack] size_divisor): the PyTorch model is exported with dynamic sides, the engine's profile
+    spans a divisor's square to the largest size, and every image runs at its own size through the engine."""
+    sizes = 'resize_size = 64\nresize_mode = "keep-ratio"\ncrop = 0\nmax_size = 96\nsize_divisor = 32'
+    # torch.export cannot flatten the pooled features with dynamic sides (aten.sym_stride): "auto" traces instead
+    path = make_suite({'resize_size = 72\nresize_mode = "shorter"\ncrop = 64': sizes, "[export]\n": '[export]\nexporter = "auto"\n'})
+    run = SuiteRun(load_suite(path), cache, limit=12)
+    trt, _ = fake_trt
+    got = run.infer("trt-fp32", 4)
+    config = [c[1] for c in trt.calls if c[0] == "build"][-1]
+    assert config.profiles[0].shapes["images"] == ((1, 3, 32, 32), (1, 3, 96, 96), (1, 3, 96, 96))  # batch 1: one image a run
+    assert len({g.tensor_hw for g in run.inputs.geometry}) > 1
+    want = run.infer("ort-fp32", 4)
+    assert np.abs(got.outputs["logits"] - want.outputs["logits"]).max() < 1e-4
