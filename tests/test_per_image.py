@@ -200,3 +200,10 @@ def test_localize_compares_per_image_tensors_without_their_padding(harness_cli: 
     (found,) = report["runtimes"]
     errors = [tensor["rel_l2"] for tensor in found["tensors"]]
     assert len(errors) > 4 and all(np.isfinite(e) and e < 1e-4 for e in errors) and found["first_divergent"] is None
+
+
+def test_a_fixed_size_stack_records_no_per_image_keys() -> None:
+    """Goldens and work units recorded before per-image sizes existed describe their stacks as they still are."""
+    assert "size_divisor" not in KEEP_RATIO.describe() and "size_fit" not in KEEP_RATIO.describe()
+    per_image = replace(KEEP_RATIO, size_divisor=32)
+    assert per_image.describe()["size_divisor"] == 32 and StackSpec(**per_image.describe() | {"mean": (0.5,) * 3}).per_image

@@ -71,6 +71,8 @@ class StackSpec:
         """Plain-data form recorded in reports and goldens."""
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
+        if not self.per_image:  # the per-image keys only where they act: goldens recorded before them stay current
+            del data["size_divisor"], data["size_fit"]
         return data
 
     @property
