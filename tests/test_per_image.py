@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
+from torch import nn
 
 from exporters.cache import ArtifactCache
 from harness.core.errors import HarnessError
@@ -207,3 +209,51 @@ def test_a_fixed_size_stack_records_no_per_image_keys() -> None:
     assert "size_divisor" not in KEEP_RATIO.describe() and "size_fit" not in KEEP_RATIO.describe()
     per_image = replace(KEEP_RATIO, size_divisor=32)
     assert per_image.describe()["size_divisor"] == 32 and StackSpec(**per_image.describe() | {"mean": (0.5,) * 3}).per_image
+
+
+class SizedCellDetector(nn.Module):
+    """test_ragged's cell detector on any input size: a cell per 16 x 16 pixels of the image it is given (boxes 24
+    pixels wide), scored by its mean brightness, through torchvision's nms: ragged detections [K, 4], [K], [K]."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feat = nn.functional.avg_pool2d(x, 16)[0]  # [3, h, w]
+        rows, cols = torch.meshgrid(torch.arange(feat.shape[1]), torch.arange(feat.shape[2]), indexing="ij")
+        cells = torch.stack([cols, rows, cols + 1.5, rows + 1.5], -1).reshape(-1, 4).float() * 16
+        feat = feat.flatten(1)
+        scores, labels = (feat.mean(0) * 4).sigmoid(), feat.argmax(0)
+        keep = torch.nonzero(scores > 0.5).flatten()
+        boxes, scores, labels = cells[keep], scores[keep], labels[keep]
+        kept = torchvision.ops.nms(boxes, scores, 0.3)
+        return boxes[kept], scores[kept], labels[kept]
+
+
+def test_ragged_detections_at_per_image_sizes_map_back_to_each_image(
+    harness_cli: Cli, per_image_suite: Path, tmp_path: Path, cache: ArtifactCache
+) -> None:
+    """A Faster R-CNN-style file: its own NMS (ragged outputs, batch 1) on images of their own sizes (multiples of 32):
+    ONNX Runtime and OpenVINO give what the PyTorch model gives on each image, mapped back through its geometry."""
+    torch.onnx.export(
+        SizedCellDetector().eval(), (torch.zeros(1, 3, 128, 160),), str(tmp_path / "cells.onnx"), input_names=["images"],
+        output_names=["boxes", "scores", "labels"], opset_version=18, dynamo=False,
+        dynamic_axes={"images": {2: "height", 3: "width"}},
+    )  # fmt: skip
+    text = per_image_suite.read_text()
+    model = text[text.index("[model]") : text.index("[data]")]
+    ragged = '[model]\nonnx = "cells.onnx"\noutput_names = ["boxes", "scores", "labels"]\nragged_outputs = ["boxes", "scores", "labels"]\n'
+    text = text.replace(model, ragged + "ragged_rows = 200\n\n").replace("[postprocess]\n", '[postprocess]\ndecoder = "final"\n')
+    text = text.replace('reference = "torch-fp32"', 'reference = "ort-fp32"').replace("score_threshold = 0.05", "score_threshold = 0.5")
+    text = text.replace('"ort-fp32", "ort-int8", "ov-fp16", "ov-int8"', '"ov-fp32"')
+    (tmp_path / "suite.toml").write_text(text.replace('"data/', f'"{per_image_suite.parent}/data/'))
+    run = SuiteRun(load_suite(str(tmp_path / "suite.toml")), cache, limit=6)
+    assert len({g.tensor_hw for g in run.inputs.geometry}) > 1
+    detections = 0
+    for runtime in ("ort-fp32", "ov-fp32"):
+        got = run.infer(runtime, 1)
+        for row, geometry in enumerate(run.inputs.geometry):
+            with torch.inference_mode():
+                boxes, scores, _ = SizedCellDetector()(torch.from_numpy(np.ascontiguousarray(run.inputs.sample(row)[None])))
+            want = geometry.to_source(boxes.numpy()[np.argsort(-scores.numpy(), kind="stable")][:100])
+            found = got.predictions[row][~np.isnan(got.predictions[row][:, 0])]
+            assert len(found) == len(want) and np.allclose(np.sort(found[:, :4], axis=0), np.sort(want, axis=0), atol=1e-3)
+            detections += len(found)
+    assert detections > 12
