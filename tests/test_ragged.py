@@ -14,8 +14,12 @@ import torch
 import torchvision
 from torch import nn
 
+from exporters.cache import ArtifactCache
+from harness.core.errors import HarnessError
 from harness.run.outputs import ROWS_SUFFIX, RunOutputs
-from harness.spec.suite import BUNDLED_DIR
+from harness.run.prepared import SuiteRun
+from harness.run.sessions import feed_session
+from harness.spec.suite import BUNDLED_DIR, Suite
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -119,3 +123,31 @@ def test_ragged_goldens_round_trip(harness_cli: Cli, ragged_suite: Path, tmp_pat
     assert "golden" in again.out and again.code in (0, 1), again.err
     report = (tmp_path / "r" / "report.md").read_text()
     assert report.count("| golden") >= 2 and "nan" not in report.lower()
+
+
+class _NoBatchAxis:
+    """A session whose outputs lack the batch axis: the first 3 input values ([3]) and, with `varying`, a list whose
+    length follows the image."""
+
+    def __init__(self, varying: bool = False) -> None:
+        self.varying = varying
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = feeds["images"]
+        out = {"vector": x.reshape(-1)[:3].copy()}
+        if self.varying:
+            out["list"] = np.zeros(1 + int(abs(x.sum())) % 5, dtype=np.float32)
+        return out
+
+
+def test_outputs_without_a_batch_axis_are_one_images_whole_or_a_clear_error(demo_suite: Suite, cache: ArtifactCache) -> None:
+    """A batch-1 feed's output without a batch axis (an exposed intermediate of a batch-1 model: localize) is that
+    image's tensor, whole; rows that vary per image, or a missing batch axis on larger batches, are one line."""
+    inputs = SuiteRun(demo_suite, cache, limit=6).inputs
+    outputs, _ = feed_session(_NoBatchAxis(), "images", inputs, 1, lambda: None)  # type: ignore[arg-type]
+    assert outputs["vector"].shape == (6, 3)
+    np.testing.assert_array_equal(outputs["vector"], inputs.tensors.reshape(6, -1)[:, :3])
+    with pytest.raises(HarnessError, match=r"output 'list' is \[\d\] for sample .*ragged_outputs"):
+        feed_session(_NoBatchAxis(varying=True), "images", inputs, 1, lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(HarnessError, match=r"output 'vector' is \[3\] for a batch of 4: it has no batch axis"):
+        feed_session(_NoBatchAxis(), "images", inputs, 4, lambda: None)  # type: ignore[arg-type]

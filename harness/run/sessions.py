@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from exporters.artifacts import ModelArtifacts
+from harness.core.errors import HarnessError
 from harness.data.feed import InputSet, batch_layout, padded_batch
 from harness.data.stack import Geometry
 from harness.run.outputs import Inference, pad_ragged, pad_sized, unpadded_groups
@@ -85,11 +86,32 @@ def feed_session(
         if check is not None and not outputs:
             check(out)
         for name, value in out.items():
+            value = _batched(name, np.asarray(value), 1 if per_image else batch_size)
             if name not in outputs:
                 outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
+            elif outputs[name].shape[1:] != value.shape[1:]:
+                raise HarnessError(
+                    f"output '{name}' is {list(value.shape[1:])} for sample {inputs.ids[rows[0]]}, "
+                    f"{list(outputs[name].shape[1:])} for the first: its rows depend on the image",
+                    "list it in [model] ragged_outputs with ragged_rows (one image's rows, NaN-padded)",
+                )
             outputs[name][rows] = value[slots]
         advance()
     return outputs, seconds
+
+
+def _batched(name: str, value: np.ndarray, batch: int) -> np.ndarray:
+    """An output with its batch axis: a batch-1 feed's output without one (a tensor of one image: a reduction over
+    the batch, a detection list, an exposed intermediate of a batch-1 model) gets one, whole; a larger batch's
+    output must have it."""
+    if value.ndim and value.shape[0] == batch:
+        return value
+    if batch == 1:
+        return value[None]
+    raise HarnessError(
+        f"output '{name}' is {list(value.shape)} for a batch of {batch}: it has no batch axis",
+        "export the model with the batch as every output's first axis, or feed it batches of 1 ([model] ragged_outputs)",
+    )
 
 
 def predict(task: Task, outputs: dict[str, np.ndarray], geometry: tuple[Geometry, ...]) -> np.ndarray:
