@@ -428,10 +428,10 @@ class ModelArtifacts:
         from exporters.tensorrt_engine import EngineOptions, build_engine, engine_fields
 
         source = self.onnx_path(precision)
-        batch = (self.fixed_batch,) * 3 if self.fixed_batch else self.export.trt_batch  # a file fixed to batch 1: a profile of 1
         if self.image_sizes:  # each image alone, at its own size: a profile of batch 1 from the smallest size to the largest
             options = EngineOptions(self.input_names[0], (1, 1, 1), self.export.trt_workspace_mb, self.image_sizes[1], self.image_sizes[0])
         else:
+            batch = (self.fixed_batch,) * 3 if self.fixed_batch else self.export.trt_batch  # a file fixed to batch 1: a profile of 1
             options = EngineOptions(self.input_names[0], batch, self.export.trt_workspace_mb, self.input_hw if self._onnx_file else None)
         fields = engine_fields(self._sha256(source), options) | {"artifact": f"tensorrt-{precision}"}
         timing_cache = self.cache.root / "tensorrt" / "timing.cache"

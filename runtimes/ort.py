@@ -47,7 +47,7 @@ class OrtSession:
             self._drop_scratch()
             first = str(exc).splitlines()[0]
             raise HarnessError(f"ONNX Runtime cannot load {path}: {first}", "check the file is a valid ONNX model") from exc
-        self._path, self._providers = path, providers
+        self._path = path
         self._compute_ops: dict[str, int] | None = None
         if self._session.get_providers()[0] != providers[0]:
             raise HarnessError(

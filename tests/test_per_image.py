@@ -257,3 +257,8 @@ def test_ragged_detections_at_per_image_sizes_map_back_to_each_image(
             assert len(found) == len(want) and np.allclose(np.sort(found[:, :4], axis=0), np.sort(want, axis=0), atol=1e-3)
             detections += len(found)
     assert detections > 12
+
+
+def test_an_output_beyond_its_shape_at_the_largest_input_is_one_line() -> None:
+    with pytest.raises(HarnessError, match=r"output 'head' is \[1, 400, 6\], beyond its \[1, 320, 6\] at the stack's largest input"):
+        pad_sized({"head": np.zeros((1, 400, 6), dtype=np.float32)}, {"head": (1, 320, 6)})

@@ -42,7 +42,6 @@ RESIZE_MODES = ("shorter", "direct", "letterbox", "keep-ratio")
 PADDED_MODES = ("letterbox", "keep-ratio")
 ORDERS = ("resize-crop", "crop-resize")
 ROUNDINGS = ("uint8", "float")
-SIZE_FITS = ("pad", "resize")
 
 
 @dataclass(frozen=True)
@@ -83,18 +82,17 @@ class StackSpec:
     @property
     def bound_hw(self) -> tuple[int, int] | None:
         """The largest (height, width) of a per-image stack's tensors (its batch buffer's rows), else `input_hw`."""
-        if not self.per_image:
-            return self.input_hw
-        side = self.max_size if self.resize_mode == "keep-ratio" else self.resize_size
-        side = -(-side // self.size_divisor) * self.size_divisor
-        return side, side
+        sizes = self.image_sizes
+        return sizes[1] if sizes else self.input_hw
 
     @property
     def image_sizes(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        """A per-image stack's smallest and largest tensor (H, W): a divisor's square up to the bound."""
-        if not self.per_image or self.bound_hw is None:
+        """A per-image stack's smallest and largest tensor (H, W): a divisor's square up to the longest side it
+        allows (keep-ratio's max_size, letterbox's resize_size), rounded up to the divisor."""
+        if not self.per_image:
             return None
-        return (self.size_divisor, self.size_divisor), self.bound_hw
+        side = self.max_size if self.resize_mode == "keep-ratio" else self.resize_size
+        return (self.size_divisor, self.size_divisor), _multiple((side, side), self.size_divisor)
 
     @property
     def input_hw(self) -> tuple[int, int] | None:

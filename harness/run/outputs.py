@@ -68,8 +68,7 @@ def pad_sized(outputs: dict[str, np.ndarray], bounds: dict[str, tuple[int, ...]]
         value = np.asarray(outputs[name])
         if value.ndim != len(bound) or any(have > most for have, most in zip(value.shape, bound, strict=True)):
             raise HarnessError(
-                f"output '{name}' is {list(value.shape)} for a {'x'.join(map(str, value.shape))} input, beyond its "
-                f"{list(bound)} at the stack's largest input",
+                f"output '{name}' is {list(value.shape)}, beyond its {list(bound)} at the stack's largest input",
                 "the output must grow with the input size (a fully convolutional head), or fix the input size",
             )
         dtype = value.dtype if np.issubdtype(value.dtype, np.floating) else np.dtype(np.float32)

@@ -71,7 +71,8 @@ def feed_session(
         bounds = output_bounds(session, input_name, inputs, ragged)
     outputs: dict[str, np.ndarray] = {}
     seconds = 0.0
-    for rows, slots in batch_layout(inputs.positions, 1 if per_image else batch_size):
+    fed = 1 if per_image else batch_size  # rows a feed holds
+    for rows, slots in batch_layout(inputs.positions, fed):
         if per_image:  # batches of one: rows holds one sample, in slot 0
             feed = {input_name: inputs.sample(int(rows[0]))[None]}
         else:
@@ -86,7 +87,7 @@ def feed_session(
         if check is not None and not outputs:
             check(out)
         for name, value in out.items():
-            value = _batched(name, np.asarray(value), 1 if per_image else batch_size)
+            value = _batched(name, np.asarray(value), fed)
             if name not in outputs:
                 outputs[name] = np.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
             elif outputs[name].shape[1:] != value.shape[1:]:
@@ -118,9 +119,8 @@ def predict(task: Task, outputs: dict[str, np.ndarray], geometry: tuple[Geometry
     """The task's predictions on every sample's outputs, per group of samples whose inputs and per-image outputs
     share one size (`outputs.unpadded_groups`: each decoded at its own size)."""
     groups = unpadded_groups(outputs, np.array([g.tensor_hw for g in geometry], dtype=np.int64).reshape(-1, 2))
-    if len(groups) == 1:
-        rows, cut = groups[0]
-        return task.predictions(cut, tuple(geometry[r] for r in rows)) if len(rows) else task.predictions(outputs, geometry)
+    if len(groups) == 1:  # every sample at once (the task's own path for fixed sizes)
+        return task.predictions(groups[0][1], geometry)
     predicted: np.ndarray | None = None
     for rows, cut in groups:
         got = task.predictions(cut, tuple(geometry[r] for r in rows))
