@@ -362,15 +362,15 @@ def coco_ground_truth(targets: np.ndarray) -> dict[str, Any]:
 
 
 def coco_detections(predictions: np.ndarray) -> list[dict[str, Any]]:
+    """Every detection of (N, K, 6) padded predictions as a COCO result annotation (image ids 1..N, category ids
+    label + 1, ids 1..), with the `area` and `iscrowd` a box result set gets when loaded (`COCO.loadRes`)."""
+    image, row = np.nonzero(~np.isnan(predictions[..., 0]))
+    x1, y1, x2, y2, score, label = predictions[image, row].T
+    width, height = x2 - x1, y2 - y1
+    columns = (image + 1, (label + 1).astype(np.int64), x1, y1, width, height, score, width * height)
     return [
-        {
-            "image_id": i + 1,
-            "category_id": int(label) + 1,
-            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-            "score": float(s),
-        }
-        for i, rows in enumerate(predictions)
-        for x1, y1, x2, y2, s, label in valid_rows(rows)
+        {"image_id": i, "category_id": c, "bbox": [x, y, w, h], "score": s, "area": a, "id": n, "iscrowd": 0}
+        for n, (i, c, x, y, w, h, s, a) in enumerate(zip(*(column.tolist() for column in columns), strict=True), 1)
     ]
 
 
@@ -407,7 +407,10 @@ def coco_evaluate(predictions: np.ndarray, targets: np.ndarray, evaluator: str =
     if not detections:
         return {name: 0.0 for name in STAT_NAMES} | {"per_class": {}, "objects": {}}
     with contextlib.redirect_stdout(io.StringIO()):
-        result = truth.loadRes(detections)
+        result = type(truth)()  # the result set `loadRes` would build, without its per-box polygons and copies
+        images, categories = list(truth.dataset["images"]), list(truth.dataset["categories"])
+        result.dataset = {"images": images, "categories": categories, "annotations": detections}
+        result.createIndex()
         evaluation = COCOeval(truth, result, "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
