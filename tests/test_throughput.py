@@ -15,7 +15,7 @@ import pytest
 from harness.core.hashing import digest, read_hashed, sha256_file
 from harness.data.dataset import read_sample_hashed
 from harness.data.intake import IntakePolicy
-from harness.data.parallel import Pending, attach, prepare_part
+from harness.data.parallel import Pending, SharedRows, prepare_part, tensor_shape
 from harness.data.stack import StackSpec, normalise_into
 from harness.spec.suite import Suite
 
@@ -56,24 +56,57 @@ def test_tensors_through_a_shared_file_equal_pickled_ones(demo_suite: Suite, tmp
     samples = demo_suite.data.load("eval").samples[:6]
     pickled, _ = pickle.loads(pickle.dumps(prepare_part(samples, demo_suite.stack, IntakePolicy())))
     path = tmp_path / "part.npy"
-    part, failed = prepare_part(samples, demo_suite.stack, IntakePolicy(), path)
+    part, failed = prepare_part(samples, demo_suite.stack, IntakePolicy(), SharedRows(path))
     assert not failed and part is not None and len(part.tensors) == 0  # only the small fields travel back pickled
-    shared = attach(pickle.loads(pickle.dumps(part)), path)
-    assert shared.tensors.tobytes() == pickled.tensors.tobytes() and shared.stages == pickled.stages
+    shared = pickle.loads(pickle.dumps(part))
+    assert np.load(path).tobytes() == pickled.tensors.tobytes() and shared.stages == pickled.stages
     assert shared.geometry == pickled.geometry and shared.ids == pickled.ids
 
 
-def test_pending_result_copies_the_shared_file_out_and_deletes_it(demo_suite: Suite, tmp_path: Path) -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["a-file-a-part", "rows-of-one-file"])
+def test_pending_result_gives_the_tensors_of_one_serial_part_and_deletes_the_files(demo_suite: Suite, tmp_path: Path, whole: bool) -> None:
+    """Parts written to files of their own are copied out once; parts written as rows of the list's one file are
+    that file's mapping (no copy).  Either way the very bytes of one part prepared in this process."""
     samples = demo_suite.data.load("eval").samples[:4]
-    paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    shape = tensor_shape(demo_suite.stack)
+    assert shape is not None
+    if whole:
+        paths = [tmp_path / "whole.npy"]
+        np.lib.format.open_memmap(paths[0], "w+", np.float32, (len(samples), *shape)).flush()
+        shared = [SharedRows(paths[0], 0), SharedRows(paths[0], 3)]
+    else:
+        paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
+        shared = [SharedRows(p) for p in paths]
     futures: list[Future] = []
-    for part, path in zip((samples[:3], samples[3:]), paths, strict=True):
+    for part, rows in zip((samples[:3], samples[3:]), shared, strict=True):
         futures.append(Future())
-        futures[-1].set_result(prepare_part(part, demo_suite.stack, IntakePolicy(), path))
-    whole = Pending(futures, demo_suite.stack, len(samples), paths).result()
+        futures[-1].set_result(prepare_part(part, demo_suite.stack, IntakePolicy(), rows))
+    got = Pending(futures, demo_suite.stack, len(samples), paths, whole=whole).result()
     plain = prepare_part(samples, demo_suite.stack, IntakePolicy())[0]
-    assert plain is not None and type(whole.tensors) is np.ndarray and whole.tensors.tobytes() == plain.tensors.tobytes()
+    assert plain is not None and type(got.tensors) is np.ndarray and got.tensors.tobytes() == plain.tensors.tobytes()
+    assert got.tensors.shape == (len(samples), *shape) and got.stages == plain.stages
     assert not any(p.exists() for p in paths)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"resize_mode": "shorter", "crop": 0},
+        {"resize_mode": "letterbox", "crop": 0, "resize_size": 96, "layout": "nhwc"},
+        {"resize_mode": "keep-ratio", "crop": 0, "resize_size": 64, "max_size": 96, "size_divisor": 32},
+        {"colour": "nv12-int", "resize_mode": "direct"},
+    ],
+)
+def test_tensor_shape_is_that_of_the_stack_s_tensors(demo_suite: Suite, keys: dict[str, object]) -> None:
+    """The shape workers' rows are laid out for: every real sample's tensor (a per-image stack's bound), or None."""
+    from harness.data.feed import build_inputs
+    from harness.data.stack import stack_from
+
+    stack = stack_from("s", keys, "test", base=demo_suite.stack)
+    if keys.get("resize_mode") == "shorter":  # each image's own shape (the demo's differ: no batch holds them)
+        assert tensor_shape(stack) is None
+    else:
+        assert tensor_shape(stack) == build_inputs(demo_suite.data.load("eval").samples[:3], stack).tensors.shape[1:]
 
 
 @pytest.mark.parametrize(
