@@ -470,6 +470,23 @@ def _stack_key(stack: StackSpec) -> str:
     return json.dumps(data, sort_keys=True)
 
 
+class Buffers:
+    """Tensor buffers handed back once inferred and handed out again for the next stack of the same shape: the
+    matrix prepares dozens of stacks, and fresh memory for each costs page faults (on a VM, about as much as the
+    pre-processing itself)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        free = self._free.get(tuple(shape))
+        return free.pop() if free else np.empty(shape, dtype=np.float32)
+
+    def give(self, buffer: np.ndarray) -> None:
+        """A buffer `take` gave is free again: nothing reads it any more (outputs are copies, never views of it)."""
+        self._free.setdefault(buffer.shape, []).append(buffer)
+
+
 class MatrixRunner:
     """Streams the samples through the matrix chunk by chunk: each chunk decoded once per decoder setting and
     inferred once per (tensors, model, runtime) on sessions that stay open; only outputs are kept across chunks."""
@@ -479,6 +496,7 @@ class MatrixRunner:
         self.batch_size = batch_size
         self.decodes = 0
         self._sessions = Sessions()
+        self.buffers = Buffers()
         self._parts: dict[tuple[str, str, str], dict[int, Inference]] = {}  # (stack, model, runtime) -> chunk start -> part
         self._fed: dict[str, dict[int, InputSet]] = {}  # stack -> chunk start -> the chunk's inputs, tensors dropped
         self._track: dict[str, Callable[[], None]] = {}
@@ -676,21 +694,32 @@ def _single_axis_rows(
                 unreadable[key] = exc.what
                 continue
             hashes.setdefault(_decode_label(key), []).extend(pixels.stages["decoded"])
-            tensors = {_stack_key(reference): tensors_from(samples, pixels, reference)} if key == ref_key else {}
-            for runtime in baselines if key == ref_key else ():
-                runner.infer(tensors[_stack_key(reference)], runtime, None)
-            for variant in (v for v in members if v not in inapplicable):
-                stack = variant.stack_for(reference)
-                try:
-                    inputs = tensors.get(_stack_key(stack)) or tensors.setdefault(_stack_key(stack), tensors_from(samples, pixels, stack))
-                except RaggedStack as exc:  # e.g. resize_mode 'shorter' without the reference's crop: images keep their ratio
-                    inapplicable[variant] = exc.what
+            own = tensors_from(samples, pixels, reference, runner.buffers.take) if key == ref_key else None
+            for runtime in baselines if own else ():
+                runner.infer(own, runtime, None)
+            by_stack: dict[str, list[Variant]] = {}  # each stack's tensors made once, inferred, and their buffer reused
+            for variant in members:
+                by_stack.setdefault(_stack_key(variant.stack_for(reference)), []).append(variant)
+            for stack_key, same in by_stack.items():
+                live = [v for v in same if v not in inapplicable]
+                shared = own is not None and stack_key == _stack_key(reference)
+                if not live:
                     continue
                 try:
-                    for runtime, _baseline in _targets(variant, runtimes, suite.run.reference):
-                        runner.infer(inputs, runtime, variant.model)
-                except VariantNotApplicable as exc:
-                    inapplicable[variant] = exc.what
+                    inputs = own if shared else tensors_from(samples, pixels, live[0].stack_for(reference), runner.buffers.take)
+                except RaggedStack as exc:  # e.g. resize_mode 'shorter' without the reference's crop: images keep their ratio
+                    inapplicable |= dict.fromkeys(live, exc.what)
+                    continue
+                for variant in live:
+                    try:
+                        for runtime, _baseline in _targets(variant, runtimes, suite.run.reference):
+                            runner.infer(inputs, runtime, variant.model)
+                    except VariantNotApplicable as exc:
+                        inapplicable[variant] = exc.what
+                if not shared:
+                    runner.buffers.give(inputs.tensors)
+            if own is not None:
+                runner.buffers.give(own.tensors)
     reference_outputs = {r: runner.inference(reference, r, None)[0] for r in baselines}
     rows: list[MatrixRow] = []
     for key, members in groups.items():
@@ -741,7 +770,7 @@ def _combined(
     failed: set[str] = set()
     runner.plan(Counter({COMBINED_DECODE: 1, COMBINED_INFER: len(targets)}))
     for samples in _chunks(run, runner.batch_size, chunk):
-        inputs = tensors_from(samples, runner.decode(samples, stack, COMBINED_DECODE), stack)
+        inputs = tensors_from(samples, runner.decode(samples, stack, COMBINED_DECODE), stack, runner.buffers.take)
         for variant, runtime, _baseline in targets:
             if runtime in failed:
                 continue

@@ -24,8 +24,9 @@ faster-coco-eval (the same numbers as pycocotools, faster), with the ground trut
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import version
 from typing import Any, ClassVar
@@ -396,8 +397,27 @@ def _ground_truth(targets: np.ndarray, evaluator: str) -> Any:
     return _GROUND_TRUTH[key]
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while an evaluation builds its tens of thousands of annotation dicts: each
+    would otherwise set off collections that walk every object of a process that has loaded runtimes (in the
+    matrix, one evaluation in four took 0.38 s instead of 0.12)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def coco_evaluate(predictions: np.ndarray, targets: np.ndarray, evaluator: str = "faster-coco-eval") -> dict[str, Any]:
     """COCO box AP with a maintained evaluator: faster-coco-eval (the task's), or pycocotools (the cross-check)."""
+    with _collector_paused():
+        return _evaluate(predictions, targets, evaluator)
+
+
+def _evaluate(predictions: np.ndarray, targets: np.ndarray, evaluator: str) -> dict[str, Any]:
     if evaluator == "pycocotools":
         from pycocotools.cocoeval import COCOeval
     else:
