@@ -143,3 +143,21 @@ def _jpeg(image: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)  # type: ignore[attr-defined]
     return buffer.getvalue()
+
+
+def test_npz_bytes_are_numpy_s_format_fast_and_the_same_for_the_same_arrays() -> None:
+    """A run's result file: read back by numpy.load as written, deflated, and byte-identical whenever it is written."""
+    import time
+    import zipfile
+
+    from harness.core.files import NPZ_TIME, npz_bytes
+
+    rng = np.random.default_rng(0)
+    arrays = {"out/ort-fp32/scores": rng.standard_normal((5, 7)).astype(np.float32), "ids": np.array(["a", "b"]), "meta": np.array("{}")}
+    blob = npz_bytes(arrays)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(arrays) and all(np.array_equal(npz[k], v) for k, v in arrays.items())
+    members = zipfile.ZipFile(io.BytesIO(blob)).infolist()
+    assert {(m.compress_type, m.date_time) for m in members} == {(zipfile.ZIP_DEFLATED, NPZ_TIME)}
+    time.sleep(1.1)  # numpy's own writer stamps the current second into each member
+    assert npz_bytes(arrays) == blob

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.core.files import atomic_write
+from harness.core.files import atomic_write, npz_bytes
 from harness.core.hashing import digest, sample_digests
 
 FILENAME = "outputs.npz"
@@ -186,9 +186,7 @@ class RunOutputs:
                 "determinism": self.determinism[name].describe() if name in self.determinism else None,
             }
         arrays["meta"] = np.array(json.dumps(meta, default=str))
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
+        return npz_bytes(arrays)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
