@@ -15,6 +15,7 @@ from exporters.rewrites import MODEL_VARIANTS
 from harness.analysis.matrix import AXES, BUGS, CATASTROPHIC, MatrixReport, run_matrix
 from harness.analysis.mitigate import MitigationReport
 from harness.data.decoders import DECODERS, decoder_unavailable
+from harness.judge.compare import Baseline, compare
 from harness.run.prepared import SuiteRun
 from harness.spec.suite import Suite, load_suite
 from tests.conftest import CliResult
@@ -82,6 +83,29 @@ def test_the_matrix_streamed_in_chunks_equals_one_chunk(demo_suite: Suite, cache
 
     assert rows(chunked) == rows(report) and chunked.decodes == report.decodes
     assert chunked.decoder_pairs == report.decoder_pairs and chunked.notes == report.notes
+
+
+def test_rows_made_on_reused_tensor_buffers_equal_stand_alone_runs(demo_suite: Suite, cache: ArtifactCache, report: MatrixReport) -> None:
+    """The matrix hands each stack's tensor buffer to the next stack of that shape: every colour, order and model row
+    is the comparison of a stand-alone run of its variant (its own decode, tensors and session) with the reference's."""
+    variants = {(v.axis, v.name): v for axis in ("colour", "order", "model") for v in AXES[axis](demo_suite)}
+    reference_run = SuiteRun(demo_suite, cache, limit=LIMIT)
+    reference = reference_run.infer("torch-fp32", 16)
+    checked = 0
+    for row in report.rows:
+        if (row.axis, row.variant) not in variants or row.comparison.runtime != "torch-fp32":
+            continue
+        variant = variants[(row.axis, row.variant)]
+        run = SuiteRun(demo_suite, cache, limit=LIMIT, stack=variant.stack_for(demo_suite.stack))
+        outputs = run.infer("torch-fp32", 16, variant=variant.model)
+        alone = compare("torch-fp32", Baseline.reference("torch-fp32"), run.inputs.ids, run.inputs.labels, outputs, reference, run.task)
+        assert (alone.flips, alone.worst.max_abs, alone.metric) == (
+            row.comparison.flips,
+            row.comparison.worst.max_abs,
+            row.comparison.metric,
+        )
+        checked += 1
+    assert checked >= 6
 
 
 def test_bit_identical_decoders_show_zero_error(report: MatrixReport) -> None:
