@@ -129,8 +129,8 @@ class Pending:
             whole = concat_inputs(done)
             if self.whole and len(whole.tensors) < len(whole):  # the list's one file, mapped: its tensors
                 return dataclasses.replace(whole, tensors=np.asarray(np.load(self.files[0], mmap_mode="r+")))
-            if isinstance(whole.tensors, np.memmap):  # one part's file, still mapped: copied out
-                whole = dataclasses.replace(whole, tensors=np.array(whole.tensors))
+            if isinstance(whole.tensors, np.memmap):  # one part (its file's mapping: copied out), or a concatenation typed as one
+                whole = dataclasses.replace(whole, tensors=np.array(whole.tensors) if len(done) == 1 else np.asarray(whole.tensors))
             return whole
         finally:
             for path in self.files:
