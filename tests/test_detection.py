@@ -221,3 +221,25 @@ def test_html_report_draws_the_box_sets_of_flipped_images(harness_cli: Callable[
 
 def test_upsample_variant_of_another_mode_is_not_applicable() -> None:
     assert patch_torch(copy.deepcopy(Pyramid()), MODEL_VARIANTS["upsample-nearest"]) == []  # Pyramid only upsamples nearest
+
+
+def test_the_cycle_collector_is_paused_during_evaluations_and_restored_after_the_last() -> None:
+    """Overlapping evaluations (threads) leave the collector as it was before the first began."""
+    import gc
+
+    from harness.tasks.detection import _collector_paused
+
+    assert gc.isenabled()
+    with _collector_paused():
+        assert not gc.isenabled()
+        with _collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer evaluation still runs
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled()  # off before: left off
+    finally:
+        gc.enable()
