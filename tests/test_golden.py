@@ -104,3 +104,19 @@ def test_a_named_stack_has_goldens_of_its_own(
     assert ran.code == 0, ran.out + ran.err
     assert "opencv-service stack" in ran.out
     assert "through the <code>opencv-service</code> stack" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_a_golden_written_twice_is_the_same_bytes(tmp_path: Path) -> None:
+    """A re-recorded golden whose arrays did not change is byte-identical (no timestamps in its npz), so
+    `golden update` shows no change in git."""
+    import time
+
+    from harness.spec.suite import load_suite
+
+    suite = load_suite("demo")
+    golden = GoldenStore(suite.golden_dir, suite.command_name).load("ort-fp32")
+    first = GoldenStore(tmp_path / "a", suite.command_name).write(golden) / "outputs.npz"
+    time.sleep(1.1)  # `ZipFile.writestr` with a bare name would stamp the current second into each member
+    second = GoldenStore(tmp_path / "b", suite.command_name).write(golden) / "outputs.npz"
+    assert first.read_bytes() == second.read_bytes()
+    assert GoldenStore(tmp_path / "a", suite.command_name).load("ort-fp32").predictions.tobytes() == golden.predictions.tobytes()

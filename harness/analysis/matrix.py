@@ -695,7 +695,7 @@ def _single_axis_rows(
                 continue
             hashes.setdefault(_decode_label(key), []).extend(pixels.stages["decoded"])
             own = tensors_from(samples, pixels, reference, runner.buffers.take) if key == ref_key else None
-            for runtime in baselines if own else ():
+            for runtime in baselines if own is not None else ():
                 runner.infer(own, runtime, None)
             by_stack: dict[str, list[Variant]] = {}  # each stack's tensors made once, inferred, and their buffer reused
             for variant in members:

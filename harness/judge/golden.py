@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.core.files import atomic_write
+from harness.core.files import atomic_write, npz_bytes
 from harness.core.hashing import digest, sample_digests
 from harness.data.stack import StackSpec
 from harness.run.outputs import Inference, RunOutputs
 from harness.spec.suite import GoldenSpec, Suite
 
+GOLDEN_LEVEL = 6  # deflate level of a golden's outputs.npz (numpy's default): goldens live in git, where size counts
 SCHEMA_VERSION = 3  # 1: an npz layout of its own; 2: a run's result file (every raw output); 3: bounded (raw outputs of a subset)
 READABLE = (2, 3)  # a schema-2 golden holds every raw output: it loads as a golden whose subset is every sample
 LOCK_FILE = ".lock"
@@ -262,9 +263,7 @@ def _to_bytes(golden: Golden) -> bytes:
     arrays |= {f"stage/{name}": np.array(hashes) for name, hashes in stages.items()}
     arrays |= {"raw/rows": raw_rows} | {f"raw/out/{name}": value for name, value in golden.outputs.items()}
     arrays |= {f"magnitude/{name}": value for name, value in golden.magnitudes.items()}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return buffer.getvalue()
+    return npz_bytes(arrays, GOLDEN_LEVEL)
 
 
 def _from_bytes(blob: bytes, source: str, runtime: str) -> Golden:
