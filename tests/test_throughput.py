@@ -161,3 +161,34 @@ def test_npz_bytes_are_numpy_s_format_fast_and_the_same_for_the_same_arrays() ->
     assert {(m.compress_type, m.date_time) for m in members} == {(zipfile.ZIP_DEFLATED, NPZ_TIME)}
     time.sleep(1.1)  # `ZipFile.writestr` with a bare name would stamp the current second into each member
     assert npz_bytes(arrays) == blob
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {},  # shorter side + centre crop: one shape
+        {"resize_mode": "keep-ratio", "crop": 0, "resize_size": 64, "max_size": 96, "size_divisor": 32},  # per image
+        {"resize_mode": "letterbox", "crop": 0, "resize_size": 96, "layout": "nhwc"},
+        {"resize_mode": "shorter", "crop": 0},  # each image its own shape: refused, naming every shape
+    ],
+)
+def test_samples_prepared_one_at_a_time_equal_all_decoded_first(demo_suite: Suite, keys: dict[str, object]) -> None:
+    """`prepare_samples` drops each decoded image once its tensor is written; the matrix decodes every image first
+    (its pixels serve several stacks).  Both give the same bytes, hashes and geometry, or the same refusal."""
+    from harness.data.feed import RaggedStack, decode_part, prepare_samples, tensors_from
+    from harness.data.stack import stack_from
+
+    stack = stack_from("s", keys, "test", base=demo_suite.stack)
+    samples = demo_suite.data.load("eval").samples[:5]
+    decoded, _ = decode_part(samples, stack)
+    try:
+        whole = tensors_from(samples, decoded, stack)
+    except RaggedStack as exc:
+        with pytest.raises(RaggedStack) as streamed:
+            prepare_samples(samples, stack)
+        assert str(streamed.value) == str(exc) and "different shapes" in str(exc)
+        return
+    one_by_one, failed = prepare_samples(samples, stack)
+    assert not failed and one_by_one is not None
+    assert one_by_one.tensors.shape == whole.tensors.shape and one_by_one.tensors.tobytes() == whole.tensors.tobytes()
+    assert one_by_one.stages == whole.stages and one_by_one.geometry == whole.geometry and one_by_one.intake == whole.intake

@@ -30,7 +30,7 @@ import numpy as np
 
 from harness.core.plugins import load_from_environment
 from harness.data.dataset import Sample
-from harness.data.feed import DecoderNotApplicable, InputSet, concat_inputs, decode_part, refuse_unreadable, tensors_from
+from harness.data.feed import DecoderNotApplicable, InputSet, concat_inputs, prepare_samples, refuse_unreadable
 from harness.data.intake import IntakePolicy
 from harness.data.stack import StackSpec, prepare
 
@@ -77,12 +77,11 @@ def prepare_part(
 ) -> tuple[InputSet | None, list[DecoderNotApplicable]]:
     """One part through the stack, or the samples its decoder cannot read (the caller counts them over every part).
     With `shared`, the tensors are written there and the returned set holds none (the caller maps them)."""
-    decoded, unreadable = decode_part(samples, stack, None, policy)
-    if unreadable:
+    if shared is None or not samples:
+        return prepare_samples(samples, stack, None, policy)
+    inputs, unreadable = prepare_samples(samples, stack, None, policy, shared.allocate)
+    if inputs is None:
         return None, unreadable
-    if shared is None or not decoded.pixels:
-        return tensors_from(samples, decoded, stack), []
-    inputs = tensors_from(samples, decoded, stack, shared.allocate)
     shape = inputs.tensors.shape
     inputs.tensors.flush()
     return dataclasses.replace(inputs, tensors=np.empty((0, *shape[1:]), dtype=np.float32)), []
