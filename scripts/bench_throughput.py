@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -41,23 +42,34 @@ from runtimes.base import RUNTIMES
 
 
 def median_rates(rounds: int, loops: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Each loop's median rate over `rounds`, the loops run in turn within each round."""
+    """Each loop's median rate over `rounds`, the loops run in turn within each round (in reverse order every
+    other round, so a machine speeding up or slowing down during a round favours none)."""
     rates: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(rounds):
-        for name, loop in loops.items():
-            rates[name].append(loop())
+    for k in range(rounds):
+        for name in list(loops)[:: 1 if k % 2 == 0 else -1]:
+            rates[name].append(loops[name]())
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def preprocessing(suite_path: Path, count: int, rounds: int) -> list[tuple[str, float, str]]:
+    """The bare loop runs in processes of its own (one, and one a core), the harness in this one: each loop's
+    memory is then its own, as the C library's allocator tunes itself to a process's history of allocations
+    (the bare loop ran 25-35% slower in a process that had also run the harness's pre-processing)."""
     suite = load_suite(str(suite_path))
     stack = suite.stack
     samples = load_dataset(suite.data.manifest, suite.data.split).samples[:count]
     paths = [s.path for s in samples]
     cores = len(os.sched_getaffinity(0))
     args = (stack.resize_size, stack.crop or 0, stack.mean, stack.std)
-    with Preparer(0) as inline, Preparer(cores) as parallel, ProcessPoolExecutor(cores) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        Preparer(0) as inline,
+        Preparer(cores) as parallel,
+        ProcessPoolExecutor(1, mp_context=spawn) as alone,
+        ProcessPoolExecutor(cores, mp_context=spawn) as pool,
+    ):
         parallel.submit(samples[:64], stack, IntakePolicy()).result()  # workers started and warm
+        alone.submit(bare_loop, paths[:64], *args).result()
 
         def harness(preparer: Preparer) -> float:
             start = time.perf_counter()
@@ -67,7 +79,7 @@ def preprocessing(suite_path: Path, count: int, rounds: int) -> list[tuple[str, 
         rates = median_rates(
             rounds,
             {
-                "bare": lambda: bare_loop(paths, *args),
+                "bare": lambda: alone.submit(bare_loop, paths, *args).result(),
                 "harness": lambda: harness(inline),
                 "bare-all": lambda: sum(pool.map(bare_loop, [paths[i::cores] for i in range(cores)], *([a] * cores for a in args))),
                 "harness-all": lambda: harness(parallel),

@@ -3,8 +3,10 @@ normalisation, tensors handed back from a worker through a shared file."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
+import math
 import pickle
 from concurrent.futures import Future
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from harness.core.hashing import digest, read_hashed, sha256_file
 from harness.data.dataset import read_sample_hashed
 from harness.data.intake import IntakePolicy
-from harness.data.parallel import Pending, SharedRows, prepare_part, tensor_shape
+from harness.data.parallel import KEEP_FILES, Pending, SharedRows, TensorFiles, WholeFile, prepare_part, tensor_shape
 from harness.data.stack import StackSpec, normalise_into
 from harness.spec.suite import Suite
 
@@ -64,16 +66,19 @@ def test_tensors_through_a_shared_file_equal_pickled_ones(demo_suite: Suite, tmp
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["a-file-a-part", "rows-of-one-file"])
-def test_pending_result_gives_the_tensors_of_one_serial_part_and_deletes_the_files(demo_suite: Suite, tmp_path: Path, whole: bool) -> None:
-    """Parts written to files of their own are copied out once; parts written as rows of the list's one file are
-    that file's mapping (no copy).  Either way the very bytes of one part prepared in this process."""
+def test_pending_result_gives_the_tensors_of_one_serial_part(demo_suite: Suite, tmp_path: Path, whole: bool) -> None:
+    """Parts written to files of their own are copied out once and the files deleted; parts written as rows of the
+    list's one file are that file's mapping (no copy), and the file is kept for a later list.  Either way the very
+    bytes of one part prepared in this process."""
     samples = demo_suite.data.load("eval").samples[:4]
     shape = tensor_shape(demo_suite.stack)
     assert shape is not None
+    files = TensorFiles(tmp_path)
+    one = None
     if whole:
-        paths = [tmp_path / "whole.npy"]
-        np.lib.format.open_memmap(paths[0], "w+", np.float32, (len(samples), *shape)).flush()
-        shared = [SharedRows(paths[0], 0), SharedRows(paths[0], 3)]
+        one = WholeFile(files, files.take(len(samples) * math.prod(shape) * 4) or tmp_path, shape)
+        paths = [one.path]
+        shared = [SharedRows(one.path, 0, len(samples)), SharedRows(one.path, 3, len(samples))]
     else:
         paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
         shared = [SharedRows(p) for p in paths]
@@ -81,11 +86,46 @@ def test_pending_result_gives_the_tensors_of_one_serial_part_and_deletes_the_fil
     for part, rows in zip((samples[:3], samples[3:]), shared, strict=True):
         futures.append(Future())
         futures[-1].set_result(prepare_part(part, demo_suite.stack, IntakePolicy(), rows))
-    got = Pending(futures, demo_suite.stack, len(samples), paths, whole=whole).result()
+    got = Pending(futures, demo_suite.stack, len(samples), [] if whole else paths, one).result()
     plain = prepare_part(samples, demo_suite.stack, IntakePolicy())[0]
     assert plain is not None and type(got.tensors) is np.ndarray and got.tensors.tobytes() == plain.tensors.tobytes()
     assert got.tensors.shape == (len(samples), *shape) and got.stages == plain.stages
-    assert not any(p.exists() for p in paths)
+    assert all(p.exists() for p in paths) if whole else not any(p.exists() for p in paths)
+
+
+def test_a_list_s_file_serves_a_later_list_only_once_nothing_maps_it(tmp_path: Path) -> None:
+    """A file comes back when the last view of its tensors is gone (not while any view lives), at most
+    KEEP_FILES are kept, and a kept file serves a list of its size or smaller."""
+    files = TensorFiles(tmp_path)
+    first = files.take(4096)
+    assert first is not None
+    tensors = files.mapped(first, (8, 128))
+    view = tensors[2:4]
+    del tensors
+    gc.collect()
+    assert files.take(4096) != first  # a view is alive: the file stays out
+    view[:] = 7.0
+    del view
+    gc.collect()
+    assert files.take(8192) != first and files.take(1024) == first  # too small for 8 KB; serves 1 KB
+    mapped = [files.mapped(p, (1,)) for p in (files.take(64) for _ in range(KEEP_FILES + 1)) if p is not None]
+    assert len(mapped) == KEEP_FILES + 1
+    del mapped
+    gc.collect()
+    assert len(list(tmp_path.iterdir())) == KEEP_FILES + 3  # first, the 4 and 8 KB files made meanwhile, and KEEP_FILES kept
+    files.close()
+
+
+def test_a_failed_list_s_file_is_deleted_not_kept(demo_suite: Suite, tmp_path: Path) -> None:
+    """Workers may still be writing to the file of a list that failed: it must never serve another."""
+    files = TensorFiles(tmp_path)
+    path = files.take(64)
+    assert path is not None
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("a part failed"))
+    with pytest.raises(RuntimeError, match="a part failed"):
+        Pending([failed], demo_suite.stack, 1, whole=WholeFile(files, path, (16,))).result()
+    assert not path.exists() and files.take(64) != path
 
 
 @pytest.mark.parametrize(

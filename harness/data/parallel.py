@@ -4,22 +4,26 @@ caller infers what is already prepared.
 Workers are spawned, not forked: the parent may already run ONNX Runtime or OpenVINO thread pools, and a forked
 child would inherit their held locks.  They ignore Ctrl-C (the parent handles it and drops their work) and run
 one OpenCV thread each, so N workers use N cores.  Results come back in sample order, so tensors, stage hashes
-and errors are those of a serial run.  Workers normalise tensors straight into a memory-mapped `.npy` file in
-shared memory (`/dev/shm` where there is one), and only the rest of each part (ids, hashes, geometry) is pickled
-back.  Where the stack fixes the tensors' shape, the caller creates one file for the whole list and each worker
-writes its part's rows: the input set's tensors are that file's mapping, never copied.  Otherwise each part has
-a file of its own, copied out once into the input set.  Files are deleted once read (a mapping outlives its
-file).  Without workers, the list is prepared in this process as one part.
+and errors are those of a serial run.  Workers normalise tensors straight into memory-mapped files in shared
+memory (`/dev/shm` where there is one), and only the rest of each part (ids, hashes, geometry) is pickled back.
+Where the stack fixes the tensors' shape, the list has one file and each worker writes its part's rows: the
+input set's tensors are that file's mapping, never copied, and once they are gone the file serves a later list
+(`TensorFiles`).  Otherwise each part has a file of its own, copied out once and deleted.  Without workers, the
+list is prepared in this process as one part, into such a file where the folder is memory-backed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import mmap
 import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -53,20 +57,80 @@ def _init_worker() -> None:
 
 
 SHARED_DIR = Path("/dev/shm")  # memory-backed files where the system has them, else the temp folder
+KEEP_FILES = 2  # finished lists' files kept for later lists: the range being inferred and the one prepared ahead
+
+
+class TensorFiles:
+    """The tensor files of a preparer's folder, one per list of fixed-shape tensors.  A list's file comes back once
+    nothing maps it any more (its input set and every view of its tensors gone) and is handed to a later list:
+    that list's tensors are written into pages already allocated instead of fresh ones (on this VM, whose host
+    reclaims freed memory, fresh pages cost about 1 ms per MB).  Files are never handed out while mapped, so no
+    caller's array can change under it; at most `KEEP_FILES` are kept, and `close` deletes them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._free: list[tuple[int, Path]] = []  # (bytes, file), of lists whose tensors are gone
+        self._lock = threading.RLock()  # files come back from the collector: any thread, even inside take()
+        self._serial = 0
+        self._closed = False
+
+    def new_path(self) -> Path:
+        with self._lock:
+            self._serial += 1
+            return self.folder / f"tensors-{self._serial}"
+
+    def take(self, nbytes: int) -> Path | None:
+        """A file of at least `nbytes` for a list's tensors (a kept one where one is that large), or None when the
+        folder's file system has no room for a new one."""
+        with self._lock:
+            fits = [kept for kept in self._free if kept[0] >= nbytes]
+            if fits:
+                self._free.remove(min(fits))
+                return min(fits)[1]
+        if shutil.disk_usage(self.folder).free < nbytes:
+            return None
+        path = self.new_path()
+        with path.open("wb") as fh:
+            fh.truncate(nbytes)  # pages are allocated as the workers write them
+        return path
+
+    def mapped(self, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+        """The tensors of `shape` at the start of the file; the file comes back when the mapping is gone."""
+        with path.open("r+b") as fh:
+            memory = mmap.mmap(fh.fileno(), 0)
+        count = math.prod(shape)
+        tensors = np.frombuffer(memory, np.float32, count).reshape(shape)  # every view's base: `memory`
+        weakref.finalize(memory, self.give, path)
+        return tensors
+
+    def give(self, path: Path) -> None:
+        """A file nothing maps any more: kept for a later list, or deleted."""
+        with self._lock:
+            if not self._closed and len(self._free) < KEEP_FILES and path.exists():
+                self._free.append((path.stat().st_size, path))
+                return
+        path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._free.clear()
 
 
 @dataclass(frozen=True)
 class SharedRows:
-    """Where a worker writes a part's tensors: rows `start`.. of the caller's `.npy` file for the whole list, or
-    (start None) a file of the part's own."""
+    """Where a worker writes a part's tensors: rows `start`.. of the caller's file for the whole list (`rows`
+    rows, of raw float32), or (start None) a `.npy` file of the part's own."""
 
     path: Path
     start: int | None = None
+    rows: int = 0
 
     def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.start is None:
             return np.lib.format.open_memmap(self.path, "w+", np.float32, shape)
-        rows = np.load(self.path, mmap_mode="r+")[self.start : self.start + shape[0]]
+        whole = np.memmap(self.path, np.float32, "r+", shape=(self.rows, *shape[1:]))
+        rows = whole[self.start : self.start + shape[0]]
         if rows.shape != shape:
             raise ValueError(f"tensor rows {rows.shape} of {self.path} do not fit {shape}")
         return rows
@@ -99,6 +163,15 @@ def tensor_shape(stack: StackSpec) -> tuple[int, ...] | None:
     return (channels, *stack.bound_hw) if stack.layout == "nchw" else (*stack.bound_hw, channels)
 
 
+@dataclass(frozen=True)
+class WholeFile:
+    """The one file a list's tensors are written to, as rows, and their shape."""
+
+    files: TensorFiles
+    path: Path
+    shape: tuple[int, ...]
+
+
 class Pending:
     """Inputs being prepared: `result()` waits for them, in sample order."""
 
@@ -108,10 +181,10 @@ class Pending:
         stack: StackSpec,
         total: int,
         files: Sequence[Path] = (),
-        whole: bool = False,
+        whole: WholeFile | None = None,
     ) -> None:
         self.parts, self.stack, self.total = parts, stack, total
-        self.files, self.whole = list(files), whole  # whole: one file for the list, else one a part (or none)
+        self.files, self.whole = list(files), whole  # a file a part (or none), or the list's one file
 
     def result(self, advance: Callable[[], None] | None = None) -> InputSet:
         done, unreadable = [], []
@@ -120,83 +193,88 @@ class Pending:
                 inputs, failed = part.result()
                 unreadable += failed
                 if inputs is not None:
-                    mapped = self.files and not self.whole and len(inputs.tensors) < len(inputs)
+                    mapped = self.files and len(inputs.tensors) < len(inputs)
                     done.append(dataclasses.replace(inputs, tensors=np.load(self.files[k], mmap_mode="r")) if mapped else inputs)
                     for _ in range(len(inputs) if advance else 0):
                         advance()  # type: ignore[misc]
             refuse_unreadable(unreadable, self.total, self.stack.decoder)
             whole = concat_inputs(done)
             if self.whole and len(whole.tensors) < len(whole):  # the list's one file, mapped: its tensors
-                return dataclasses.replace(whole, tensors=np.asarray(np.load(self.files[0], mmap_mode="r+")))
+                tensors, self.whole = self.whole.files.mapped(self.whole.path, (self.total, *self.whole.shape)), None
+                return dataclasses.replace(whole, tensors=tensors)
             if isinstance(whole.tensors, np.memmap):  # one part (its file's mapping: copied out), or a concatenation typed as one
                 whole = dataclasses.replace(whole, tensors=np.array(whole.tensors) if len(done) == 1 else np.asarray(whole.tensors))
             return whole
         finally:
             for path in self.files:
                 path.unlink(missing_ok=True)
+            if self.whole:  # not mapped (an error, or no samples): deleted, as workers may still write to it
+                self.whole.path.unlink(missing_ok=True)
 
 
 class _Inline(Future[tuple[InputSet | None, list[DecoderNotApplicable]]]):
     """No workers: prepared in this process when asked for."""
 
-    def __init__(self, samples: Sequence[Sample], stack: StackSpec, policy: IntakePolicy) -> None:
+    def __init__(self, samples: Sequence[Sample], stack: StackSpec, policy: IntakePolicy, rows: SharedRows | None) -> None:
         super().__init__()
-        self.call = (samples, stack, policy)
+        self.call = (samples, stack, policy, rows)
 
     def result(self, timeout: float | None = None) -> tuple[InputSet | None, list[DecoderNotApplicable]]:
         return prepare_part(*self.call)
 
 
 class Preparer:
-    """Prepares sample lists on `workers` processes (0: in this process, when the result is asked for)."""
+    """Prepares sample lists on `workers` processes (0: in this process, when the result is asked for).  Lists of
+    fixed-shape tensors go to files of a folder in shared memory (`TensorFiles`), so later lists reuse their pages;
+    without workers only where the folder is memory-backed (else into a fresh array)."""
 
     def __init__(self, workers: int | None = None, part_size: int | None = None, shared: bool = True) -> None:
         self.workers = default_workers() if workers is None else workers
         self.part_size = part_size
         self._pool: ProcessPoolExecutor | None = None
-        self._folder: Path | None = None  # the workers' tensor files (shared: True), removed on close
-        self._serial = 0
+        self._files: TensorFiles | None = None  # the tensor files (shared: True), removed on close
         if self.workers > 0:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
-            if shared:
-                base = SHARED_DIR if SHARED_DIR.is_dir() and os.access(SHARED_DIR, os.W_OK) else None
-                self._folder = Path(tempfile.mkdtemp(prefix="harness-tensors-", dir=base))
+        memory = SHARED_DIR.is_dir() and os.access(SHARED_DIR, os.W_OK)
+        if shared and (memory or self._pool is not None):
+            self._files = TensorFiles(Path(tempfile.mkdtemp(prefix="harness-tensors-", dir=SHARED_DIR if memory else None)))
 
     def submit(self, samples: Sequence[Sample], stack: StackSpec, policy: IntakePolicy) -> Pending:
+        shape = tensor_shape(stack) if self._files is not None and samples else None
+        whole = self._whole_file(len(samples), shape) if shape is not None else None
         if self._pool is None:
-            return Pending([_Inline(samples, stack, policy)], stack, len(samples))
+            rows = SharedRows(whole.path, 0, len(samples)) if whole else None
+            return Pending([_Inline(samples, stack, policy, rows)], stack, len(samples), whole=whole)
         # by default, parts as large as still balance the workers
         size = self.part_size or min(max(PART_SIZE, -(-len(samples) // (self.workers * PARTS_PER_WORKER))), MAX_PART_SIZE)
         starts = range(0, len(samples), size)
-        shape = tensor_shape(stack) if self._folder is not None and samples else None
-        if self._folder is None:
-            shared: list[SharedRows | None] = [None] * len(starts)
-        elif shape is None:
-            shared = [SharedRows(self._next_file()) for _ in starts]
-        else:
-            whole = self._next_file()
-            np.lib.format.open_memmap(whole, "w+", np.float32, (len(samples), *shape)).flush()
-            shared = [SharedRows(whole, start) for start in starts]
+        if whole is not None:
+            shared: list[SharedRows | None] = [SharedRows(whole.path, start, len(samples)) for start in starts]
+        elif self._files is not None and shape is None:
+            shared = [SharedRows(self._files.new_path()) for _ in starts]
+        else:  # no files, or no room for the list's: tensors pickled back
+            shared = [None] * len(starts)
         futures = [
             self._pool.submit(prepare_part, samples[start : start + size], stack, policy, rows)
             for start, rows in zip(starts, shared, strict=True)
         ]
-        files = list(dict.fromkeys(rows.path for rows in shared if rows is not None))
-        return Pending(futures, stack, len(samples), files, whole=shape is not None)
+        files = [rows.path for rows in shared if rows is not None] if whole is None else []
+        return Pending(futures, stack, len(samples), files, whole)
 
-    def _next_file(self) -> Path:
-        assert self._folder is not None
-        self._serial += 1
-        return self._folder / f"part-{self._serial}.npy"
+    def _whole_file(self, count: int, shape: tuple[int, ...]) -> WholeFile | None:
+        assert self._files is not None
+        path = self._files.take(count * math.prod(shape) * np.dtype(np.float32).itemsize)
+        return WholeFile(self._files, path, shape) if path is not None else None
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        if self._files is not None:
+            self._files.close()
+            shutil.rmtree(self._files.folder, ignore_errors=True)  # a file still mapped lives on until unmapped
+            self._files = None
 
     def __enter__(self) -> Preparer:
         return self
