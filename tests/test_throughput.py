@@ -78,7 +78,7 @@ def test_pending_result_gives_the_tensors_of_one_serial_part(demo_suite: Suite, 
     if whole:
         one = WholeFile(files, files.take(len(samples) * math.prod(shape) * 4) or tmp_path, shape)
         paths = [one.path]
-        shared = [SharedRows(one.path, 0, len(samples)), SharedRows(one.path, 3, len(samples))]
+        shared = [SharedRows(one.path, 0), SharedRows(one.path, 3)]
     else:
         paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
         shared = [SharedRows(p) for p in paths]

@@ -96,10 +96,10 @@ class TensorFiles:
 
     def mapped(self, path: Path, shape: tuple[int, ...]) -> np.ndarray:
         """The tensors of `shape` at the start of the file; the file comes back when the mapping is gone."""
-        with path.open("r+b") as fh:
-            memory = mmap.mmap(fh.fileno(), 0)
-        count = math.prod(shape)
-        tensors = np.frombuffer(memory, np.float32, count).reshape(shape)  # every view's base: `memory`
+        tensors = _mapped(path, 0, math.prod(shape) * np.dtype(np.float32).itemsize).reshape(shape)
+        memory = tensors
+        while isinstance(memory, np.ndarray):  # the mapping itself: every array of these bytes holds it
+            memory = memory.base
         weakref.finalize(memory, self.give, path)
         return tensors
 
@@ -119,21 +119,26 @@ class TensorFiles:
 
 @dataclass(frozen=True)
 class SharedRows:
-    """Where a worker writes a part's tensors: rows `start`.. of the caller's file for the whole list (`rows`
-    rows, of raw float32), or (start None) a `.npy` file of the part's own."""
+    """Where a worker writes a part's tensors: rows `start`.. of the caller's file for the whole list (raw
+    float32), or (start None) a `.npy` file of the part's own."""
 
     path: Path
     start: int | None = None
-    rows: int = 0
 
     def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.start is None:
             return np.lib.format.open_memmap(self.path, "w+", np.float32, shape)
-        whole = np.memmap(self.path, np.float32, "r+", shape=(self.rows, *shape[1:]))
-        rows = whole[self.start : self.start + shape[0]]
-        if rows.shape != shape:
-            raise ValueError(f"tensor rows {rows.shape} of {self.path} do not fit {shape}")
-        return rows
+        row = math.prod(shape[1:]) * np.dtype(np.float32).itemsize
+        return _mapped(self.path, self.start * row, shape[0] * row).reshape(shape)  # a file too short: ValueError
+
+
+def _mapped(path: Path, start: int, size: int) -> np.ndarray:
+    """Bytes `start`.. `start + size` of a file as float32, writable, through a shared mapping whose pages are
+    mapped at once (MAP_POPULATE: one call, not a page fault for each page)."""
+    skip = start % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page
+    with path.open("r+b") as fh:
+        memory = mmap.mmap(fh.fileno(), skip + size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, offset=start - skip)
+    return np.frombuffer(memory, np.float32, size // 4, skip)
 
 
 def prepare_part(
@@ -146,8 +151,7 @@ def prepare_part(
     inputs, unreadable = prepare_samples(samples, stack, None, policy, shared.allocate)
     if inputs is None:
         return None, unreadable
-    shape = inputs.tensors.shape
-    inputs.tensors.flush()
+    shape = inputs.tensors.shape  # written through a shared mapping: the caller's mapping sees them, no flush
     return dataclasses.replace(inputs, tensors=np.empty((0, *shape[1:]), dtype=np.float32)), []
 
 
@@ -244,13 +248,13 @@ class Preparer:
         shape = tensor_shape(stack) if self._files is not None and samples else None
         whole = self._whole_file(len(samples), shape) if shape is not None else None
         if self._pool is None:
-            rows = SharedRows(whole.path, 0, len(samples)) if whole else None
+            rows = SharedRows(whole.path, 0) if whole else None
             return Pending([_Inline(samples, stack, policy, rows)], stack, len(samples), whole=whole)
         # by default, parts as large as still balance the workers
         size = self.part_size or min(max(PART_SIZE, -(-len(samples) // (self.workers * PARTS_PER_WORKER))), MAX_PART_SIZE)
         starts = range(0, len(samples), size)
         if whole is not None:
-            shared: list[SharedRows | None] = [SharedRows(whole.path, start, len(samples)) for start in starts]
+            shared: list[SharedRows | None] = [SharedRows(whole.path, start) for start in starts]
         elif self._files is not None and shape is None:
             shared = [SharedRows(self._files.new_path()) for _ in starts]
         else:  # no files, or no room for the list's: tensors pickled back
