@@ -132,12 +132,15 @@ class SharedRows:
         return _mapped(self.path, self.start * row, shape[0] * row).reshape(shape)  # a file too short: ValueError
 
 
+POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only; elsewhere pages are mapped as they are touched
+
+
 def _mapped(path: Path, start: int, size: int) -> np.ndarray:
     """Bytes `start`.. `start + size` of a file as float32, writable, through a shared mapping whose pages are
     mapped at once (MAP_POPULATE: one call, not a page fault for each page)."""
     skip = start % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page
     with path.open("r+b") as fh:
-        memory = mmap.mmap(fh.fileno(), skip + size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, offset=start - skip)
+        memory = mmap.mmap(fh.fileno(), skip + size, flags=mmap.MAP_SHARED | POPULATE, offset=start - skip)
     return np.frombuffer(memory, np.float32, size // 4, skip)
 
 
