@@ -243,7 +243,7 @@ class _Rows:
         if self.tensors is None or self.stack.per_image or self.shapes:
             one = prepare(pixels, self.stack)
             if self.tensors is None:
-                self.tensors = self.allocate((self.count, *self._row_shape(one.tensor.shape)))
+                self.tensors = self.allocate((self.count, *self.stack.row_shape(one.tensor.shape)))
             if self.shapes:
                 self.shapes.add(one.tensor.shape)
             else:
@@ -258,12 +258,6 @@ class _Rows:
                 self.shapes = {self.tensors.shape[1:], one.tensor.shape}
         self.geometry.append(one.geometry)
 
-    def _row_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        if not self.stack.per_image:
-            return shape
-        assert self.stack.bound_hw is not None
-        return (shape[0], *self.stack.bound_hw) if self.stack.layout == "nchw" else (*self.stack.bound_hw, shape[2])
-
     def _write(self, row: int, tensor: np.ndarray) -> None:
         assert self.tensors is not None
         if self.stack.per_image:
@@ -274,9 +268,10 @@ class _Rows:
 
     def input_set(self, samples: Sequence[Sample], stages: dict[str, tuple[str, ...]], intake: dict[str, int]) -> InputSet:
         _one_shape(self.stack, self.shapes)
-        if self.tensors is None:  # no samples: no row, the shape of none
-            self.tensors = _empty((0, *self._row_shape((3, 0, 0) if self.stack.layout == "nchw" else (0, 0, 3))))
         tensors = self.tensors
+        if tensors is None:  # no samples: no row (of a per-image stack's bound, 3 channels; else of no shape)
+            none = (3, 0, 0) if self.stack.layout == "nchw" else (0, 0, 3)
+            tensors = _empty((0, *(self.stack.row_shape(none) if self.stack.per_image else (0,))))
         inputs = InputSet(
             ids=tuple(s.id for s in samples),
             labels=np.stack([s.target for s in samples]) if samples else np.zeros(0, dtype=np.int64),

@@ -85,8 +85,9 @@ class TensorFiles:
         with self._lock:
             fits = [kept for kept in self._free if kept[0] >= nbytes]
             if fits:
-                self._free.remove(min(fits))
-                return min(fits)[1]
+                smallest = min(fits)
+                self._free.remove(smallest)
+                return smallest[1]
         if shutil.disk_usage(self.folder).free < nbytes:
             return None
         path = self.new_path()
@@ -149,11 +150,9 @@ def prepare_part(
 ) -> tuple[InputSet | None, list[DecoderNotApplicable]]:
     """One part through the stack, or the samples its decoder cannot read (the caller counts them over every part).
     With `shared`, the tensors are written there and the returned set holds none (the caller maps them)."""
-    if shared is None or not samples:
-        return prepare_samples(samples, stack, None, policy)
-    inputs, unreadable = prepare_samples(samples, stack, None, policy, shared.allocate)
-    if inputs is None:
-        return None, unreadable
+    inputs, unreadable = prepare_samples(samples, stack, None, policy, shared.allocate if shared else None)
+    if inputs is None or shared is None or not samples:  # no samples: no row was allocated there
+        return inputs, unreadable
     shape = inputs.tensors.shape  # written through a shared mapping: the caller's mapping sees them, no flush
     return dataclasses.replace(inputs, tensors=np.empty((0, *shape[1:]), dtype=np.float32)), []
 
@@ -163,11 +162,7 @@ def tensor_shape(stack: StackSpec) -> tuple[int, ...] | None:
     image; from a small grey image through the stack's pre-processing."""
     if stack.bound_hw is None:
         return None
-    probe = prepare(np.full((16, 16, 3), 128, dtype=np.uint8), stack).tensor.shape
-    if not stack.per_image:
-        return probe
-    channels = probe[0 if stack.layout == "nchw" else 2]
-    return (channels, *stack.bound_hw) if stack.layout == "nchw" else (*stack.bound_hw, channels)
+    return stack.row_shape(prepare(np.full((16, 16, 3), 128, dtype=np.uint8), stack).tensor.shape)
 
 
 @dataclass(frozen=True)

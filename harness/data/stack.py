@@ -85,6 +85,14 @@ class StackSpec:
         sizes = self.image_sizes
         return sizes[1] if sizes else self.input_hw
 
+    def row_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The batch-buffer row a tensor of `shape` goes to: that shape, or a per-image stack's bound with the
+        tensor's channels, in the stack's layout."""
+        if not self.per_image:
+            return shape
+        assert self.bound_hw is not None
+        return (shape[0], *self.bound_hw) if self.layout == "nchw" else (*self.bound_hw, shape[2])
+
     @property
     def image_sizes(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
         """A per-image stack's smallest and largest tensor (H, W): a divisor's square up to the longest side it
